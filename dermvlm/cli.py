@@ -1,0 +1,122 @@
+"""The `dermvlm` console script: the daily verbs, each a thin call into the library.
+
+    dermvlm synth --out data/synth --n 1000 --seed 0 --preview data/synth/preview.png
+    dermvlm demo                      # the README's main job
+"""
+import argparse
+import json
+import sys
+
+from dermvlm.errors import DermvlmError
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument as one line (no usage dump) and exits 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_config_args(parser):
+    parser.add_argument("--preset", default="default",
+                        help="config preset: tiny | default | base (default: default)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config field, e.g. synth.size=128"
+                        " (repeatable)")
+
+
+def _synth_parser(sub):
+    p = sub.add_parser("synth", help="generate a SynthDerm dataset in the real formats",
+                       description="Render SynthDerm images and write Derm1M CSV, SkinCon "
+                       "table, LLaVA VQA, lesion reports and DermaBench-style questions.")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--n", type=positive_int, help="number of images (overrides synth.n)")
+    p.add_argument("--seed", type=int, help="dataset seed (overrides synth.seed)")
+    p.add_argument("--size", type=positive_int, help="image side in pixels (synth.size)")
+    p.add_argument("--split", choices=("train", "val", "test"), help="split label")
+    p.add_argument("--holdout", choices=("none", "compositional"),
+                   help="compositional: keep some lesion-type x colour pairs out of train")
+    p.add_argument("--skin-types", help="Fitzpatrick types to draw, e.g. 1,2,3,4")
+    p.add_argument("--workers", type=positive_int, help="rendering processes")
+    p.add_argument("--preview", help="also write a labelled grid PNG of the first images")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_args(p)
+    p.set_defaults(func=cmd_synth)
+
+
+def _parse_skin_types(text):
+    try:
+        types = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise DermvlmError(f"--skin-types: expected numbers 1-6 like 1,2,3, got {text!r}")
+    if not types or any(t not in range(1, 7) for t in types):
+        raise DermvlmError(f"--skin-types: Fitzpatrick types are 1-6, got {text!r}")
+    return types
+
+
+def cmd_synth(args):
+    from dermvlm.config import get_config
+    from dermvlm.synth.writer import generate
+    from dermvlm.synth.preview import preview_grid
+    config = get_config(args.preset, args.overrides)
+    synth = config.synth
+    for name in ("n", "seed", "size", "split", "holdout", "workers"):
+        if getattr(args, name) is not None:
+            setattr(synth, name, getattr(args, name))
+    if args.skin_types:
+        synth.skin_types = _parse_skin_types(args.skin_types)
+    summary = generate(synth, args.out, progress=not args.quiet)
+    if args.preview:
+        summary["preview"] = str(preview_grid(args.out, args.preview))
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _demo_parser(sub):
+    p = sub.add_parser("demo", help="the README's main job: a SynthDerm set, summary, preview")
+    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument("--n", type=positive_int, default=256, help="images (default: 256)")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args):
+    args_synth = argparse.Namespace(
+        out=args.out, n=args.n, seed=0, size=224, split="train", holdout=None, skin_types=None,
+        workers=None, preview=f"{args.out}/preview.png", quiet=False, preset="default",
+        overrides=[])
+    return cmd_synth(args_synth)
+
+
+def build_parser():
+    parser = OneLineParser(prog="dermvlm", description="dermvlm: dermatology vision-language "
+                           "toolkit (research use only, not for diagnosis).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    _synth_parser(sub)
+    _demo_parser(sub)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DermvlmError as exc:
+        print(f"dermvlm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Dataclass configs with presets and dotted overrides.
+
+    cfg = get_config("tiny", ["synth.n=64", "synth.skin_types=[5,6]"])
+    cfg.to_json()                      # travels inside every checkpoint
+    Config.from_dict(json.loads(s))    # and comes back exactly
+
+Presets: `tiny` makes every stage run on a laptop CPU in seconds, `default` is what the README
+runs, `base` is the size one trains on a GPU. Each stage owns one section; override values are
+parsed as JSON when they can be (numbers, booleans, lists) and taken as strings otherwise.
+"""
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+
+from dermvlm.errors import ConfigError
+
+
+@dataclass
+class SynthConfig:
+    n: int = 1000                      # images to generate
+    size: int = 224                    # square image side in pixels
+    seed: int = 0                      # dataset seed; image i depends only on (seed, i)
+    split: str = "train"               # label written into the records: train | val | test
+    dermoscopic_fraction: float = 0.25  # share of dermoscopic (vs clinical) images
+    artefact_prob: float = 0.3         # chance an image carries hair/ruler/pen/blur/... artefacts
+    skin_types: tuple = (1, 2, 3, 4, 5, 6)  # Fitzpatrick types to draw; (5, 6) for a shift test
+    holdout: str = "none"              # none | compositional (lesion type x colour pairs)
+    conditions: tuple = ()             # restrict to these condition names; () = all
+    jpeg_quality: int = 90             # JPEG quality of written images
+    vqa_per_image: int = 3             # LLaVA conversations per image
+    workers: int = 1                   # processes used to render
+
+
+@dataclass
+class Config:
+    preset: str = "default"
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def to_json(self, indent=2):
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data):
+        return _from_dict(cls, data, path="")
+
+
+def _tiny():
+    return Config(preset="tiny", synth=SynthConfig(n=64, size=96, vqa_per_image=2))
+
+
+def _default():
+    return Config(preset="default")
+
+
+def _base():
+    return Config(preset="base", synth=SynthConfig(n=100_000, size=224, workers=8))
+
+
+PRESETS = {"tiny": _tiny, "default": _default, "base": _base}
+
+
+def get_config(preset="default", overrides=()):
+    """A preset with `section.field=value` overrides applied, in order."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    config = PRESETS[preset]()
+    for override in overrides:
+        apply_override(config, override)
+    return config
+
+
+def apply_override(config, override):
+    """Set one dotted field from a 'a.b=value' string, checking the key and the value's type."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"bad override {override!r}: expected KEY=VALUE, e.g. synth.n=100")
+    *parents, name = key.strip().split(".")
+    target = config
+    for part in parents:
+        if not dataclasses.is_dataclass(target) or not hasattr(target, part):
+            raise ConfigError(f"unknown config key {key!r}: no section {part!r}"
+                              f" (sections: {', '.join(_field_names(target))})")
+        target = getattr(target, part)
+    if not dataclasses.is_dataclass(target) or name not in _field_names(target):
+        raise ConfigError(f"unknown config key {key!r}"
+                          f" (fields here: {', '.join(_field_names(target))})")
+    hint = typing.get_type_hints(type(target))[name]
+    setattr(target, name, _coerce(_parse_value(raw.strip()), hint, key))
+
+
+def _field_names(obj):
+    return [f.name for f in dataclasses.fields(obj)] if dataclasses.is_dataclass(obj) else []
+
+
+def _parse_value(raw):
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _coerce(value, hint, key):
+    """Check/convert a parsed JSON value against a field's annotation."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} does not fit {hint}")
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a JSON object for a section")
+        return _from_dict(hint, value, key + ".")
+    if hint in (tuple, list) or origin in (tuple, list):
+        if isinstance(value, str):  # "a,b" shorthand for a list of strings
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(value) if (hint is tuple or origin is tuple) else list(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if hint is str:
+        return value if isinstance(value, str) else json.dumps(value)
+    if hint is dict:
+        if isinstance(value, dict):
+            return value
+        raise ConfigError(f"{key}: expected a JSON object, got {value!r}")
+    return value
+
+
+def _from_dict(cls, data, path):
+    names = _field_names(cls)
+    unknown = set(data) - set(names)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(path + u for u in sorted(unknown))}")
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _coerce(v, hints[k], path + k) for k, v in data.items()})

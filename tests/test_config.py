@@ -1,0 +1,46 @@
+import json
+
+import pytest
+
+from dermvlm.config import Config, get_config
+from dermvlm.errors import ConfigError
+
+
+def test_presets_differ_and_tiny_is_small():
+    tiny, default = get_config("tiny"), get_config("default")
+    assert tiny.synth.size < default.synth.size and tiny.synth.n < default.synth.n
+
+
+def test_dotted_overrides_are_typed():
+    cfg = get_config("tiny", ["synth.n=5", "synth.skin_types=[5,6]", "synth.split=test",
+                              "synth.artefact_prob=0"])
+    assert cfg.synth.n == 5 and cfg.synth.skin_types == (5, 6)
+    assert cfg.synth.split == "test" and cfg.synth.artefact_prob == 0.0
+    assert isinstance(cfg.synth.artefact_prob, float)
+
+
+def test_json_round_trip_is_exact():
+    cfg = get_config("base", ["synth.conditions=melanoma,psoriasis"])
+    again = Config.from_dict(json.loads(cfg.to_json()))
+    assert again == cfg and again.synth.conditions == ("melanoma", "psoriasis")
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("synth.sise=3", "unknown config key 'synth.sise'"),
+    ("nope.n=3", "no section 'nope'"),
+    ("synth.n=many", "expected an integer"),
+    ("synth.n", "expected KEY=VALUE"),
+])
+def test_bad_overrides_say_what_is_wrong(override, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        get_config("tiny", [override])
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        get_config("huge")
+
+
+def test_from_dict_rejects_unknown_keys():
+    with pytest.raises(ConfigError, match="synth.colour"):
+        Config.from_dict({"synth": {"colour": 1}})
