@@ -97,11 +97,46 @@ def cmd_demo(args):
     return cmd_synth(args_synth)
 
 
+def _classify_parser(sub):
+    p = sub.add_parser("classify", help="zero-shot diagnosis labels or SkinCon concept scores",
+                       description="Zero-shot classification with an aligned image/text model "
+                       "(DermLIP prompt ensemble; MONET-style scores for --concepts).")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--model", required=True, help="model folder, local-dir:PATH, hf-hub:ORG/NAME"
+                   " (needs DERMVLM_ALLOW_HUB=1) or an open_clip name")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--labels", help="comma-separated labels, e.g. 'melanoma,nevus'")
+    group.add_argument("--labels-file", help="one label per line")
+    group.add_argument("--concepts", choices=("skincon",), help="score the 48 SkinCon concepts")
+    p.add_argument("--top-k", type=positive_int, default=5, help="results per image")
+    p.add_argument("--out", help="also write predictions as CSV")
+    p.set_defaults(func=cmd_classify)
+
+
+def cmd_classify(args):
+    from dermvlm.hub import check_model_spec
+    check_model_spec(args.model)
+    from dermvlm.clip.classify import classify, read_labels, write_predictions
+    labels = None if args.concepts else read_labels(args.labels, args.labels_file)
+    results = classify(args.images, args.model, labels=labels, concepts=bool(args.concepts),
+                       top_k=args.top_k)
+    for path, ranked in results:
+        print(path)
+        for label, score in ranked:
+            print(f"  {score:7.3f}  {label}")
+    if args.out:
+        write_predictions(results, args.out)
+    if not results:
+        raise DermvlmError("no readable images among the inputs")
+    return 0
+
+
 def build_parser():
     parser = OneLineParser(prog="dermvlm", description="dermvlm: dermatology vision-language "
                            "toolkit (research use only, not for diagnosis).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     _synth_parser(sub)
+    _classify_parser(sub)
     _demo_parser(sub)
     return parser
 

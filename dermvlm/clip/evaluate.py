@@ -1,0 +1,122 @@
+"""Zero-shot evaluation of an aligned model on labelled records.
+
+`evaluate_records` reports diagnosis top-1/top-5, macro AUROC, per-concept AUROC (MONET
+scores), retrieval Recall@K, and every metric per Fitzpatrick group. On SynthDerm records it
+also reports zero-shot accuracy per attribute family (colour, lesion type, ...), since every
+attribute is known there.
+"""
+import torch
+
+from dermvlm import vocab
+from dermvlm.clip.data import eval_transform, open_rgb
+from dermvlm.zeroshot import (ZeroShot, binary_auroc, macro_auroc, retrieval_recall,
+                              topk_accuracy)
+
+ATTRIBUTE_TEMPLATES = ("A skin image of a {c} lesion.", "This is a skin image of {c}.",
+                       "A skin lesion that is {c}.")
+# family -> (candidate values, attribute key, prompt word per value, templates)
+ATTRIBUTE_FAMILIES = {
+    "colour": (vocab.COLOURS, "colours", None, ATTRIBUTE_TEMPLATES),
+    "lesion_type": (vocab.LESION_TYPES, "lesion_type", None,
+                    ("A skin image of a {c}.", "This is a skin image of {c}s.",
+                     "A {c} on the skin.")),
+    "surface": (vocab.SURFACES, "surface", None, ATTRIBUTE_TEMPLATES),
+    "secondary": (vocab.SECONDARY_CHANGES, "secondary",
+                  {"none": "intact", "crust": "crusted", "erosion": "eroded",
+                   "ulcer": "ulcerated"}, ATTRIBUTE_TEMPLATES),
+    "count": (vocab.COUNTS, "count", {"single": "a solitary lesion", "few": "a few lesions",
+                                      "multiple": "multiple lesions"},
+              ("A skin image of {c}.", "This image shows {c}.")),
+    "modality": (vocab.MODALITIES, "modality", {"clinical": "clinical photograph",
+                                                "dermoscopic": "dermoscopic image"},
+                 ("A {c} of the skin.", "This is a {c}.")),
+}
+
+
+def encode_records(zs, records, image_size):
+    """(features (N, D), kept records): unreadable images are skipped and reported."""
+    transform = eval_transform(image_size)
+    kept, tensors, skipped = [], [], []
+    for record in records:
+        image = open_rgb(record.image)
+        if image is None:
+            skipped.append(record.image)
+            continue
+        kept.append(record)
+        tensors.append(transform(image))
+    features = zs.encode_images(torch.stack(tensors)) if tensors else torch.empty(0)
+    return features, kept, skipped
+
+
+def _accuracy_by_group(correct, records):
+    groups = {}
+    for ok, record in zip(correct, records):
+        group = record.fitzpatrick_group or "unknown"
+        groups.setdefault(group, []).append(float(ok))
+    return {g: round(sum(v) / len(v), 4) for g, v in sorted(groups.items())}
+
+
+def diagnosis_metrics(zs, features, records, labels=None):
+    rows = [i for i, r in enumerate(records) if r.label]
+    labels = labels or sorted({records[i].label for i in rows})
+    if len(labels) < 2 or not rows:
+        return {}
+    logits = zs.logits(features[rows], labels)
+    targets = [labels.index(records[i].label) for i in rows]
+    acc = topk_accuracy(logits, targets, ks=(1, min(5, len(labels))))
+    correct = (logits.argmax(1) == torch.as_tensor(targets)).tolist()
+    return {"n": len(rows), "classes": len(labels), "top1": round(acc[1], 4),
+            f"top{min(5, len(labels))}": round(acc[min(5, len(labels))], 4),
+            "macro_auroc": macro_auroc(logits.softmax(1).numpy(), targets, len(labels)),
+            "chance_top1": round(1 / len(labels), 4),
+            "top1_by_fitzpatrick": _accuracy_by_group(correct, [records[i] for i in rows])}
+
+
+def attribute_metrics(zs, features, records):
+    """Zero-shot accuracy per SynthDerm attribute family (records with meta['attributes'])."""
+    rows = [i for i, r in enumerate(records) if "attributes" in r.meta]
+    out = {}
+    for family, (values, key, words, templates) in ATTRIBUTE_FAMILIES.items():
+        prompts = [words[v] if words else v for v in values]
+        logits = zs.logits(features[rows], prompts, templates)
+        predicted = [values[j] for j in logits.argmax(1).tolist()]
+        truth = [records[i].meta["attributes"][key] for i in rows]
+        # a multi-coloured lesion counts as right when the prediction is one of its colours
+        correct = [p in t if isinstance(t, list) else p == t for p, t in zip(predicted, truth)]
+        out[family] = {"top1": round(sum(correct) / max(1, len(correct)), 4),
+                       "chance_top1": round(1 / len(values), 4),
+                       "top1_by_fitzpatrick": _accuracy_by_group(correct,
+                                                                 [records[i] for i in rows])}
+    return out
+
+
+def concept_metrics(zs, features, records):
+    """Per-concept AUROC of MONET scores against the records' concept labels."""
+    seen = {c for r in records for c in r.concepts}
+    present = [c for c in vocab.SKINCON_CONCEPTS if c in seen] + sorted(
+        seen - set(vocab.SKINCON_CONCEPTS))
+    if not present:
+        return {}
+    scores = zs.concept_scores(features, present)
+    out = {}
+    for j, concept in enumerate(present):
+        auc = binary_auroc(scores[:, j].numpy(), [concept in r.concepts for r in records])
+        if auc is not None:
+            out[concept] = round(auc, 4)
+    return {"per_concept_auroc": out,
+            "mean_auroc": round(sum(out.values()) / len(out), 4) if out else None}
+
+
+def evaluate_records(model, tokenizer, records, image_size, device="cpu", labels=None):
+    zs = ZeroShot(model, tokenizer, device=device)
+    features, kept, skipped = encode_records(zs, records, image_size)
+    report = {"n_images": len(kept), "skipped_unreadable": skipped,
+              "diagnosis": diagnosis_metrics(zs, features, kept, labels),
+              "concepts": concept_metrics(zs, features, kept)}
+    captions = [r.captions[0] for r in kept if r.captions]
+    if len(captions) == len(kept) and kept:
+        report["retrieval"] = {k: round(v, 4) for k, v in retrieval_recall(
+            features, zs.encode_texts(captions)).items()}
+    if any("attributes" in r.meta for r in kept):
+        report["attributes"] = attribute_metrics(zs, features, kept)
+    return report

@@ -1,0 +1,315 @@
+"""Contrastive training of an open_clip model on image-caption pairs.
+
+One loop for CPU, one GPU or many (torchrun: DDP, gloo on CPU, nccl on GPU). Checkpoints are
+open_clip local-dir folders plus train_state.pt (optimizer, scheduler, step), written
+atomically; a rerun with the same output folder resumes from the latest one and reproduces the
+loss curve of an uninterrupted run. A non-finite loss stops training and leaves the last good
+checkpoint as it was.
+"""
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from open_clip.loss import ClipLoss, SigLipLoss
+from tqdm import tqdm
+
+from dermvlm.clip.data import (BatchOrder, PairsDataset, ShardPairs, collate_pairs,
+                               eval_transform, load_records, train_transform)
+from dermvlm.clip.model import build_model, save_model
+from dermvlm.errors import DermvlmError
+
+
+class TrainingError(DermvlmError):
+    """Training stopped (e.g. the loss became NaN); the message names the last good state."""
+
+
+class ClipTrainModule(torch.nn.Module):
+    """The forward DDP wraps: images + (tokens or cached pooled text) -> normalised features."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, tokens=None, pooled_text=None):
+        image_features = self.model.encode_image(images, normalize=True)     # (B, D)
+        if pooled_text is not None:                                         # locked HF tower
+            text_features = F.normalize(self.model.text.proj(pooled_text), dim=-1)
+        else:
+            text_features = self.model.encode_text(tokens, normalize=True)  # (B, D)
+        return image_features, text_features
+
+
+class TextCache:
+    """Pooled outputs of a frozen HF text transformer, one per distinct caption (the
+    trainable projection still runs every step)."""
+
+    def __init__(self, model, tokenizer, device):
+        self.model, self.tokenizer, self.device, self.store = model, tokenizer, device, {}
+
+    @torch.no_grad()
+    def __call__(self, captions):
+        missing = [c for c in dict.fromkeys(captions) if c not in self.store]
+        if missing:
+            text = self.model.text
+            text.transformer.eval()
+            tokens = self.tokenizer(missing).to(self.device)
+            mask = (tokens != text.config.pad_token_id).long()
+            pooled = text.pooler(text.transformer(input_ids=tokens, attention_mask=mask), mask)
+            self.store.update(zip(missing, pooled.float()))
+        return torch.stack([self.store[c] for c in captions])
+
+
+def _distributed():
+    """(rank, world_size, device) from torchrun's environment, initialising the group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return (dist.get_rank() if world > 1 else 0), world, device
+
+
+def _lr_lambda(cfg):
+    def factor(step):
+        if step < cfg.warmup_steps:
+            return (step + 1) / max(1, cfg.warmup_steps)
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def _optimizer(model, cfg):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "logit" in name or "bias" in name else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
+                             betas=(0.9, 0.98), eps=1e-6)
+
+
+def _apply_text_mode(model, cfg):
+    if cfg.text_mode == "locked":
+        model.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
+    elif cfg.text_mode == "lora":
+        from peft import LoraConfig, get_peft_model
+        if not hasattr(model.text, "transformer"):
+            raise DermvlmError("clip.text_mode=lora needs a HuggingFace text tower")
+        model.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
+        lora = LoraConfig(r=cfg.text_lora_rank, lora_alpha=2 * cfg.text_lora_rank,
+                          target_modules=["query", "key", "value", "dense"], lora_dropout=0.0)
+        model.text.transformer = get_peft_model(model.text.transformer, lora)
+    elif cfg.text_mode != "full":
+        raise DermvlmError(f"clip.text_mode must be locked, lora or full, got {cfg.text_mode!r}")
+
+
+def _latest_checkpoint(out_dir):
+    pointer = out_dir / "checkpoints" / "latest"
+    if pointer.is_file():
+        folder = out_dir / "checkpoints" / pointer.read_text().strip()
+        if (folder / "train_state.pt").is_file():
+            return folder
+    return None
+
+
+def _save_checkpoint(out_dir, step, module, model_cfg, config, optimizer, scheduler, keep=2):
+    root = out_dir / "checkpoints"
+    folder = root / f"step_{step:07d}"
+    model = module.model
+    state = {"step": step, "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict()}
+    if _has_lora(model):   # the folder gets merged weights; resuming needs the adapter itself
+        state["lora_model"] = model.state_dict()
+    save_model(export_model(model), model_cfg, folder, extra_config=config.to_dict())
+    torch.save(state, folder / "train_state.tmp")
+    os.replace(folder / "train_state.tmp", folder / "train_state.pt")
+    (root / "latest.tmp").write_text(folder.name)
+    os.replace(root / "latest.tmp", root / "latest")
+    for old in sorted(root.glob("step_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def _has_lora(model):
+    return hasattr(getattr(model.text, "transformer", None), "merge_and_unload")
+
+
+def export_model(model):
+    """The model as plain open_clip (a LoRA text tower merged into a copy)."""
+    if not _has_lora(model):
+        return model
+    import copy
+    plain = copy.deepcopy(model)
+    plain.text.transformer = plain.text.transformer.merge_and_unload()
+    return plain
+
+
+def _data_loader(cfg, data, transform, micro_batch, start, rank, world):
+    if Path(data).is_dir() and any(Path(data).glob("*.tar")):
+        stream = ShardPairs(data, transform, micro_batch, seed=cfg.seed, start=start,
+                            rank=rank, world_size=world)
+        return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=0), None
+    records = load_records(data)
+    dataset = PairsDataset(records, transform, seed=cfg.seed)
+    order = BatchOrder(len(records), micro_batch, cfg.seed, start=start, rank=rank,
+                       world_size=world)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=order, collate_fn=collate_pairs,
+                                         num_workers=cfg.workers,
+                                         persistent_workers=cfg.workers > 0)
+    return loader, records
+
+
+def train_clip(config, data, out_dir, val=None, max_steps=None, progress=True):
+    """Train `config.clip` on `data`; returns a summary. `max_steps` stops early (as if
+    interrupted) after that many optimizer steps in this call."""
+    cfg = config.clip
+    torch.manual_seed(cfg.seed)
+    rank, world, device = _distributed()
+    out_dir = Path(out_dir)
+    if cfg.batch_size % (world * cfg.grad_accum):
+        raise DermvlmError(f"clip.batch_size {cfg.batch_size} must divide by world size "
+                           f"{world} x grad_accum {cfg.grad_accum}")
+    model, model_cfg, tokenizer = build_model(cfg)
+    _apply_text_mode(model, cfg)
+    resume_from = _latest_checkpoint(out_dir)
+    start_step, state = 0, None
+    if resume_from is not None:
+        from safetensors.torch import load_file
+        state = torch.load(resume_from / "train_state.pt", map_location="cpu",
+                           weights_only=True)
+        model.load_state_dict(state.get("lora_model") or
+                              load_file(resume_from / "open_clip_model.safetensors"))
+    model.to(device)
+    module = ClipTrainModule(model)
+    optimizer = _optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_step = state["step"]
+    train_module = (torch.nn.parallel.DistributedDataParallel(module) if world > 1 else module)
+    use_cache = cfg.cache_text and cfg.text_mode == "locked" and hasattr(model.text,
+                                                                         "transformer")
+    text_cache = TextCache(model, tokenizer, device) if use_cache else None
+    loss_fn = (SigLipLoss(rank=rank, world_size=world) if cfg.loss == "siglip" else
+               ClipLoss(local_loss=False, gather_with_grad=True, rank=rank, world_size=world))
+    micro = cfg.batch_size // cfg.grad_accum                     # global micro-batch
+    loader, _ = _data_loader(cfg, data, train_transform(cfg.image_size), micro,
+                             start_step * cfg.grad_accum, rank, world)
+    autocast = device.type == "cuda" and cfg.precision in ("auto", "bf16")
+    if out_dir.exists() is False:
+        out_dir.mkdir(parents=True)
+    metrics_path = out_dir / "metrics.jsonl"
+    _truncate_metrics(metrics_path, start_step)
+    val_set = _load_val(val, cfg) if (val and rank == 0) else None
+    end_step = cfg.steps if max_steps is None else min(cfg.steps, start_step + max_steps)
+    bar = tqdm(total=cfg.steps, initial=start_step, desc="clip", unit="step",
+               disable=not progress or rank != 0)
+    batches, step, skipped, last_ckpt = iter(loader), start_step, 0, resume_from
+    started = time.perf_counter()
+    while step < end_step:
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for _ in range(cfg.grad_accum):
+            images, captions, _, n_bad = next(batches)
+            skipped += n_bad
+            images = images.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                if text_cache is not None:
+                    img_f, txt_f = train_module(images, pooled_text=text_cache(captions))
+                else:
+                    img_f, txt_f = train_module(images, tokens=tokenizer(captions).to(device))
+                scale = model.logit_scale.exp()
+                bias = getattr(model, "logit_bias", None)
+                loss = (loss_fn(img_f, txt_f, scale, bias) if cfg.loss == "siglip"
+                        else loss_fn(img_f, txt_f, scale)) / cfg.grad_accum
+            if not torch.isfinite(loss):
+                bar.close()
+                where = f"{last_ckpt}" if last_ckpt else "none was written yet"
+                raise TrainingError(f"loss became {loss.item()} at step {step + 1}; stopped "
+                                    f"without saving. Last good checkpoint: {where}")
+            loss.backward()
+            total += loss.item()
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{total:.3f}")
+        if rank == 0 and (step % cfg.log_every == 0 or step == end_step):
+            _log(metrics_path, {"step": step, "loss": round(total, 6),
+                                "lr": scheduler.get_last_lr()[0],
+                                "logit_scale": model.logit_scale.exp().item(),
+                                "skipped_unreadable": skipped,
+                                "seconds": round(time.perf_counter() - started, 2)})
+        if rank == 0 and val_set is not None and (step % cfg.eval_every == 0 or
+                                                  step == cfg.steps):
+            _log(metrics_path, {"step": step, "eval": evaluate_pairs(model, tokenizer, val_set,
+                                                                     cfg.image_size, device)})
+        if rank == 0 and (step % cfg.ckpt_every == 0 or step == end_step):
+            last_ckpt = _save_checkpoint(out_dir, step, module, model_cfg, config, optimizer,
+                                         scheduler)
+    bar.close()
+    summary = {"steps": step, "final_loss": total if step > start_step else None,
+               "resumed_from": str(resume_from) if resume_from else None,
+               "skipped_unreadable": skipped, "checkpoint": str(last_ckpt) if last_ckpt else None}
+    if rank == 0 and step == cfg.steps:
+        summary["model"] = str(save_model(export_model(model), model_cfg, out_dir / "model",
+                                          extra_config=config.to_dict()))
+    if world > 1:
+        dist.barrier()
+    return summary
+
+
+def _truncate_metrics(path, start_step):
+    """Drop log lines past the step we resume from, so the log is one consistent curve."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines()
+             if line.strip() and json.loads(line).get("step", 0) <= start_step]
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def _log(path, row):
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _load_val(val, cfg):
+    records = load_records(val)
+    transform = eval_transform(cfg.image_size)
+    from dermvlm.clip.data import open_rgb
+    kept = [(r, open_rgb(r.image)) for r in records]
+    kept = [(r, img) for r, img in kept if img is not None]
+    images = torch.stack([transform(img) for _, img in kept])
+    return [r for r, _ in kept], images
+
+
+@torch.no_grad()
+def evaluate_pairs(model, tokenizer, val_set, image_size, device):
+    """Zero-shot diagnosis accuracy (DermLIP prompts) and retrieval R@K on a validation set."""
+    from dermvlm.zeroshot import ZeroShot, retrieval_recall, topk_accuracy
+    records, images = val_set
+    was_training = model.training
+    model.eval()
+    zs = ZeroShot(model, tokenizer, device=device)
+    image_features = zs.encode_images(images)
+    out = {}
+    labelled = [i for i, r in enumerate(records) if r.label]
+    labels = sorted({records[i].label for i in labelled})
+    if len(labels) >= 2:
+        logits = zs.logits(image_features[labelled], labels)
+        targets = [labels.index(records[i].label) for i in labelled]
+        acc = topk_accuracy(logits, targets, ks=(1, min(5, len(labels))))
+        out.update({f"zeroshot_top{k}": v for k, v in acc.items()})
+    captions = [r.captions[0] if r.captions else (r.label or "") for r in records]
+    out.update(retrieval_recall(image_features, zs.encode_texts(captions)))
+    model.train(was_training)
+    return out

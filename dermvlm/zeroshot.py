@@ -1,0 +1,209 @@
+"""Zero-shot use of an aligned image/text pair: prompt-ensemble classification, hierarchical
+roll-up, MONET-style concept scores, retrieval, and linear probes on frozen features.
+
+    zs = ZeroShot(model, tokenizer)
+    probs = zs.classify(images, ["melanoma", "nevus"])           # (N, 2), DermLIP templates
+    scores = zs.concept_scores(images, ["Scale", "Erythema"])     # (N, 2), MONET style
+"""
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# DermLIP's prompt ensemble (DESIGN.md section 5).
+DERMLIP_TEMPLATES = (
+    "This is a skin image of {c}", "This is a skin image of {c}.", "A skin image of {c}.",
+    "An image of {c}, a skin condition.", "{c}, a skin disorder, is shown in this image.",
+    "The skin lesion depicted is {c}.", "The skin cancer in this image is {c}.",
+    "This image depicts {c}, a type of skin cancer.",
+)
+# MONET: target prompts against reference prompts without the concept.
+MONET_TARGETS = ("This is skin image of {}", "This is dermatology image of {}",
+                 "This is image of {}")
+MONET_REFERENCES = ("This is skin image", "This is dermatology image", "This is image")
+MONET_DERMOSCOPY_TARGETS = ("This is dermatoscopy of {}",)
+MONET_DERMOSCOPY_REFERENCES = ("This is dermatoscopy",)
+
+# Synonyms per SkinCon concept (MONET averages over several wordings of each concept).
+SKINCON_SYNONYMS = {
+    "Vesicle": ("vesicle", "blister", "small fluid-filled blister"),
+    "Papule": ("papule", "small raised bump"), "Macule": ("macule", "flat spot"),
+    "Plaque": ("plaque", "raised plaque"), "Abscess": ("abscess", "pus collection"),
+    "Pustule": ("pustule", "pus-filled bump"), "Bulla": ("bulla", "large blister"),
+    "Patch": ("patch", "large flat patch"), "Nodule": ("nodule", "firm nodule"),
+    "Ulcer": ("ulcer", "ulceration"), "Crust": ("crust", "crusting", "scab"),
+    "Erosion": ("erosion", "eroded skin"), "Excoriation": ("excoriation", "scratch marks"),
+    "Atrophy": ("atrophy", "thin atrophic skin"), "Exudate": ("exudate", "oozing"),
+    "Purpura/Petechiae": ("purpura", "petechiae"), "Fissure": ("fissure", "skin crack"),
+    "Induration": ("induration", "hardened skin"), "Xerosis": ("xerosis", "dry skin"),
+    "Telangiectasia": ("telangiectasia", "dilated blood vessels"),
+    "Scale": ("scale", "scaly skin", "silvery scale"), "Scar": ("scar", "scarring"),
+    "Friable": ("friable", "easily bleeding"), "Sclerosis": ("sclerosis", "sclerotic skin"),
+    "Pedunculated": ("pedunculated", "on a stalk"),
+    "Exophytic/Fungating": ("exophytic", "fungating mass"),
+    "Warty/Papillomatous": ("warty", "papillomatous", "verrucous"),
+    "Dome-shaped": ("dome-shaped", "dome"), "Flat topped": ("flat topped", "flat-topped"),
+    "Brown(Hyperpigmentation)": ("brown", "hyperpigmentation", "hyperpigmented"),
+    "Translucent": ("translucent", "pearly"),
+    "White(Hypopigmentation)": ("white", "hypopigmentation", "depigmented"),
+    "Purple": ("purple", "violaceous"), "Yellow": ("yellow", "yellowish"),
+    "Black": ("black", "jet-black"), "Erythema": ("erythema", "red", "erythematous"),
+    "Comedo": ("comedo", "blackhead"), "Lichenification": ("lichenification",
+                                                           "thickened skin"),
+    "Blue": ("blue", "bluish"), "Umbilicated": ("umbilicated", "central dimple"),
+    "Poikiloderma": ("poikiloderma",), "Salmon": ("salmon", "salmon-pink"),
+    "Wheal": ("wheal", "hive"), "Acuminate": ("acuminate", "pointed"),
+    "Burrow": ("burrow", "linear burrow"), "Gray": ("gray", "grey"),
+    "Pigmented": ("pigmented", "pigmentation"), "Cyst": ("cyst", "cystic lesion"),
+}
+
+
+class ZeroShot:
+    """Encodes images and prompt ensembles with one model; text embeddings are cached."""
+
+    def __init__(self, model, tokenizer, device="cpu", batch_size=64):
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.device, self.batch_size = device, batch_size
+        self._text_cache = {}          # prompt -> normalised embedding (D,)
+
+    @torch.no_grad()
+    def encode_images(self, images):
+        """(N, D) normalised features from a (N, 3, H, W) tensor, in batches."""
+        feats = [self.model.encode_image(images[i:i + self.batch_size].to(self.device),
+                                         normalize=True).float().cpu()
+                 for i in range(0, len(images), self.batch_size)]
+        return torch.cat(feats) if feats else torch.empty(0)
+
+    @torch.no_grad()
+    def encode_texts(self, prompts):
+        """(P, D) normalised features, each prompt encoded once per ZeroShot."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        for i in range(0, len(missing), self.batch_size):
+            chunk = missing[i:i + self.batch_size]
+            tokens = self.tokenizer(chunk).to(self.device)
+            feats = self.model.encode_text(tokens, normalize=True).float().cpu()
+            self._text_cache.update(zip(chunk, feats))
+        return torch.stack([self._text_cache[p] for p in prompts])
+
+    def classifier(self, labels, templates=DERMLIP_TEMPLATES):
+        """(D, C) weights: the renormalised mean embedding of each label's templates."""
+        if not labels:
+            raise ValueError("empty label list: give at least two labels")
+        weights = []
+        for label in labels:
+            feats = self.encode_texts([t.format(c=label) for t in templates])
+            weights.append(F.normalize(feats.mean(0), dim=-1))
+        return torch.stack(weights, dim=1)
+
+    def logits(self, image_features, labels, templates=DERMLIP_TEMPLATES):
+        """(N, C) = 100 * image @ classifier, DermLIP's convention."""
+        return 100.0 * image_features @ self.classifier(labels, templates)
+
+    def concept_scores(self, image_features, concepts, dermoscopy=False, temperature=0.01,
+                       synonyms=SKINCON_SYNONYMS):
+        """(N, K) MONET scores: softmax([mean target / T, mean reference / T])[0], averaged
+        over the prompt templates; each concept averaged over its synonyms."""
+        targets = MONET_DERMOSCOPY_TARGETS if dermoscopy else MONET_TARGETS
+        references = MONET_DERMOSCOPY_REFERENCES if dermoscopy else MONET_REFERENCES
+        ref = self.encode_texts(list(references))                       # (T, D)
+        ref_sim = image_features @ ref.T                                # (N, T)
+        scores = []
+        for concept in concepts:
+            words = synonyms.get(concept, (concept,))
+            per_template = []
+            for t, template in enumerate(targets):
+                tgt = self.encode_texts([template.format(w) for w in words])   # (S, D)
+                tgt_sim = (image_features @ tgt.T).mean(1)                      # (N,)
+                pair = torch.stack([tgt_sim, ref_sim[:, t]], dim=1) / temperature
+                per_template.append(pair.softmax(dim=1)[:, 0])
+            scores.append(torch.stack(per_template).mean(0))
+        return torch.stack(scores, dim=1)
+
+
+def rollup(probs, labels, paths):
+    """Probabilities of ancestor nodes: (N, C) leaf probs + {leaf: [top, ..., leaf]} ->
+    {node: (N,) probability}, each node the sum over its leaves."""
+    nodes = {}
+    for j, label in enumerate(labels):
+        for node in paths.get(label, [label]):
+            nodes[node] = nodes.get(node, 0) + probs[:, j]
+    return nodes
+
+
+def topk_accuracy(logits, targets, ks=(1, 5)):
+    """{k: fraction of rows whose target is in the top k}."""
+    ranked = logits.argsort(dim=1, descending=True)
+    hits = ranked == torch.as_tensor(targets)[:, None]
+    return {k: float(hits[:, :k].any(1).float().mean()) for k in ks}
+
+
+def retrieval_recall(image_features, text_features, ks=(1, 5, 10)):
+    """Image->text and text->image Recall@K for paired rows (row i matches row i)."""
+    sims = image_features @ text_features.T
+    n = len(sims)
+    target = torch.arange(n)
+    out = {}
+    for name, s in (("image_to_text", sims), ("text_to_image", sims.T)):
+        rank = (s > s[target, target][:, None]).sum(1)      # 0 = best
+        for k in ks:
+            out[f"{name}_R@{k}"] = float((rank < k).float().mean()) if n else 0.0
+    return out
+
+
+def macro_auroc(scores, targets, n_classes):
+    """One-vs-rest AUROC averaged over classes present with both outcomes (rank formula)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    targets = np.asarray(targets)
+    aucs = [binary_auroc(scores[:, c], targets == c) for c in range(n_classes)]
+    aucs = [a for a in aucs if a is not None]
+    return float(np.mean(aucs)) if aucs else None
+
+
+def binary_auroc(scores, positive):
+    """AUROC by the Mann-Whitney statistic, ties averaged; None if one class is absent."""
+    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
+    n_pos, n_neg = positive.sum(), (~positive).sum()
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = scores.argsort(kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    i = 0
+    while i < len(scores):   # average ranks over ties
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1
+        i = j + 1
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def linear_probe(train_x, train_y, test_x, n_classes, weight_decay=1e-3, steps=200, seed=0):
+    """Multinomial logistic regression on frozen features (full-batch LBFGS); returns test
+    logits (N_test, C)."""
+    torch.manual_seed(seed)
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    x = (train_x - mean) / std
+    y = torch.as_tensor(train_y)
+    layer = torch.nn.Linear(x.shape[1], n_classes)
+    optimizer = torch.optim.LBFGS(layer.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(layer(x), y) + weight_decay * layer.weight.pow(2).sum()
+        loss.backward()
+        return loss
+    optimizer.step(closure)
+    with torch.no_grad():
+        return layer((test_x - mean) / std)
+
+
+def few_shot_indices(labels, fraction, seed=0):
+    """A stratified subset: `fraction` of each class's rows (at least one per class)."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    chosen = []
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        k = max(1, int(round(fraction * len(rows))))
+        chosen.extend(rng.choice(rows, size=k, replace=False).tolist())
+    return sorted(chosen)

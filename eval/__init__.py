@@ -1,0 +1,1 @@
+"""Runnable evaluation entry points, thin over dermvlm/."""

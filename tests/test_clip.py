@@ -1,0 +1,172 @@
+"""Contrastive training: the loss falls, resume is exact, checkpoints load in vanilla
+open_clip, bad input is reported, DDP on two CPU processes matches one process."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from dermvlm.cli import main as dermvlm_main
+from dermvlm.clip import train as clip_train
+from dermvlm.clip.model import load_model
+from dermvlm.clip.train import TrainingError, train_clip
+from dermvlm.config import get_config
+from dermvlm.errors import DermvlmError
+from dermvlm.synth.writer import generate
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["clip.image_size=32", "clip.vit_layers=2", "clip.vit_width=64", "clip.embed_dim=32",
+         "clip.batch_size=8", "clip.workers=0", "clip.warmup_steps=1", "clip.log_every=1",
+         "clip.eval_every=1000", "clip.lr=0.002"]
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pairs")
+    generate(get_config("tiny", ["synth.n=24", "synth.size=32", "synth.seed=3"]).synth, out,
+             progress=False)
+    return out
+
+
+def _config(*extra):
+    return get_config("tiny", SMALL + list(extra))
+
+
+def _losses(run):
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r]
+
+
+def test_loss_falls_and_vanilla_open_clip_loads_the_model(pairs, tmp_path):
+    summary = train_clip(_config("clip.steps=25"), pairs, tmp_path / "run", progress=False)
+    losses = _losses(tmp_path / "run")
+    assert len(losses) == 25
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.1
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{summary['model']}")
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{summary['model']}")
+    ours, _, our_tokenizer = load_model(summary["model"])
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model.encode_image(x), ours.encode_image(x), atol=1e-6)
+        assert torch.allclose(model.encode_text(tokenizer(["a red plaque"])),
+                              ours.encode_text(our_tokenizer(["a red plaque"])), atol=1e-6)
+    config = json.loads((Path(summary["model"]) / "dermvlm_config.json").read_text())
+    assert config["clip"]["steps"] == 25       # the run config travels with the weights
+
+
+def test_resume_reproduces_the_uninterrupted_loss_curve(pairs, tmp_path):
+    config = _config("clip.steps=6", "clip.ckpt_every=3")
+    train_clip(config, pairs, tmp_path / "full", progress=False)
+    first = train_clip(config, pairs, tmp_path / "split", max_steps=3, progress=False)
+    assert first["steps"] == 3 and "model" not in first
+    second = train_clip(config, pairs, tmp_path / "split", progress=False)
+    assert second["resumed_from"].endswith("step_0000003")
+    assert _losses(tmp_path / "split") == pytest.approx(_losses(tmp_path / "full"), abs=1e-5)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(pairs, tmp_path, monkeypatch):
+    config = _config("clip.steps=6", "clip.ckpt_every=2")
+    train_clip(config, pairs, tmp_path / "run", max_steps=2, progress=False)
+    good = (tmp_path / "run/checkpoints/step_0000002/open_clip_model.safetensors").read_bytes()
+
+    class NanLoss(torch.nn.Module):
+        def forward(self, image_features, text_features, scale):
+            return (image_features * float("nan")).sum()
+    monkeypatch.setattr(clip_train, "ClipLoss", lambda **_: NanLoss())
+    with pytest.raises(TrainingError, match="loss became nan at step 3.*step_0000002"):
+        train_clip(config, pairs, tmp_path / "run", progress=False)
+    assert (tmp_path / "run/checkpoints/latest").read_text() == "step_0000002"
+    assert (tmp_path / "run/checkpoints/step_0000002/open_clip_model.safetensors"
+            ).read_bytes() == good
+
+
+def test_unreadable_images_are_skipped_in_training(pairs, tmp_path):
+    manifest = tmp_path / "manifest.jsonl"
+    lines = (pairs / "attributes.jsonl").read_text().splitlines()
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    rows = [{"image": str(pairs / "images" / f"{json.loads(x)['image_id']}.jpg"),
+             "captions": ["a skin image"]} for x in lines]
+    rows[0]["image"] = str(tmp_path / "broken.jpg")
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = train_clip(_config("clip.steps=3"), manifest, tmp_path / "run", progress=False)
+    assert summary["steps"] == 3 and summary["skipped_unreadable"] >= 1
+
+
+def test_trains_from_recipe_shards(pairs, tmp_path):
+    from data_recipes import derm1m
+    assert derm1m.main(["--csv", str(pairs / "derm1m.csv"), "--out", str(tmp_path / "d"),
+                        "--shards", "--per-shard", "10", "--quiet"]) == 0
+    summary = train_clip(_config("clip.steps=4"), tmp_path / "d" / "shards", tmp_path / "run",
+                         progress=False)
+    assert summary["steps"] == 4 and len(_losses(tmp_path / "run")) == 4
+
+
+def _vanilla_open_clip_folder(folder):
+    """A model folder written with open_clip alone: a small CLIP with its own text tower and
+    the default tokenizer, in the local-dir layout."""
+    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64,
+                                           "patch_size": 16, "head_width": 32},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2,
+                        "layers": 2}}
+    model = open_clip.CLIP(**cfg)
+    folder.mkdir()
+    save_file(model.state_dict(), folder / "open_clip_model.safetensors")
+    (folder / "open_clip_config.json").write_text(json.dumps({
+        "model_cfg": cfg, "preprocess_cfg": {"mean": list(open_clip.OPENAI_DATASET_MEAN),
+                                             "std": list(open_clip.OPENAI_DATASET_STD)}}))
+    return folder
+
+
+def test_classify_with_a_vanilla_open_clip_checkpoint(pairs, tmp_path, capsys):
+    folder = _vanilla_open_clip_folder(tmp_path / "vanilla")
+    image = next((pairs / "images").iterdir())
+    (tmp_path / "junk.jpg").write_text("this is not a jpeg")
+    code = dermvlm_main(["classify", str(image), str(tmp_path / "junk.jpg"), "--model",
+                         f"local-dir:{folder}", "--labels", "melanoma,nevus,psoriasis",
+                         "--top-k", "2", "--out", str(tmp_path / "preds.csv")])
+    captured = capsys.readouterr()
+    assert code == 0 and "skipped:" in captured.err and "junk.jpg" in captured.err
+    rows = (tmp_path / "preds.csv").read_text().splitlines()
+    assert rows[0] == "image,rank,label,score" and len(rows) == 3
+    probs = [float(r.split(",")[-1]) for r in rows[1:]]
+    assert probs[0] >= probs[1]
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--labels", " , "], "need at least two labels"),
+    (["--model", "hf-hub:redlessone/DermLIP_ViT-B-16"], "needs the Hugging Face Hub"),
+    (["--model", "no-such-arch"], "unknown model 'no-such-arch'"),
+])
+def test_classify_bad_input_is_one_line(tmp_path, capsys, argv, fragment):
+    base = {"--model": str(tmp_path), "--labels": "a,b"}
+    for flag, value in zip(argv[::2], argv[1::2]):
+        base[flag] = value
+    args = ["classify", "x.jpg"] + [v for kv in base.items() for v in kv]
+    assert dermvlm_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and len(err.splitlines()) == 1
+
+
+def test_unknown_model_name_in_config():
+    with pytest.raises(DermvlmError, match="unknown open_clip model"):
+        train_clip(get_config("tiny", ["clip.model=ViT-Nope"]), "x", "/tmp/unused")
+
+
+def test_ddp_two_cpu_processes_match_one_process(pairs, tmp_path):
+    """torchrun, gloo: the global batch split over 2 ranks gives the single-process loss."""
+    overrides = [f"--set={o}" for o in SMALL + ["clip.steps=2"]]
+    common = ["-m", "train.clip", "--data", str(pairs), "--preset", "tiny", "--quiet",
+              *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], check=True,
+                   cwd=ROOT, env=env, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                    "--master_port", "29517", *common, "--out", str(tmp_path / "two")],
+                   check=True, cwd=ROOT, env=env, capture_output=True, timeout=300)
+    assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), abs=1e-4)

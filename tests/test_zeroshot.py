@@ -1,0 +1,53 @@
+"""Zero-shot metrics against reference implementations, and classifier behaviour."""
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from dermvlm.zeroshot import (binary_auroc, few_shot_indices, linear_probe, macro_auroc,
+                              retrieval_recall, rollup, topk_accuracy)
+
+
+def test_binary_auroc_equals_sklearn_with_ties():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, 200).astype(float)          # many ties
+    labels = rng.random(200) < 0.3
+    assert binary_auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores))
+    assert binary_auroc(scores, np.zeros(200, bool)) is None
+
+
+def test_macro_auroc_equals_sklearn_ovr():
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.ones(4), size=300)
+    targets = rng.integers(0, 4, 300)
+    expected = roc_auc_score(targets, probs, multi_class="ovr", average="macro")
+    assert macro_auroc(probs, targets, 4) == pytest.approx(expected)
+
+
+def test_topk_and_retrieval():
+    logits = torch.tensor([[3.0, 2.0, 1.0], [1.0, 3.0, 2.0], [3.0, 2.0, 1.0]])
+    acc = topk_accuracy(logits, [0, 2, 2], ks=(1, 2))
+    assert acc[1] == pytest.approx(1 / 3) and acc[2] == pytest.approx(2 / 3)
+    feats = torch.nn.functional.normalize(torch.randn(20, 8), dim=-1)
+    recall = retrieval_recall(feats, feats, ks=(1,))
+    assert recall["image_to_text_R@1"] == 1.0 and recall["text_to_image_R@1"] == 1.0
+
+
+def test_rollup_sums_leaf_probabilities():
+    probs = torch.tensor([[0.5, 0.3, 0.2]])
+    paths = {"melanoma": ["neoplastic", "malignant", "melanoma"],
+             "nevus": ["neoplastic", "benign", "nevus"], "acne": ["inflammatory", "acne"]}
+    nodes = rollup(probs, ["melanoma", "nevus", "acne"], paths)
+    assert float(nodes["neoplastic"][0]) == pytest.approx(0.8)
+    assert float(nodes["inflammatory"][0]) == pytest.approx(0.2)
+
+
+def test_linear_probe_and_few_shot_split():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 16, generator=g) * 3
+    y = torch.arange(3).repeat_interleave(40)
+    x = centres[y] + torch.randn(120, 16, generator=g)
+    train = few_shot_indices(y.tolist(), 0.1)
+    assert len(train) == 12 and sorted(set(y[train].tolist())) == [0, 1, 2]
+    logits = linear_probe(x[train], y[train], x, 3)
+    assert (logits.argmax(1) == y).float().mean() > 0.9

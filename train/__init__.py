@@ -1,0 +1,1 @@
+"""Runnable training entry points, thin over dermvlm/."""
