@@ -66,10 +66,38 @@ class ClipConfig:
 
 
 @dataclass
+class VLMConfig:
+    """Vision encoder -> projector -> causal LM with LoRA (LLaVA-style)."""
+    vision: str = ""                   # CLIP model folder from train.clip (its image tower)
+    lm: str = "smollm2"                # HF causal LM folder or hub name; "smollm2" = the wheel
+    projector: str = "mlp2x_gelu"      # mlp2x_gelu | linear
+    token_pool: int = 1                # average-pool image tokens f x f (1 = keep all)
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: str = "all-linear"   # peft target_modules: all-linear or comma list
+    quantize_4bit: bool = False        # QLoRA: load the LM in 4 bit (bitsandbytes)
+    gradient_checkpointing: bool = False
+    max_length: int = 512              # tokens per conversation (longer: truncated, warned)
+    stage1_steps: int = 300            # projector on captions
+    stage2_steps: int = 600            # LoRA + projector on conversations
+    lr_stage1: float = 1e-3
+    lr_stage2: float = 2e-4
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_steps: int = 20
+    workers: int = 1
+    seed: int = 0
+    ckpt_every: int = 100
+    log_every: int = 10
+
+
+@dataclass
 class Config:
     preset: str = "default"
     synth: SynthConfig = field(default_factory=SynthConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
+    vlm: VLMConfig = field(default_factory=VLMConfig)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -86,7 +114,9 @@ def _tiny():
     return Config(preset="tiny", synth=SynthConfig(n=64, size=96, vqa_per_image=2),
                   clip=ClipConfig(image_size=96, vit_layers=4, vit_width=192, embed_dim=256,
                                   lr=1e-3, warmup_steps=20, steps=300, batch_size=64,
-                                  workers=1, ckpt_every=100, eval_every=100))
+                                  workers=1, ckpt_every=100, eval_every=100),
+                  vlm=VLMConfig(max_length=384, stage1_steps=150, stage2_steps=300,
+                                batch_size=8, ckpt_every=50))
 
 
 def _default():

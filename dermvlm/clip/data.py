@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision import transforms as T
 
 from dermvlm.clip.model import MEAN, STD
-from dermvlm.data.records import Record, read_manifest
+from dermvlm.data.records import read_manifest
 from dermvlm.errors import DataError
 from dermvlm.vocab import fitzpatrick_group
 

@@ -6,7 +6,6 @@ atomically; a rerun with the same output folder resumes from the latest one and 
 loss curve of an uninterrupted run. A non-finite loss stops training and leaves the last good
 checkpoint as it was.
 """
-import json
 import math
 import os
 import shutil
@@ -23,10 +22,8 @@ from dermvlm.clip.data import (BatchOrder, PairsDataset, ShardPairs, collate_pai
                                eval_transform, load_records, train_transform)
 from dermvlm.clip.model import build_model, save_model
 from dermvlm.errors import DermvlmError
-
-
-class TrainingError(DermvlmError):
-    """Training stopped (e.g. the loss became NaN); the message names the last good state."""
+from dermvlm.training import (TrainingError, distributed, latest_checkpoint, log_metrics,
+                              truncate_metrics, warmup_cosine)
 
 
 class ClipTrainModule(torch.nn.Module):
@@ -65,25 +62,6 @@ class TextCache:
         return torch.stack([self.store[c] for c in captions])
 
 
-def _distributed():
-    """(rank, world_size, device) from torchrun's environment, initialising the group."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return (dist.get_rank() if world > 1 else 0), world, device
-
-
-def _lr_lambda(cfg):
-    def factor(step):
-        if step < cfg.warmup_steps:
-            return (step + 1) / max(1, cfg.warmup_steps)
-        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return factor
-
-
 def _optimizer(model, cfg):
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -107,15 +85,6 @@ def _apply_text_mode(model, cfg):
         model.text.transformer = get_peft_model(model.text.transformer, lora)
     elif cfg.text_mode != "full":
         raise DermvlmError(f"clip.text_mode must be locked, lora or full, got {cfg.text_mode!r}")
-
-
-def _latest_checkpoint(out_dir):
-    pointer = out_dir / "checkpoints" / "latest"
-    if pointer.is_file():
-        folder = out_dir / "checkpoints" / pointer.read_text().strip()
-        if (folder / "train_state.pt").is_file():
-            return folder
-    return None
 
 
 def _save_checkpoint(out_dir, step, module, model_cfg, config, optimizer, scheduler, keep=2):
@@ -170,14 +139,14 @@ def train_clip(config, data, out_dir, val=None, max_steps=None, progress=True):
     interrupted) after that many optimizer steps in this call."""
     cfg = config.clip
     torch.manual_seed(cfg.seed)
-    rank, world, device = _distributed()
+    rank, world, device = distributed()
     out_dir = Path(out_dir)
     if cfg.batch_size % (world * cfg.grad_accum):
         raise DermvlmError(f"clip.batch_size {cfg.batch_size} must divide by world size "
                            f"{world} x grad_accum {cfg.grad_accum}")
     model, model_cfg, tokenizer = build_model(cfg)
     _apply_text_mode(model, cfg)
-    resume_from = _latest_checkpoint(out_dir)
+    resume_from = latest_checkpoint(out_dir)
     start_step, state = 0, None
     if resume_from is not None:
         from safetensors.torch import load_file
@@ -188,7 +157,7 @@ def train_clip(config, data, out_dir, val=None, max_steps=None, progress=True):
     model.to(device)
     module = ClipTrainModule(model)
     optimizer = _optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.steps))
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -206,7 +175,7 @@ def train_clip(config, data, out_dir, val=None, max_steps=None, progress=True):
     if out_dir.exists() is False:
         out_dir.mkdir(parents=True)
     metrics_path = out_dir / "metrics.jsonl"
-    _truncate_metrics(metrics_path, start_step)
+    truncate_metrics(metrics_path, start_step)
     val_set = _load_val(val, cfg) if (val and rank == 0) else None
     end_step = cfg.steps if max_steps is None else min(cfg.steps, start_step + max_steps)
     bar = tqdm(total=cfg.steps, initial=start_step, desc="clip", unit="step",
@@ -244,14 +213,14 @@ def train_clip(config, data, out_dir, val=None, max_steps=None, progress=True):
         bar.update(1)
         bar.set_postfix(loss=f"{total:.3f}")
         if rank == 0 and (step % cfg.log_every == 0 or step == end_step):
-            _log(metrics_path, {"step": step, "loss": round(total, 6),
+            log_metrics(metrics_path, {"step": step, "loss": round(total, 6),
                                 "lr": scheduler.get_last_lr()[0],
                                 "logit_scale": model.logit_scale.exp().item(),
                                 "skipped_unreadable": skipped,
                                 "seconds": round(time.perf_counter() - started, 2)})
         if rank == 0 and val_set is not None and (step % cfg.eval_every == 0 or
                                                   step == cfg.steps):
-            _log(metrics_path, {"step": step, "eval": evaluate_pairs(model, tokenizer, val_set,
+            log_metrics(metrics_path, {"step": step, "eval": evaluate_pairs(model, tokenizer, val_set,
                                                                      cfg.image_size, device)})
         if rank == 0 and (step % cfg.ckpt_every == 0 or step == end_step):
             last_ckpt = _save_checkpoint(out_dir, step, module, model_cfg, config, optimizer,
@@ -266,20 +235,6 @@ def train_clip(config, data, out_dir, val=None, max_steps=None, progress=True):
     if world > 1:
         dist.barrier()
     return summary
-
-
-def _truncate_metrics(path, start_step):
-    """Drop log lines past the step we resume from, so the log is one consistent curve."""
-    if not path.exists():
-        return
-    lines = [line for line in path.read_text().splitlines()
-             if line.strip() and json.loads(line).get("step", 0) <= start_step]
-    path.write_text("".join(line + "\n" for line in lines))
-
-
-def _log(path, row):
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
 
 
 def _load_val(val, cfg):

@@ -1,0 +1,57 @@
+"""Pieces every training loop shares: distributed set-up, the warmup + cosine schedule,
+checkpoint discovery, the JSONL metrics log, and the error raised when training must stop."""
+import json
+import math
+import os
+
+import torch
+import torch.distributed as dist
+
+from dermvlm.errors import DermvlmError
+
+
+class TrainingError(DermvlmError):
+    """Training stopped (e.g. the loss became NaN); the message names the last good state."""
+
+
+def distributed():
+    """(rank, world_size, device) from torchrun's environment, initialising the group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return (dist.get_rank() if world > 1 else 0), world, device
+
+
+def warmup_cosine(warmup_steps, total_steps):
+    """LambdaLR factor: linear warmup, then cosine decay to 0 at total_steps."""
+    def factor(step):
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def latest_checkpoint(out_dir):
+    pointer = out_dir / "checkpoints" / "latest"
+    if pointer.is_file():
+        folder = out_dir / "checkpoints" / pointer.read_text().strip()
+        if (folder / "train_state.pt").is_file():
+            return folder
+    return None
+
+
+def truncate_metrics(path, start_step):
+    """Drop log lines past the step we resume from, so the log is one consistent curve."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines()
+             if line.strip() and json.loads(line).get("step", 0) <= start_step]
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def log_metrics(path, row):
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")

@@ -1,0 +1,107 @@
+"""Assemble a DermVLM from its parts: a CLIP folder's image tower, a causal LM (+ LoRA), a
+tokenizer with <image> added; and load a saved VLM folder back."""
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from dermvlm.errors import DermvlmError
+from dermvlm.vlm.model import IMAGE_TOKEN, DermVLM, VisionTower, vlm_config_from
+
+
+def add_image_token(lm, tokenizer):
+    """Add <image> to the tokenizer and a zero embedding row to the LM (deterministic: the
+    row is never read as input, since image embeddings replace it)."""
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    old = lm.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > old:
+        lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            lm.get_input_embeddings().weight[old:] = 0
+            output = lm.get_output_embeddings()
+            if output is not None and output.weight.data_ptr() != \
+                    lm.get_input_embeddings().weight.data_ptr():
+                output.weight[old:] = 0
+
+
+def vision_from_clip(spec):
+    """(VisionTower, vision-only model_cfg) from a CLIP model folder or spec."""
+    from dermvlm.clip.model import load_model
+    model, model_cfg, _ = load_model(spec)
+    if not hasattr(model.visual, "_embeds"):
+        raise DermvlmError(f"{spec}: the VLM needs an open_clip VisionTransformer image tower")
+    return VisionTower(model.visual), {"embed_dim": model_cfg["embed_dim"],
+                                       "vision_cfg": model_cfg["vision_cfg"]}
+
+
+def apply_lora(lm, config):
+    from peft import LoraConfig, get_peft_model
+    targets = ("all-linear" if config.lora_targets == "all-linear"
+               else [t.strip() for t in config.lora_targets.split(",") if t.strip()])
+    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
+                      lora_dropout=config.lora_dropout, target_modules=targets,
+                      task_type="CAUSAL_LM")
+    if config.quantize_4bit:
+        from peft import prepare_model_for_kbit_training
+        lm = prepare_model_for_kbit_training(
+            lm, use_gradient_checkpointing=config.gradient_checkpointing)
+    return get_peft_model(lm, lora)
+
+
+def build_vlm(config, device="cpu", lm=None, tokenizer=None, vision=None):
+    """A fresh VLM for training: parts from config, or given directly (tests pass tiny ones)."""
+    from dermvlm.vlm.lm import load_lm
+    if config.quantize_4bit and not torch.cuda.is_available():
+        print("warning: vlm.quantize_4bit on CPU: bitsandbytes 4-bit runs, but slowly")
+    if vision is None:
+        if not config.vision:
+            raise DermvlmError("vlm.vision is empty: pass the CLIP model folder from "
+                               "train.clip, e.g. --set vlm.vision=runs/clip/model")
+        vision = vision_from_clip(config.vision)
+    tower, vision_cfg = vision
+    if lm is None:
+        lm, tokenizer = load_lm(config.lm, quantize_4bit=config.quantize_4bit, device=device)
+    add_image_token(lm, tokenizer)
+    if config.gradient_checkpointing:
+        lm.gradient_checkpointing_enable()
+    for p in tower.parameters():
+        p.requires_grad = False
+    vlm = DermVLM(config, tower.eval(), lm, tokenizer, vision_cfg)
+    vlm.projector.to(device)
+    vlm.vision.to(device)
+    return vlm
+
+
+def load_vlm_folder(folder, device="cpu", dtype=torch.float32, lm=None):
+    """Load a saved VLM folder (base LM by reference, adapter, projector, vision)."""
+    import open_clip
+    from transformers import AutoTokenizer
+
+    from dermvlm.vlm.lm import load_lm
+    folder = Path(folder)
+    meta_file = folder / "dermvlm_vlm.json"
+    if not meta_file.is_file():
+        raise DermvlmError(f"{folder}: not a dermvlm VLM folder (no dermvlm_vlm.json)")
+    meta = json.loads(meta_file.read_text())
+    config = vlm_config_from(meta)
+    if lm is None:
+        try:
+            lm, _ = load_lm(config.lm, dtype=dtype, device=device)
+        except OSError as exc:
+            raise DermvlmError(f"{folder}: cannot load the base LM {config.lm!r}: {exc}")
+    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    add_image_token(lm, tokenizer)
+    if (folder / "adapter").is_dir():
+        from peft import PeftModel
+        lm = PeftModel.from_pretrained(lm, folder / "adapter")
+    elif meta.get("has_adapter"):
+        raise DermvlmError(f"{folder}: the LoRA adapter folder {folder / 'adapter'} is missing")
+    visual_cfg = meta["vision_cfg"]["vision_cfg"]
+    visual = open_clip.model._build_vision_tower(meta["vision_cfg"]["embed_dim"], visual_cfg)
+    tower = VisionTower(visual)
+    tower.load_state_dict(load_file(folder / "vision.safetensors"))
+    vlm = DermVLM(config, tower.eval(), lm, tokenizer, meta["vision_cfg"])
+    vlm.projector.load_state_dict(load_file(folder / "projector.safetensors"))
+    return vlm.to(device).eval()

@@ -1,0 +1,223 @@
+"""Inference with a DermVLM: chat (streamed or not), batched generation, option scoring, and
+the structured lesion report that always validates.
+
+The report is generated as JSON and validated against `LesionReport`; any field that is
+missing or invalid is repaired by constrained choice: the model scores every allowed value
+(log-likelihood of the continuation) and the best one is used. The result is a schema object,
+never a raw string passed off as JSON; `repaired_fields` says what was chosen that way.
+"""
+import json
+import math
+import threading
+import warnings
+
+import torch
+
+from dermvlm import vocab
+from dermvlm.clip.data import eval_transform, open_rgb
+from dermvlm.errors import DermvlmError
+from dermvlm.report import DISCLAIMER, LesionReport
+from dermvlm.vlm.data import encode_conversation, to_messages
+from dermvlm.vlm.model import IMAGE_TOKEN
+
+REPORT_PROMPT = "Write the structured lesion report for this image."
+
+
+def load_image(vlm, image):
+    """A PIL image or a path -> (1, 3, S, S) pixels; unreadable files are a clear error."""
+    if not hasattr(image, "convert"):
+        path = image
+        image = open_rgb(path)
+        if image is None:
+            raise DermvlmError(f"{path}: not a readable image")
+    return eval_transform(vlm.vision.image_size)(image.convert("RGB"))[None]
+
+
+def _as_messages(messages):
+    """Accept [{"role", "content"}] or LLaVA turns; put <image> in the first user turn."""
+    out = [{"role": m.get("role") or {"human": "user", "gpt": "assistant"}[m["from"]],
+            "content": m.get("content", m.get("value"))} for m in messages]
+    if not any(IMAGE_TOKEN in m["content"] for m in out):
+        first = next(i for i, m in enumerate(out) if m["role"] == "user")
+        out[first] = dict(out[first], content=f"{IMAGE_TOKEN}\n{out[first]['content']}")
+    return out
+
+
+def prompt_ids(vlm, messages, max_new_tokens):
+    """Token ids for a chat ending with the assistant's turn to speak; oldest exchanges are
+    dropped (with a warning) when the prompt would not fit vlm.config.max_length."""
+    messages = to_messages([{"from": m["role"], "value": m["content"]} for m in messages])
+    budget = vlm.config.max_length - max_new_tokens
+    while True:
+        expanded = [dict(m, content=m["content"].replace(
+            IMAGE_TOKEN, IMAGE_TOKEN * vlm.num_image_tokens)) for m in messages]
+        text = vlm.tokenizer.apply_chat_template(expanded, tokenize=False,
+                                                 add_generation_prompt=True)
+        ids = vlm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= budget:
+            return ids
+        if len(messages) <= 2:
+            raise DermvlmError(f"prompt of {len(ids)} tokens does not fit vlm.max_length "
+                               f"{vlm.config.max_length} with {max_new_tokens} new tokens")
+        warnings.warn(f"prompt of {len(ids)} tokens is too long: dropping the oldest exchange")
+        messages = messages[:1] + messages[3:]
+
+
+def _generate_kwargs(vlm, image, messages, max_new_tokens, temperature, top_p, use_cache,
+                     extra):
+    pixels = load_image(vlm, image)
+    ids = torch.tensor([prompt_ids(vlm, _as_messages(messages), max_new_tokens)],
+                       device=vlm.device)
+    kwargs = dict(inputs_embeds=vlm.embed(ids, pixels), attention_mask=torch.ones_like(ids),
+                  max_new_tokens=max_new_tokens, use_cache=use_cache,
+                  do_sample=temperature > 0, pad_token_id=vlm.tokenizer.pad_token_id,
+                  eos_token_id=vlm.tokenizer.eos_token_id, **extra)
+    if temperature > 0:
+        kwargs.update(temperature=temperature, top_p=top_p)
+    return kwargs
+
+
+@torch.no_grad()
+def generate_ids(vlm, image, messages, max_new_tokens=128, temperature=0.0, top_p=1.0,
+                 use_cache=True, **generate_kwargs):
+    """(1, T) new token ids. Extra keyword arguments go to the HF `generate`."""
+    return vlm.lm.generate(**_generate_kwargs(vlm, image, messages, max_new_tokens,
+                                              temperature, top_p, use_cache, generate_kwargs))
+
+
+def generate(vlm, image, messages, max_new_tokens=128, temperature=0.0, top_p=1.0,
+             stream=False, use_cache=True, **generate_kwargs):
+    """The assistant's reply (str), or a generator of text pieces when stream=True."""
+    if not stream:
+        out = generate_ids(vlm, image, messages, max_new_tokens, temperature, top_p,
+                           use_cache, **generate_kwargs)
+        return vlm.tokenizer.decode(out[0], skip_special_tokens=True).strip()
+    from transformers import TextIteratorStreamer
+    kwargs = _generate_kwargs(vlm, image, messages, max_new_tokens, temperature, top_p,
+                              use_cache, generate_kwargs)
+    streamer = TextIteratorStreamer(vlm.tokenizer, skip_special_tokens=True)
+    thread = threading.Thread(target=torch.no_grad()(vlm.lm.generate),
+                              kwargs=dict(kwargs, streamer=streamer))
+    thread.start()
+
+    def pieces():
+        yield from (piece for piece in streamer if piece)
+        thread.join()
+    return pieces()
+
+
+@torch.no_grad()
+def generate_batch(vlm, images, questions, max_new_tokens=64, **generate_kwargs):
+    """Greedy answers for several (image, question) pairs in one left-padded batch."""
+    rows = [prompt_ids(vlm, _as_messages([{"role": "user", "content": q}]), max_new_tokens)
+            for q in questions]
+    width = max(len(r) for r in rows)
+    pad = vlm.tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=vlm.device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=vlm.device)
+    pixels = torch.cat([load_image(vlm, im) for im in images])
+    out = vlm.lm.generate(inputs_embeds=vlm.embed(ids, pixels), attention_mask=mask,
+                          max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                          eos_token_id=vlm.tokenizer.eos_token_id, **generate_kwargs)
+    return [vlm.tokenizer.decode(o, skip_special_tokens=True).strip() for o in out]
+
+
+@torch.no_grad()
+def score_options(vlm, image, messages, prefix, options):
+    """Mean log-likelihood per token of each option, continuing the assistant text `prefix`."""
+    base = prompt_ids(vlm, _as_messages(messages), 64)
+    prefix_ids = vlm.tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+    pixels = load_image(vlm, image)
+    scores = []
+    for option in options:
+        option_ids = vlm.tokenizer(option, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([base + prefix_ids + option_ids], device=vlm.device)
+        logits = vlm(input_ids=ids, pixel_values=pixels).logits[0, :-1].float()
+        logp = logits.log_softmax(-1)[-len(option_ids):]
+        target = ids[0, -len(option_ids):]
+        scores.append(float(logp.gather(1, target[:, None]).mean()))
+    return scores
+
+
+def parse_json_object(text):
+    """The first {...} object in text as a dict, or {}."""
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end <= start:
+        return {}
+    try:
+        value = json.loads(text[start:end + 1])
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+_CHOICES = {   # field -> (allowed values, is a list)
+    "elementary_lesions": (vocab.LESION_TYPES, True), "colours": (vocab.COLOURS, True),
+    "border_regularity": (vocab.BORDER_REGULARITY, False),
+    "border_definition": (vocab.BORDER_DEFINITION, False), "shape": (vocab.SHAPES, False),
+    "size": (vocab.SIZES, False), "count": (vocab.COUNTS, False),
+    "distribution": (vocab.DISTRIBUTIONS, False), "surface_features": (vocab.SURFACES, True),
+    "secondary_changes": (vocab.SECONDARY_CHANGES, True), "body_site": (vocab.BODY_SITES, False),
+    "image_quality": (vocab.IMAGE_QUALITY, False),
+    "malignancy_concern": (("low", "moderate", "high"), False),
+    "suggested_next_step": (vocab.NEXT_STEPS, False),
+}
+
+
+def _field_ok(field, value):
+    allowed, is_list = _CHOICES[field]
+    if is_list:
+        return isinstance(value, list) and value and all(v in allowed for v in value)
+    return value in allowed
+
+
+def describe(vlm, image, max_new_tokens=400):
+    """(LesionReport, raw generated text, repaired field names)."""
+    from dermvlm.synth.ontology import CONDITIONS
+    messages = [{"role": "user", "content": REPORT_PROMPT}]
+    raw = generate(vlm, image, messages, max_new_tokens=max_new_tokens)
+    data = parse_json_object(raw)
+    fixed, repaired = {}, []
+    for field, (allowed, is_list) in _CHOICES.items():
+        value = data.get(field)
+        if _field_ok(field, value):
+            fixed[field] = list(dict.fromkeys(value)) if is_list else value
+            continue
+        prefix = f'{{"{field}":' + ('["' if is_list else '"')
+        scores = score_options(vlm, image, messages, prefix, list(allowed))
+        best = allowed[max(range(len(allowed)), key=scores.__getitem__)]
+        fixed[field] = [best] if is_list else best
+        repaired.append(field)
+    size = data.get("size_mm_estimate")
+    low, high = vocab.SIZE_RANGES_MM[fixed["size"]]
+    if not isinstance(size, (int, float)) or not low <= size <= high:
+        fixed["size_mm_estimate"] = round((low + high) / 2, 1)
+        repaired.append("size_mm_estimate")
+    else:
+        fixed["size_mm_estimate"] = float(size)
+    fixed["differential"] = _differential(vlm, image, messages, data.get("differential"),
+                                          [c.name for c in CONDITIONS], repaired)
+    fixed["disclaimer"] = DISCLAIMER
+    return LesionReport.model_validate(fixed), raw, repaired
+
+
+def _differential(vlm, image, messages, value, names, repaired):
+    try:
+        items = [(str(d["diagnosis"]), float(d["likelihood"])) for d in value]
+        items = [(n, p) for n, p in items if n.strip() and 0.0 <= p <= 1.0][:5]
+    except (TypeError, KeyError, ValueError):
+        items = []
+    if not items:
+        scores = torch.tensor(score_options(vlm, image, messages,
+                                            '{"differential":[{"diagnosis":"', names))
+        probs = (scores * 5).softmax(0)
+        top = probs.argsort(descending=True)[:3].tolist()
+        items = [(names[i], float(probs[i])) for i in top]
+        repaired.append("differential")
+    items.sort(key=lambda x: -x[1])
+    total = sum(p for _, p in items)
+    if total > 1.0:
+        items = [(n, p / total) for n, p in items]
+    # floor to 4 places: rounding up could push the sum past 1
+    return [{"diagnosis": n, "likelihood": math.floor(min(p, 1.0) * 1e4) / 1e4}
+            for n, p in items]

@@ -1,0 +1,144 @@
+"""The skin VLM: open_clip image tower -> projector -> causal LM (LLaVA-style).
+
+    pixels (B, 3, S, S) -> patch tokens (B, N, W)   [last transformer layer, no CLS, no ln_post:
+                                                     the features LLaVA calls layer -1/default]
+      -> optional f x f average pooling (B, N/f^2, W) -> projector (B, N', D)
+      -> written into the LM's input embeddings where input_ids == <image> (N' per image)
+
+A saved VLM folder holds dermvlm_vlm.json (config + references to the bases), vision and
+projector safetensors, the tokenizer (with <image> added) and the LoRA adapter; the base LM is
+referenced, not copied.
+"""
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from dermvlm.config import VLMConfig
+from dermvlm.errors import DermvlmError
+
+IMAGE_TOKEN = "<image>"
+
+
+class VisionTower(torch.nn.Module):
+    """Patch tokens of an open_clip VisionTransformer (B, N, W)."""
+
+    def __init__(self, visual):
+        super().__init__()
+        self.visual = visual
+        grid = visual.grid_size
+        self.num_tokens = grid[0] * grid[1]
+        self.width = visual.transformer.width
+        self.image_size = visual.image_size[0]
+
+    def forward(self, pixels):
+        x = self.visual._embeds(pixels)          # (B, 1 + N, W) after ln_pre
+        x = self.visual.transformer(x)           # (B, 1 + N, W)
+        return x[:, 1:]                          # drop CLS
+
+
+def make_projector(kind, in_dim, out_dim):
+    if kind == "mlp2x_gelu":
+        return torch.nn.Sequential(torch.nn.Linear(in_dim, out_dim), torch.nn.GELU(),
+                                   torch.nn.Linear(out_dim, out_dim))
+    if kind == "linear":
+        return torch.nn.Linear(in_dim, out_dim)
+    raise DermvlmError(f"vlm.projector must be mlp2x_gelu or linear, got {kind!r}")
+
+
+def pool_tokens(tokens, factor):
+    """(B, N, W) -> (B, N / factor^2, W) by average pooling on the patch grid."""
+    if factor == 1:
+        return tokens
+    b, n, w = tokens.shape
+    side = int(math.isqrt(n))
+    grid = tokens.transpose(1, 2).reshape(b, w, side, side)
+    return F.avg_pool2d(grid, factor, ceil_mode=True).flatten(2).transpose(1, 2)
+
+
+class DermVLM(torch.nn.Module):
+    def __init__(self, config, vision, lm, tokenizer, vision_cfg):
+        super().__init__()
+        self.config, self.vision, self.lm, self.tokenizer = config, vision, lm, tokenizer
+        self.vision_cfg = vision_cfg                 # open_clip model_cfg of the image tower
+        hidden = lm.get_input_embeddings().weight.shape[1]
+        self.projector = make_projector(config.projector, vision.width, hidden)
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        side = int(math.isqrt(vision.num_tokens))
+        pooled_side = math.ceil(side / config.token_pool)
+        self.num_image_tokens = pooled_side * pooled_side
+
+    @property
+    def device(self):
+        return self.projector[0].weight.device if isinstance(
+            self.projector, torch.nn.Sequential) else self.projector.weight.device
+
+    def image_embeddings(self, pixels):
+        """(B, N', D) projected image tokens."""
+        tokens = self.vision(pixels.to(self.device))
+        tokens = pool_tokens(tokens, self.config.token_pool)
+        return self.projector(tokens.to(self.projector_dtype))
+
+    @property
+    def projector_dtype(self):
+        return next(self.projector.parameters()).dtype
+
+    def embed(self, input_ids, pixel_values):
+        """Input embeddings (B, T, D) with image embeddings at the <image> positions."""
+        embeds = self.lm.get_input_embeddings()(input_ids)
+        mask = input_ids == self.image_token_id
+        if pixel_values is None or not mask.any():
+            return embeds
+        images = self.image_embeddings(pixel_values)                   # (B, N', D)
+        if int(mask.sum()) != images.shape[0] * images.shape[1]:
+            raise DermvlmError(f"{int(mask.sum())} <image> positions for {images.shape[0]} "
+                               f"image(s) of {images.shape[1]} tokens each")
+        embeds = embeds.clone()
+        embeds[mask] = images.reshape(-1, images.shape[-1]).to(embeds.dtype)
+        return embeds
+
+    def forward(self, input_ids, attention_mask=None, pixel_values=None, labels=None, **kw):
+        embeds = self.embed(input_ids, pixel_values)
+        return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kw)
+
+    # ---- inference (dermvlm.vlm.infer has the details)
+    def chat(self, image, messages, stream=False, **kwargs):
+        """The reply to a chat about `image`; a generator of text pieces if stream=True."""
+        from dermvlm.vlm.infer import generate
+        return generate(self, image, messages, stream=stream, **kwargs)
+
+    def describe(self, image):
+        """A validated LesionReport for `image` (see infer.describe)."""
+        from dermvlm.vlm.infer import describe
+        return describe(self, image)[0]
+
+    # ---- saving and loading
+    def save_pretrained(self, folder):
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"vlm": asdict(self.config), "vision_cfg": self.vision_cfg,
+                "image_token": IMAGE_TOKEN, "num_image_tokens": self.num_image_tokens,
+                "image_size": self.vision.image_size, "format": "dermvlm-vlm/1",
+                "has_adapter": hasattr(self.lm, "peft_config")}
+        (folder / "dermvlm_vlm.json").write_text(json.dumps(meta, indent=1))
+        save_file({k: v.contiguous() for k, v in self.vision.state_dict().items()},
+                  folder / "vision.safetensors")
+        save_file({k: v.contiguous() for k, v in self.projector.state_dict().items()},
+                  folder / "projector.safetensors")
+        self.tokenizer.save_pretrained(folder / "tokenizer")
+        if hasattr(self.lm, "peft_config"):
+            self.lm.save_pretrained(folder / "adapter")
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder, device="cpu", dtype=torch.float32):
+        from dermvlm.vlm.build import load_vlm_folder
+        return load_vlm_folder(folder, device=device, dtype=dtype)
+
+
+def vlm_config_from(meta):
+    return VLMConfig(**meta["vlm"])

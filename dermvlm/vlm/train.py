@@ -1,0 +1,151 @@
+"""VLM training. Stage 1: the projector learns on captions (LM and vision frozen). Stage 2:
+instruction tuning on conversations (LoRA on the LM, projector trainable, vision frozen).
+
+Same machinery as the CLIP trainer: deterministic batch order (exact resume), atomic
+checkpoints (a VLM folder + train_state.pt), JSONL metrics, DDP under torchrun, and a stop
+with a message on a non-finite loss.
+"""
+import functools
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from dermvlm.clip.data import BatchOrder
+from dermvlm.errors import DermvlmError
+from dermvlm.training import (TrainingError, distributed, latest_checkpoint, log_metrics,
+                              truncate_metrics, warmup_cosine)
+from dermvlm.vlm.build import apply_lora, build_vlm, load_vlm_folder
+from dermvlm.vlm.data import ConversationDataset, collate, load_conversations
+
+
+def prepare_vlm(config, stage, init=None, device="cpu", parts=None):
+    """The model to train: stage 1 from parts, stage 2 from a stage-1 folder plus LoRA."""
+    cfg = config.vlm
+    if stage == 1:
+        lm, tokenizer, vision = parts if parts else (None, None, None)
+        vlm = build_vlm(cfg, device=device, lm=lm, tokenizer=tokenizer, vision=vision)
+        for p in vlm.lm.parameters():
+            p.requires_grad = False
+    elif stage == 2:
+        if not init:
+            raise DermvlmError("stage 2 starts from a stage-1 folder: pass --init RUN1/model")
+        vlm = load_vlm_folder(init, device=device, lm=parts[0] if parts else None)
+        vlm.config = cfg   # this run's settings (LoRA rank, ...) apply from here on
+        vlm.lm = apply_lora(vlm.lm, cfg)
+    else:
+        raise DermvlmError(f"--stage must be 1 or 2, got {stage}")
+    for p in vlm.vision.parameters():
+        p.requires_grad = False
+    for p in vlm.projector.parameters():
+        p.requires_grad = True
+    return vlm
+
+
+def _save_checkpoint(out_dir, step, vlm, optimizer, scheduler, keep=2):
+    root = out_dir / "checkpoints"
+    folder = root / f"step_{step:07d}"
+    tmp = root / f"step_{step:07d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    vlm.save_pretrained(tmp)
+    torch.save({"step": step, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict()}, tmp / "train_state.pt")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    (root / "latest.tmp").write_text(folder.name)
+    os.replace(root / "latest.tmp", root / "latest")
+    for old in sorted(p for p in root.glob("step_*") if not p.name.endswith(".tmp"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def _restore(vlm, folder):
+    from safetensors.torch import load_file
+    vlm.projector.load_state_dict(load_file(folder / "projector.safetensors"))
+    adapter = folder / "adapter" / "adapter_model.safetensors"
+    if adapter.is_file():
+        from peft import set_peft_model_state_dict
+        set_peft_model_state_dict(vlm.lm, load_file(adapter))
+
+
+def train_vlm(config, data, out_dir, stage, init=None, max_steps=None, progress=True,
+              parts=None):
+    """Train one stage; returns a summary (the final VLM folder is out_dir/model)."""
+    cfg = config.vlm
+    torch.manual_seed(cfg.seed)
+    rank, world, device = distributed()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    total_steps = cfg.stage1_steps if stage == 1 else cfg.stage2_steps
+    vlm = prepare_vlm(config, stage, init, device, parts)
+    trainable = [p for p in vlm.parameters() if p.requires_grad]
+    lr = cfg.lr_stage1 if stage == 1 else cfg.lr_stage2
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                  warmup_cosine(cfg.warmup_steps, total_steps))
+    resume_from, start = latest_checkpoint(out_dir), 0
+    if resume_from is not None:
+        _restore(vlm, resume_from)
+        state = torch.load(resume_from / "train_state.pt", map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = state["step"]
+    vlm.lm.train()
+    model = torch.nn.parallel.DistributedDataParallel(vlm, find_unused_parameters=True) \
+        if world > 1 else vlm
+    items = load_conversations(data, stage)
+    dataset = ConversationDataset(items, vlm.tokenizer, vlm.num_image_tokens,
+                                  vlm.vision.image_size, cfg.max_length, seed=cfg.seed)
+    micro = cfg.batch_size // cfg.grad_accum
+    order = BatchOrder(len(items), micro, cfg.seed, start=start * cfg.grad_accum, rank=rank,
+                       world_size=world)
+    pad = vlm.tokenizer.pad_token_id
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=order, num_workers=cfg.workers,
+                                         collate_fn=functools.partial(collate, pad_id=pad))
+    metrics = out_dir / "metrics.jsonl"
+    truncate_metrics(metrics, start)
+    end = total_steps if max_steps is None else min(total_steps, start + max_steps)
+    bar = tqdm(total=total_steps, initial=start, desc=f"vlm stage {stage}", unit="step",
+               disable=not progress or rank != 0)
+    batches, step, last_ckpt, loss_sum = iter(loader), start, resume_from, None
+    started = time.perf_counter()
+    while step < end:
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum, tokens = 0.0, 0
+        for _ in range(cfg.grad_accum):
+            batch = next(batches)
+            while batch is None:            # every item of the micro-batch was unreadable
+                batch = next(batches)
+            ids, mask, labels, pixels = (t.to(device) for t in batch)
+            out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels)
+            loss = out.loss / cfg.grad_accum
+            if not torch.isfinite(loss):
+                bar.close()
+                raise TrainingError(f"loss became {loss.item()} at step {step + 1}; stopped. "
+                                    f"Last good checkpoint: {last_ckpt or 'none yet'}")
+            loss.backward()
+            loss_sum += loss.item()
+            tokens += int((labels != -100).sum())
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_sum:.3f}")
+        if rank == 0 and (step % cfg.log_every == 0 or step == end):
+            log_metrics(metrics, {"step": step, "stage": stage, "loss": round(loss_sum, 6),
+                                  "lr": scheduler.get_last_lr()[0], "target_tokens": tokens,
+                                  "seconds": round(time.perf_counter() - started, 2)})
+        if rank == 0 and (step % cfg.ckpt_every == 0 or step == end):
+            last_ckpt = _save_checkpoint(out_dir, step, vlm, optimizer, scheduler)
+    bar.close()
+    summary = {"stage": stage, "steps": step, "final_loss": loss_sum,
+               "resumed_from": str(resume_from) if resume_from else None,
+               "checkpoint": str(last_ckpt) if last_ckpt else None}
+    if rank == 0 and step == total_steps:
+        vlm.eval()
+        summary["model"] = str(vlm.save_pretrained(out_dir / "model"))
+    return summary

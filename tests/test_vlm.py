@@ -1,0 +1,161 @@
+"""The VLM with a tiny random LM and tokenizer: image embeddings land on <image> positions,
+only assistant tokens are labelled, KV cache and no cache agree, save/load is exact, a few
+steps lower the loss, reports always validate, and bad input is reported clearly."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from dermvlm.config import get_config
+from dermvlm.errors import DataError, DermvlmError
+from dermvlm.report import LesionReport
+from dermvlm.synth.writer import generate
+from dermvlm.vlm.build import build_vlm, load_vlm_folder
+from dermvlm.vlm.data import encode_conversation, to_messages
+from dermvlm.vlm.infer import describe, generate_batch, generate_ids
+from dermvlm.vlm.infer import generate as vlm_generate
+from dermvlm.vlm.model import IMAGE_TOKEN
+from dermvlm.vlm.train import train_vlm
+from tiny_parts import tiny_lm, tiny_tokenizer, tiny_vision
+
+SMALL = ["vlm.batch_size=4", "vlm.workers=0", "vlm.warmup_steps=1", "vlm.log_every=1",
+         "vlm.max_length=256", "vlm.lr_stage1=0.01", "vlm.lr_stage2=0.005", "vlm.lora_rank=4"]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vlm_synth")
+    generate(get_config("tiny", ["synth.n=12", "synth.size=32", "synth.seed=5"]).synth, out,
+             progress=False)
+    return out
+
+
+def _parts(seed=0):
+    tok = tiny_tokenizer()
+    return tiny_lm(tok, seed), tok, tiny_vision(seed)
+
+
+def _vlm(seed=0):
+    lm, tok, vision = _parts(seed)
+    return build_vlm(get_config("tiny", SMALL).vlm, lm=lm, tokenizer=tok, vision=vision)
+
+
+CONVERSATION = [{"from": "human", "value": "<image>\nDescribe the image."},
+                {"from": "gpt", "value": "The lesion is red."},
+                {"from": "human", "value": "Diagnosis?"}, {"from": "gpt", "value": "Psoriasis."}]
+
+
+def test_image_positions_get_the_projected_embeddings():
+    vlm = _vlm()
+    ids, _ = encode_conversation(vlm.tokenizer, to_messages(CONVERSATION),
+                                 vlm.num_image_tokens, 256)
+    ids = torch.tensor([ids])
+    pixels = torch.randn(1, 3, 32, 32)
+    embeds = vlm.embed(ids, pixels)
+    mask = ids[0] == vlm.image_token_id
+    assert int(mask.sum()) == vlm.num_image_tokens == 16
+    assert torch.equal(embeds[0, mask], vlm.image_embeddings(pixels)[0])
+    text = vlm.lm.get_input_embeddings()(ids)[0, ~mask]
+    assert torch.equal(embeds[0, ~mask], text)
+
+
+def test_only_assistant_tokens_are_labelled():
+    vlm = _vlm()
+    ids, labels = encode_conversation(vlm.tokenizer, to_messages(CONVERSATION),
+                                      vlm.num_image_tokens, 256)
+    kept = vlm.tokenizer.decode([t for t, y in zip(ids, labels) if y != -100])
+    assert kept == "The lesion is red.<|im_end|>\nPsoriasis.<|im_end|>\n"
+    assert all(y == -100 for t, y in zip(ids, labels) if t == vlm.image_token_id)
+
+
+def test_generation_with_and_without_kv_cache_agree(synth):
+    vlm = _vlm().eval()
+    image = next((synth / "images").iterdir())
+    question = [{"role": "user", "content": "Describe the image."}]
+    fixed = dict(max_new_tokens=12, min_new_tokens=12)
+    cached = generate_ids(vlm, image, question, use_cache=True, **fixed)
+    uncached = generate_ids(vlm, image, question, use_cache=False, **fixed)
+    assert cached.shape == (1, 12) and torch.equal(cached, uncached)
+    text = vlm_generate(vlm, image, question, **fixed)
+    streamed = "".join(vlm_generate(vlm, image, question, stream=True, **fixed))
+    assert streamed.strip() == text
+    batch = generate_batch(vlm, [image, image], ["Describe the image.", "Describe the image."],
+                           max_new_tokens=12, min_new_tokens=12)
+    assert batch[0] == batch[1] == text
+
+
+def test_stages_lower_the_loss_and_save_load_is_exact(synth, tmp_path):
+    lm, tok, vision = _parts()
+    config = get_config("tiny", SMALL + ["vlm.stage1_steps=12", "vlm.stage2_steps=12",
+                                         "vlm.ckpt_every=6"])
+    one = train_vlm(config, synth, tmp_path / "s1", stage=1, progress=False,
+                    parts=(lm, tok, vision))
+    base_lm = tiny_lm(tiny_tokenizer())          # stage 2 reloads the base, adds LoRA
+    two = train_vlm(config, synth, tmp_path / "s2", stage=2, init=one["model"],
+                    progress=False, parts=(base_lm,))
+    for run in ("s1", "s2"):
+        losses = [json.loads(x)["loss"] for x in (tmp_path / run / "metrics.jsonl")
+                  .read_text().splitlines()]
+        assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, (run, losses)
+    trained = load_vlm_folder(two["model"], lm=tiny_lm(tiny_tokenizer()))
+    again = load_vlm_folder(two["model"], lm=tiny_lm(tiny_tokenizer()))
+    assert (tmp_path / "s2" / "model" / "adapter").is_dir()
+    ids, _ = encode_conversation(trained.tokenizer, to_messages(CONVERSATION),
+                                 trained.num_image_tokens, 256)
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        a = trained(input_ids=torch.tensor([ids]), pixel_values=pixels).logits
+        b = again(input_ids=torch.tensor([ids]), pixel_values=pixels).logits
+    assert torch.equal(a, b)
+    shutil.rmtree(tmp_path / "s2" / "model" / "adapter")
+    with pytest.raises(DermvlmError, match="adapter folder .* is missing"):
+        load_vlm_folder(two["model"], lm=tiny_lm(tiny_tokenizer()))
+
+
+def test_resume_is_exact(synth, tmp_path):
+    def run(folder, max_steps=None):
+        lm, tok, vision = _parts()
+        config = get_config("tiny", SMALL + ["vlm.stage1_steps=6", "vlm.ckpt_every=3"])
+        return train_vlm(config, synth, folder, stage=1, progress=False, max_steps=max_steps,
+                         parts=(lm, tok, vision))
+    run(tmp_path / "full")
+    run(tmp_path / "split", max_steps=3)
+    assert run(tmp_path / "split")["resumed_from"].endswith("step_0000003")
+    losses = [[json.loads(x)["loss"] for x in (tmp_path / r / "metrics.jsonl").read_text()
+               .splitlines()] for r in ("full", "split")]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+
+
+def test_report_always_validates_even_from_an_untrained_model(synth):
+    vlm = _vlm().eval()
+    image = next((synth / "images").iterdir())
+    report, raw, repaired = describe(vlm, image, max_new_tokens=20)
+    assert isinstance(report, LesionReport)
+    LesionReport.model_validate_json(report.model_dump_json())
+    assert repaired   # a random model's text is not a valid report: fields were chosen
+
+
+@pytest.mark.parametrize("turns, fragment", [
+    ([{"from": "human", "value": "no image here"}, {"from": "gpt", "value": "ok"}], "found 0"),
+    ([{"from": "human", "value": "<image><image>"}, {"from": "gpt", "value": "ok"}], "found 2"),
+])
+def test_conversations_need_exactly_one_image_token(turns, fragment):
+    with pytest.raises(DataError, match=fragment):
+        to_messages(turns, "item 3")
+
+
+def test_over_long_prompts_warn_and_drop_history(synth):
+    vlm = _vlm().eval()
+    image = next((synth / "images").iterdir())
+    long_history = [{"role": "user", "content": "Describe the image."}]
+    for _ in range(20):
+        long_history += [{"role": "assistant", "content": "The lesion is red and scaly. " * 3},
+                         {"role": "user", "content": "And?"}]
+    with pytest.warns(UserWarning, match="too long"):
+        vlm_generate(vlm, image, long_history, max_new_tokens=4)
+    with pytest.raises(DermvlmError, match="does not fit"):
+        vlm_generate(vlm, image, [{"role": "user", "content": "word " * 400}], max_new_tokens=4)
+    with pytest.raises(DermvlmError, match="not a readable image"):
+        vlm_generate(vlm, synth / "derm1m.csv", long_history[:1], max_new_tokens=4)
+    assert IMAGE_TOKEN == "<image>"

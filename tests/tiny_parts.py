@@ -1,0 +1,43 @@
+"""Tiny, random, offline parts for VLM tests: a byte-level BPE tokenizer with a ChatML
+template, a 2-layer Llama, and a 2-layer open_clip image tower."""
+import open_clip
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from dermvlm.vlm.model import VisionTower
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CORPUS = ["Describe the image.", "The lesion is red and scaly.", "A brown macule on the arm.",
+          "What is the most likely diagnosis?", "This is psoriasis.", "Answer with a letter.",
+          '{"elementary_lesions":["plaque"],"colours":["red"]}', "user assistant system"] * 20
+
+
+def tiny_tokenizer():
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
+                                   pad_token="<|im_end|>", bos_token="<|im_start|>")
+    fast.chat_template = CHATML
+    return fast
+
+
+def tiny_lm(tokenizer, seed=0):
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, tie_word_embeddings=True,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_vision(seed=0, image_size=32):
+    torch.manual_seed(seed)
+    cfg = {"image_size": image_size, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32}
+    visual = open_clip.model._build_vision_tower(32, cfg)
+    return VisionTower(visual), {"embed_dim": 32, "vision_cfg": cfg}
