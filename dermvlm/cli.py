@@ -131,12 +131,97 @@ def cmd_classify(args):
     return 0
 
 
+def _vlm_parsers(sub):
+    p = sub.add_parser("describe", help="structured lesion report (JSON + readable) for an "
+                       "image", description="Generate a structured lesion report with a "
+                       "trained VLM; the JSON always validates against the report schema.")
+    p.add_argument("image", help="image file")
+    p.add_argument("--model", required=True, help="VLM folder from train.vlm")
+    p.add_argument("--json-only", action="store_true", help="print only the JSON")
+    p.set_defaults(func=cmd_describe)
+    c = sub.add_parser("chat", help="terminal chat about an image",
+                       description="Chat about an image with a trained VLM (streamed). "
+                       "Empty line, /quit or end of input to stop.")
+    c.add_argument("image", help="image file")
+    c.add_argument("--model", required=True, help="VLM folder from train.vlm")
+    c.add_argument("--max-new-tokens", type=positive_int, default=160)
+    c.set_defaults(func=cmd_chat)
+    e = sub.add_parser("merge-export", help="write a standard transformers LLaVA checkpoint",
+                       description="Merge the LoRA adapter and write a LLaVA checkpoint that "
+                       "AutoModelForImageTextToText loads without dermvlm (vLLM/TGI can serve "
+                       "it).")
+    e.add_argument("--model", required=True, help="VLM folder from train.vlm")
+    e.add_argument("--out", required=True, help="output folder")
+    e.set_defaults(func=cmd_merge_export)
+
+
+def _load_vlm(args):
+    from pathlib import Path
+    from dermvlm.clip.data import open_rgb
+    if open_rgb(args.image) is None:
+        raise DermvlmError(f"{args.image}: not a readable image")
+    if not (Path(args.model) / "dermvlm_vlm.json").is_file():
+        raise DermvlmError(f"{args.model}: not a VLM folder (expected dermvlm_vlm.json from "
+                           "train.vlm)")
+    from dermvlm.vlm.model import DermVLM
+    return DermVLM.from_pretrained(args.model)
+
+
+def cmd_describe(args):
+    from dermvlm.report import render_report_text
+    from dermvlm.vlm.infer import describe
+    report, _, repaired = describe(_load_vlm(args), args.image)
+    print(report.model_dump_json(indent=1))
+    if not args.json_only:
+        print()
+        print(render_report_text(report))
+        if repaired:
+            print(f"(fields chosen by constrained scoring: {', '.join(repaired)})")
+    return 0
+
+
+def cmd_merge_export(args):
+    from pathlib import Path
+    if not (Path(args.model) / "dermvlm_vlm.json").is_file():
+        raise DermvlmError(f"{args.model}: not a VLM folder (expected dermvlm_vlm.json)")
+    from dermvlm.vlm.export import export_llava
+    from dermvlm.vlm.model import DermVLM
+    out = export_llava(DermVLM.from_pretrained(args.model), args.out)
+    print(f"wrote a LLaVA checkpoint to {out}; load it with "
+          "transformers.AutoModelForImageTextToText.from_pretrained")
+    return 0
+
+
+def cmd_chat(args):
+    vlm = _load_vlm(args)
+    print("dermvlm chat: research tool, not a diagnosis. Empty line or /quit to stop.")
+    messages = []
+    while True:
+        try:
+            question = input("you> ").strip()
+        except EOFError:
+            break
+        if not question or question == "/quit":
+            break
+        messages.append({"role": "user", "content": question})
+        print("dermvlm> ", end="", flush=True)
+        reply = ""
+        for piece in vlm.chat(args.image, messages, stream=True,
+                              max_new_tokens=args.max_new_tokens):
+            reply += piece
+            print(piece, end="", flush=True)
+        print()
+        messages.append({"role": "assistant", "content": reply.strip()})
+    return 0
+
+
 def build_parser():
     parser = OneLineParser(prog="dermvlm", description="dermvlm: dermatology vision-language "
                            "toolkit (research use only, not for diagnosis).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     _synth_parser(sub)
     _classify_parser(sub)
+    _vlm_parsers(sub)
     _demo_parser(sub)
     return parser
 

@@ -159,3 +159,24 @@ def test_over_long_prompts_warn_and_drop_history(synth):
     with pytest.raises(DermvlmError, match="not a readable image"):
         vlm_generate(vlm, synth / "derm1m.csv", long_history[:1], max_new_tokens=4)
     assert IMAGE_TOKEN == "<image>"
+
+
+def test_merge_export_gives_a_llava_checkpoint_with_equal_logits(tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from dermvlm.vlm.build import apply_lora
+    from dermvlm.vlm.export import export_llava, logits_match
+    vlm = _vlm()
+    vlm.lm = apply_lora(vlm.lm, get_config("tiny", SMALL).vlm)
+    torch.manual_seed(1)
+    for name, p in vlm.lm.named_parameters():
+        if "lora_B" in name:    # a non-zero adapter, so merging matters
+            torch.nn.init.normal_(p, std=0.05)
+    vlm.eval()
+    export_llava(vlm, tmp_path / "llava")
+    llava = AutoModelForImageTextToText.from_pretrained(tmp_path / "llava").eval()
+    assert type(llava).__name__ == "LlavaForConditionalGeneration"
+    assert type(AutoProcessor.from_pretrained(tmp_path / "llava")).__name__ == "LlavaProcessor"
+    ids, _ = encode_conversation(vlm.tokenizer, to_messages(CONVERSATION),
+                                 vlm.num_image_tokens, 256)
+    assert logits_match(vlm, llava, torch.tensor([ids]), torch.randn(1, 3, 32, 32)) < 1e-4

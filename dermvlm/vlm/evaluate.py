@@ -1,0 +1,59 @@
+"""Held-out VQA scoring for a VLM: lettered multiple-choice accuracy per question family,
+and structured-report validity."""
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from tqdm import tqdm
+
+from dermvlm.vlm.infer import describe, generate
+
+FAMILIES = {"Which diagnosis fits best?": "diagnosis", "Which primary lesion is shown?":
+            "lesion_type", "What is the main colour of the lesion?": "colour",
+            "Is the lesion benign, premalignant or malignant?": "malignancy"}
+LETTER = re.compile(r"\b([A-D])\b")
+
+
+def choice_items(folder, limit=None):
+    """(image path, question text, answer letter, family) from a SynthDerm vqa_llava.json."""
+    folder = Path(folder)
+    items = []
+    for record in json.loads((folder / "vqa_llava.json").read_text()):
+        question = record["conversations"][0]["value"].replace("<image>\n", "")
+        family = FAMILIES.get(question.split("\n")[0])
+        if family:
+            answer = record["conversations"][1]["value"].strip()[0]
+            items.append((str(folder / record["image"]), question, answer, family))
+    return items[:limit]
+
+
+def closed_accuracy(vlm, folder, limit=200, progress=True):
+    hits, unparsed = defaultdict(list), 0
+    for image, question, answer, family in tqdm(choice_items(folder, limit), desc="vqa",
+                                                disable=not progress):
+        reply = generate(vlm, image, [{"role": "user", "content": question}], max_new_tokens=6)
+        match = LETTER.search(reply)
+        unparsed += match is None
+        hits[family].append(bool(match) and match.group(1) == answer)
+    per_family = {f: round(sum(v) / len(v), 4) for f, v in sorted(hits.items())}
+    total = [x for v in hits.values() for x in v]
+    return {"accuracy": round(sum(total) / max(1, len(total)), 4), "per_family": per_family,
+            "n": len(total), "unparsed_answers": unparsed, "chance": 0.25}
+
+
+def report_validity(vlm, folder, limit=20, progress=True):
+    """Share of images whose report validated (always 1.0 by construction) and how many came
+    out valid without repair; diagnosis agreement with the ground truth."""
+    folder = Path(folder)
+    attributes = [json.loads(x) for x in (folder / "attributes.jsonl").read_text()
+                  .splitlines()][:limit]
+    valid = unrepaired = top_dx = 0
+    for attrs in tqdm(attributes, desc="reports", disable=not progress):
+        report, _, repaired = describe(vlm, folder / "images" / f"{attrs['image_id']}.jpg")
+        valid += 1
+        unrepaired += not repaired
+        top_dx += report.differential[0].diagnosis == attrs["condition"]
+    n = max(1, len(attributes))
+    return {"n": len(attributes), "validity": valid / n, "valid_without_repair": unrepaired / n,
+            "top_diagnosis_accuracy": round(top_dx / n, 4)}

@@ -1,0 +1,40 @@
+"""Held-out VQA evaluation of a VLM folder on a SynthDerm set: lettered multiple-choice
+accuracy per question family, and structured-report validity.
+
+    python -m eval.vqa --model runs/vlm2/model --data data/test --out vqa.json
+"""
+import json
+import sys
+from pathlib import Path
+
+from dermvlm.cli import OneLineParser
+from dermvlm.errors import DermvlmError
+
+
+def main(argv=None):
+    parser = OneLineParser(prog="python -m eval.vqa", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="VLM folder (train.vlm output)")
+    parser.add_argument("--data", required=True, help="SynthDerm folder (held-out seed)")
+    parser.add_argument("--limit", type=int, default=200, help="multiple-choice questions")
+    parser.add_argument("--reports", type=int, default=20, help="images to describe")
+    parser.add_argument("--out", help="write the results JSON here")
+    args = parser.parse_args(argv)
+    try:
+        from dermvlm.vlm.evaluate import closed_accuracy, report_validity
+        from dermvlm.vlm.model import DermVLM
+        vlm = DermVLM.from_pretrained(args.model)
+        result = {"model": args.model, "data": args.data,
+                  "closed": closed_accuracy(vlm, args.data, args.limit),
+                  "reports": report_validity(vlm, args.data, args.reports)}
+    except DermvlmError as exc:
+        print(f"eval.vqa: error: {exc}", file=sys.stderr)
+        return 2
+    text = json.dumps(result, indent=1)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
