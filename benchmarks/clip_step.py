@@ -12,28 +12,15 @@ open_clip's trainer does; dermvlm's step runs the frozen tower once per distinct
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from open_clip.loss import ClipLoss
 
+from benchmarks.timing import seconds_per_call
 from dermvlm.clip.model import build_model
 from dermvlm.clip.train import ClipTrainModule, TextCache, _apply_text_mode, _optimizer
 from dermvlm.config import get_config
-
-
-def _timed(fn, steps, warmup, device):
-    for _ in range(warmup):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
 
 
 def main(argv=None):
@@ -81,11 +68,12 @@ def main(argv=None):
         loss.backward()
         optimizer.step()
 
-    raw = _timed(raw_step, args.steps, 2, device)
-    ours = _timed(our_step, args.steps, 2, device)
+    raw = seconds_per_call(raw_step, args.steps, device, warmup=2)
+    ours = seconds_per_call(our_step, args.steps, device, warmup=2)
     model.eval()
     with torch.no_grad(), torch.autocast(**autocast):
-        encode = _timed(lambda: model.encode_image(images), args.steps, 2, device)
+        encode = seconds_per_call(lambda: model.encode_image(images), args.steps, device,
+                                  warmup=2)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"device: {name}; model {cfg.model} ({size}px, text {cfg.text_mode}), batch "
           f"{args.batch}, compile={args.compile}")

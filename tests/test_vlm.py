@@ -180,3 +180,18 @@ def test_merge_export_gives_a_llava_checkpoint_with_equal_logits(tmp_path):
     ids, _ = encode_conversation(vlm.tokenizer, to_messages(CONVERSATION),
                                  vlm.num_image_tokens, 256)
     assert logits_match(vlm, llava, torch.tensor([ids]), torch.randn(1, 3, 32, 32)) < 1e-4
+
+
+def test_chunked_target_only_loss_equals_the_hf_loss():
+    vlm = _vlm()
+    ids, labels = encode_conversation(vlm.tokenizer, to_messages(CONVERSATION),
+                                      vlm.num_image_tokens, 256)
+    ids, labels = torch.tensor([ids, ids]), torch.tensor([labels, labels])
+    pixels = torch.randn(2, 3, 32, 32)
+    ours = vlm(input_ids=ids, pixel_values=pixels, labels=labels).loss
+    hf = vlm.lm(inputs_embeds=vlm.embed(ids, pixels), labels=labels).loss
+    assert torch.allclose(ours, hf, atol=1e-5)
+    from dermvlm.vlm.model import chunked_lm_loss
+    hidden = vlm.lm.model(inputs_embeds=vlm.embed(ids, pixels))[0]
+    assert torch.allclose(chunked_lm_loss(hidden, labels, vlm.lm.lm_head, chunk=3), ours,
+                          atol=1e-5)

@@ -74,8 +74,9 @@ def build_vlm(config, device="cpu", lm=None, tokenizer=None, vision=None):
     return vlm
 
 
-def load_vlm_folder(folder, device="cpu", dtype=torch.float32, lm=None):
-    """Load a saved VLM folder (base LM by reference, adapter, projector, vision)."""
+def load_vlm_folder(folder, device="cpu", dtype=torch.float32, lm=None, merge_lora=False):
+    """Load a saved VLM folder (base LM by reference, adapter, projector, vision).
+    merge_lora=True folds the adapter into the LM weights: same outputs, faster decoding."""
     import open_clip
     from transformers import AutoTokenizer
 
@@ -96,6 +97,8 @@ def load_vlm_folder(folder, device="cpu", dtype=torch.float32, lm=None):
     if (folder / "adapter").is_dir():
         from peft import PeftModel
         lm = PeftModel.from_pretrained(lm, folder / "adapter")
+        if merge_lora:
+            lm = lm.merge_and_unload()
     elif meta.get("has_adapter"):
         raise DermvlmError(f"{folder}: the LoRA adapter folder {folder / 'adapter'} is missing")
     visual_cfg = meta["vision_cfg"]["vision_cfg"]

@@ -17,7 +17,7 @@ from dermvlm import vocab
 from dermvlm.clip.data import eval_transform, open_rgb
 from dermvlm.errors import DermvlmError
 from dermvlm.report import DISCLAIMER, LesionReport
-from dermvlm.vlm.data import encode_conversation, to_messages
+from dermvlm.vlm.data import to_messages
 from dermvlm.vlm.model import IMAGE_TOKEN
 
 REPORT_PROMPT = "Write the structured lesion report for this image."

@@ -60,6 +60,28 @@ def pool_tokens(tokens, factor):
     return F.avg_pool2d(grid, factor, ceil_mode=True).flatten(2).transpose(1, 2)
 
 
+class LossOutput(dict):
+    """The part of a HF ModelOutput the trainer reads (`.loss`)."""
+    __getattr__ = dict.__getitem__
+
+
+def chunked_lm_loss(hidden, labels, lm_head, chunk=1024):
+    """Mean next-token cross-entropy over positions whose label is not -100.
+
+    hidden (B, T, D), labels (B, T). Only target positions go through lm_head, `chunk` rows at
+    a time, so memory is O(chunk x vocab) instead of O(B x T x vocab)."""
+    targets = labels[:, 1:]
+    keep = targets != -100
+    rows, ys = hidden[:, :-1][keep], targets[keep]                     # (M, D), (M,)
+    if ys.numel() == 0:
+        return hidden.sum() * 0.0
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for i in range(0, ys.numel(), chunk):
+        logits = lm_head(rows[i:i + chunk]).float()                    # (<=chunk, V)
+        total = total + F.cross_entropy(logits, ys[i:i + chunk], reduction="sum")
+    return total / ys.numel()
+
+
 class DermVLM(torch.nn.Module):
     def __init__(self, config, vision, lm, tokenizer, vision_cfg):
         super().__init__()
@@ -102,8 +124,14 @@ class DermVLM(torch.nn.Module):
         return embeds
 
     def forward(self, input_ids, attention_mask=None, pixel_values=None, labels=None, **kw):
+        """HF causal-LM output. With labels, the loss is computed on target tokens only, in
+        chunks: full-vocabulary fp32 logits are never materialised for the whole batch."""
         embeds = self.embed(input_ids, pixel_values)
-        return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kw)
+        if labels is None:
+            return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, **kw)
+        base = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+        hidden = base.model(inputs_embeds=embeds, attention_mask=attention_mask)[0]  # (B,T,D)
+        return LossOutput(loss=chunked_lm_loss(hidden, labels, base.lm_head))
 
     # ---- inference (dermvlm.vlm.infer has the details)
     def chat(self, image, messages, stream=False, **kwargs):
@@ -135,9 +163,10 @@ class DermVLM(torch.nn.Module):
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder, device="cpu", dtype=torch.float32):
+    def from_pretrained(cls, folder, device="cpu", dtype=torch.float32, merge_lora=True):
+        """A VLM for inference (LoRA merged by default; merge_lora=False keeps the adapter)."""
         from dermvlm.vlm.build import load_vlm_folder
-        return load_vlm_folder(folder, device=device, dtype=dtype)
+        return load_vlm_folder(folder, device=device, dtype=dtype, merge_lora=merge_lora)
 
 
 def vlm_config_from(meta):
