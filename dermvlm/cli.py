@@ -2,6 +2,8 @@
 
     dermvlm synth --out data/synth --n 1000 --seed 0 --preview data/synth/preview.png
     dermvlm demo                      # the README's main job
+    dermvlm eval dermabench --questions Q --answers A --model SPEC --out DIR
+    dermvlm build-default             # train the embedded default model
 """
 import argparse
 import json
@@ -215,6 +217,65 @@ def cmd_chat(args):
     return 0
 
 
+def add_dermabench_args(parser):
+    parser.add_argument("--questions", required=True, help="questions file (JSON schema)")
+    parser.add_argument("--answers", required=True,
+                        help="answers JSONL: image, question_id, answer, fitzpatrick")
+    parser.add_argument("--images", help="folder the answer rows' image paths are relative "
+                        "to (default: the answers file's folder)")
+    parser.add_argument("--model", required=True, help="reference | random[:SEED] | clip:SPEC"
+                        " | vlm:FOLDER | openai:URL#MODEL | default | default:clip")
+    parser.add_argument("--out", required=True, help="output folder (resumable)")
+    parser.add_argument("--limit", type=positive_int, help="score only the first N answers")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_dermabench(args, prog="dermvlm eval dermabench"):
+    from dermvlm.bench import run_benchmark
+    try:
+        results = run_benchmark(args.questions, args.answers, args.model, args.out,
+                                images_dir=args.images, limit=args.limit, seed=args.seed,
+                                progress=not args.quiet)
+    except DermvlmError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"model": results["model"], "n_items": results["n_items"],
+                      "left_out": results["left_out"], "unparsed": results["unparsed"],
+                      "by_type": results["by_type"],
+                      "fitzpatrick_gap": results["by_fitzpatrick"]["best_minus_worst"],
+                      "report": f"{args.out}/report.md"}, indent=1))
+    return 0
+
+
+def _eval_parser(sub):
+    p = sub.add_parser("eval", help="benchmarks: dermabench")
+    inner = p.add_subparsers(dest="benchmark", required=True, parser_class=OneLineParser)
+    d = inner.add_parser("dermabench", help="DermaBench-style VQA evaluation of a model")
+    add_dermabench_args(d)
+    d.set_defaults(func=run_dermabench)
+
+
+def _build_default_parser(sub):
+    p = sub.add_parser("build-default", help="train the embedded default model on SynthDerm "
+                       "(CPU: about an hour) and write dermvlm/default/ with its manifest")
+    p.add_argument("--work", default="runs/build_default",
+                   help="work folder for data, checkpoints (resumable)")
+    p.add_argument("--out", help="where to write the artefacts (default: dermvlm/default)")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="override a field of the build recipe")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_build_default)
+
+
+def cmd_build_default(args):
+    from dermvlm import embedded
+    manifest = embedded.build_default(args.work, args.out or embedded.DEFAULT_DIR,
+                                      args.overrides, progress=not args.quiet)
+    print(json.dumps(manifest["heldout"], indent=1))
+    return 0
+
+
 def build_parser():
     parser = OneLineParser(prog="dermvlm", description="dermvlm: dermatology vision-language "
                            "toolkit (research use only, not for diagnosis).")
@@ -223,6 +284,8 @@ def build_parser():
     _classify_parser(sub)
     _vlm_parsers(sub)
     _demo_parser(sub)
+    _eval_parser(sub)
+    _build_default_parser(sub)
     return parser
 
 

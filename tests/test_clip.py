@@ -9,7 +9,6 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from dermvlm.cli import main as dermvlm_main
 from dermvlm.clip import train as clip_train
@@ -18,6 +17,7 @@ from dermvlm.clip.train import TrainingError, train_clip
 from dermvlm.config import get_config
 from dermvlm.errors import DermvlmError
 from dermvlm.synth.writer import generate
+from tiny_parts import vanilla_open_clip_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["clip.image_size=32", "clip.vit_layers=2", "clip.vit_width=64", "clip.embed_dim=32",
@@ -107,24 +107,8 @@ def test_trains_from_recipe_shards(pairs, tmp_path):
     assert summary["steps"] == 4 and len(_losses(tmp_path / "run")) == 4
 
 
-def _vanilla_open_clip_folder(folder):
-    """A model folder written with open_clip alone: a small CLIP with its own text tower and
-    the default tokenizer, in the local-dir layout."""
-    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64,
-                                           "patch_size": 16, "head_width": 32},
-           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2,
-                        "layers": 2}}
-    model = open_clip.CLIP(**cfg)
-    folder.mkdir()
-    save_file(model.state_dict(), folder / "open_clip_model.safetensors")
-    (folder / "open_clip_config.json").write_text(json.dumps({
-        "model_cfg": cfg, "preprocess_cfg": {"mean": list(open_clip.OPENAI_DATASET_MEAN),
-                                             "std": list(open_clip.OPENAI_DATASET_STD)}}))
-    return folder
-
-
 def test_classify_with_a_vanilla_open_clip_checkpoint(pairs, tmp_path, capsys):
-    folder = _vanilla_open_clip_folder(tmp_path / "vanilla")
+    folder = vanilla_open_clip_folder(tmp_path / "vanilla")
     image = next((pairs / "images").iterdir())
     (tmp_path / "junk.jpg").write_text("this is not a jpeg")
     code = dermvlm_main(["classify", str(image), str(tmp_path / "junk.jpg"), "--model",

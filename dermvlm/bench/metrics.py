@@ -1,0 +1,82 @@
+"""Benchmark metrics: accuracy (single choice), example-F1 / Jaccard / exact match (multi
+choice), BLEU-4 / ROUGE-L / METEOR (open), bootstrap intervals, calibration error.
+
+BLEU is sacrebleu's corpus BLEU, ROUGE-L rouge-score's F-measure and METEOR nltk's — called
+here, on the same inputs, so figures are comparable with papers that use those packages.
+METEOR runs with an empty synonym table (exact and stem matches): nltk's WordNet data is a
+download, and this toolkit runs offline.
+"""
+import numpy as np
+
+
+def example_f1(predicted, truth):
+    predicted, truth = set(predicted), set(truth)
+    if not predicted and not truth:
+        return 1.0
+    overlap = len(predicted & truth)
+    return 2 * overlap / (len(predicted) + len(truth))
+
+
+def jaccard(predicted, truth):
+    predicted, truth = set(predicted), set(truth)
+    union = predicted | truth
+    return len(predicted & truth) / len(union) if union else 1.0
+
+
+def exact_match(predicted, truth):
+    return float(set(predicted) == set(truth))
+
+
+def bleu4(hypotheses, references):
+    """Corpus BLEU-4 (sacrebleu defaults: 13a tokenisation, exp smoothing), 0-100."""
+    import sacrebleu
+    if not hypotheses:
+        return None
+    return sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score
+
+
+def rouge_l(hypothesis, reference):
+    """ROUGE-L F-measure (rouge-score, no stemming), 0-1."""
+    from rouge_score import rouge_scorer
+    return rouge_scorer.RougeScorer(["rougeL"]).score(reference, hypothesis)["rougeL"].fmeasure
+
+
+class _NoSynonyms:
+    """Stands in for WordNet: METEOR then matches exact words and Porter stems only."""
+
+    @staticmethod
+    def synsets(*_args, **_kwargs):
+        return []
+
+
+def meteor(hypothesis, reference):
+    """nltk METEOR (alpha 0.9, beta 3, gamma 0.5) on whitespace tokens, 0-1."""
+    from nltk.translate.meteor_score import meteor_score
+    return meteor_score([reference.split()], hypothesis.split(), wordnet=_NoSynonyms())
+
+
+def bootstrap_ci(values, n_resamples=1000, seed=0, level=0.95):
+    """Percentile bootstrap interval of the mean of `values` (deterministic by seed)."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (n_resamples, len(values)))].mean(1)
+    tail = (1 - level) / 2 * 100
+    return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
+
+
+def expected_calibration_error(confidences, correct, bins=10):
+    """ECE: sum over equal-width confidence bins of |accuracy - confidence| x bin share."""
+    confidences = np.asarray(confidences, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    if len(confidences) == 0:
+        return None
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidences, edges[1:-1]), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            ece += mask.mean() * abs(correct[mask].mean() - confidences[mask].mean())
+    return float(ece)

@@ -1,0 +1,227 @@
+"""Run a benchmark: ask every (image, question), cache predictions, score, report.
+
+Predictions are appended to out/predictions.jsonl as they come, so a killed run continues
+where it stopped; answers whose image is missing are reported and left out of scoring; replies
+that cannot be parsed are logged to out/unparsed.jsonl and scored wrong.
+"""
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from tqdm import tqdm
+
+from dermvlm.bench import metrics
+from dermvlm.bench.adapters import EndpointError
+from dermvlm.bench.parse import parse_answer
+from dermvlm.errors import DataError, DermvlmError
+from dermvlm.questions import load_questions
+from dermvlm.vocab import FITZPATRICK_GROUPS, fitzpatrick_group
+
+PRIMARY = {"single": "accuracy", "multi": "example_f1", "open": "rouge_l"}
+MAX_CONSECUTIVE_ENDPOINT_ERRORS = 3
+
+
+def load_items(questions_file, answers_file, images_dir=None):
+    """(questions by id, items, problems). items: dicts with image_id, image (path),
+    question_id, answer, group. problems: answer rows left out, with reasons."""
+    questions = {q.id: q for q in load_questions(questions_file)}
+    answers_file = Path(answers_file)
+    base = Path(images_dir) if images_dir else answers_file.parent
+    items, problems = [], []
+    try:
+        lines = answers_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{answers_file}: cannot read answers: {exc}") from None
+    for line_no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{answers_file.name}:{line_no}"
+        try:
+            row = json.loads(line)
+            question = questions[row["question_id"]]
+            image = Path(row["image"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            problems.append({"row": where, "reason": f"bad answer row ({exc})"})
+            continue
+        image = image if image.is_absolute() else base / image
+        if not image.is_file():
+            problems.append({"row": where, "reason": f"missing image: {image}"})
+            continue
+        group = row.get("fitzpatrick_group") or fitzpatrick_group(row.get("fitzpatrick"))
+        items.append({"image_id": row.get("image_id", image.stem), "image": str(image),
+                      "question_id": question.id, "answer": row["answer"],
+                      "group": group or "unknown"})
+    return questions, items, problems
+
+
+def predict(items, questions, adapter, out_dir, progress=True):
+    """{(image_id, question_id): prediction row}, resuming from out_dir/predictions.jsonl."""
+    cache_file, run_file = Path(out_dir) / "predictions.jsonl", Path(out_dir) / "run.json"
+    spec = getattr(adapter, "spec", adapter.name)
+    if run_file.is_file() and json.loads(run_file.read_text())["model"] != spec:
+        raise DermvlmError(f"{out_dir} holds predictions of "
+                           f"{json.loads(run_file.read_text())['model']!r}, not {spec!r}; "
+                           "use another --out")
+    run_file.write_text(json.dumps({"model": spec}))
+    done = {}
+    if cache_file.exists():
+        for line in cache_file.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:   # the line being written when a run was killed
+                continue
+            done[(row["image_id"], row["question_id"])] = row
+    todo = [i for i in items if (i["image_id"], i["question_id"]) not in done]
+    failures = 0
+    with open(cache_file, "a") as cache:
+        for item in tqdm(todo, desc=f"dermabench ({adapter.name})", disable=not progress):
+            question = questions[item["question_id"]]
+            try:
+                prediction = adapter.answer(item, question)
+                failures = 0
+            except EndpointError as exc:
+                failures += 1
+                print(f"warning: {item['image_id']} {question.id}: {exc}", file=sys.stderr)
+                if failures >= MAX_CONSECUTIVE_ENDPOINT_ERRORS:
+                    raise DermvlmError(f"{failures} endpoint errors in a row ({exc}); stopped. "
+                                       f"{len(done)} finished predictions are kept in "
+                                       f"{cache_file}; rerun to continue") from None
+                continue
+            row = {"image_id": item["image_id"], "question_id": question.id,
+                   "text": prediction.text, "confidence": prediction.confidence}
+            cache.write(json.dumps(row) + "\n")
+            cache.flush()
+            done[(row["image_id"], row["question_id"])] = row
+    return done
+
+
+def score_items(items, questions, predictions):
+    """Per-item scores {metric: value}, and the replies that could not be parsed."""
+    scored, unparsed = [], []
+    for item in items:
+        question = questions[item["question_id"]]
+        row = predictions.get((item["image_id"], question.id))
+        text = row["text"] if row else ""
+        parsed = parse_answer(text, question)
+        if parsed is None and question.type != "open":
+            unparsed.append({"image_id": item["image_id"], "question_id": question.id,
+                             "reply": text, "missing": row is None})
+        truth = item["answer"]
+        if question.type == "single":
+            values = {"accuracy": float(parsed == truth)}
+        elif question.type == "multi":
+            guess = parsed or []
+            values = {"example_f1": metrics.example_f1(guess, truth),
+                      "jaccard": metrics.jaccard(guess, truth),
+                      "exact_match": metrics.exact_match(guess, truth)}
+        else:
+            guess = parsed or ""
+            values = {"rouge_l": metrics.rouge_l(guess, truth),
+                      "meteor": metrics.meteor(guess, truth)}
+        scored.append({**item, "type": question.type, "domain": question.domain,
+                       "prediction": parsed, "scores": values,
+                       "confidence": row.get("confidence") if row else None})
+    return scored, unparsed
+
+
+def _summary(rows, metric_names, seed):
+    out = {"n": len(rows)}
+    for name in metric_names:
+        values = [r["scores"][name] for r in rows if name in r["scores"]]
+        if values:
+            out[name] = round(sum(values) / len(values), 4)
+            out[f"{name}_ci95"] = [round(v, 4) for v in metrics.bootstrap_ci(values, seed=seed)]
+    return out
+
+
+def aggregate(scored, questions, seed=0):
+    """Results by question, domain, type and Fitzpatrick group, with CIs and group gaps.
+    Domains, types and groups are summarised by each item's primary metric (accuracy,
+    example-F1 or ROUGE-L, by question type)."""
+    for r in scored:
+        r["scores"]["primary"] = r["scores"][PRIMARY[r["type"]]]
+    results = {"n_items": len(scored), "by_question": {}, "by_domain": {}, "by_type": {}}
+    by_question = defaultdict(list)
+    for r in scored:
+        by_question[r["question_id"]].append(r)
+    for qid, q in questions.items():
+        rows = by_question.get(qid, [])
+        names = [n for n in rows[0]["scores"] if n != "primary"] if rows else []
+        entry = {"domain": q.domain, "type": q.type, **_summary(rows, names, seed)}
+        if rows and q.type == "open":
+            entry["bleu4"] = round(metrics.bleu4([r["prediction"] or "" for r in rows],
+                                                 [r["answer"] for r in rows]), 2)
+        results["by_question"][qid] = entry
+    for key, field in (("by_domain", "domain"), ("by_type", "type")):
+        groups = defaultdict(list)
+        for r in scored:
+            groups[r[field]].append(r)
+        results[key] = {name: _summary(rows, ["primary"], seed)
+                        for name, rows in sorted(groups.items())}
+    groups = {}
+    for group in list(FITZPATRICK_GROUPS) + ["unknown"]:
+        members = [r for r in scored if r["group"] == group]
+        if members:
+            groups[group] = _summary(members, ["primary"], seed)
+    known = [v["primary"] for g, v in groups.items() if g != "unknown"]
+    results["by_fitzpatrick"] = {"groups": groups,
+                                 "best_minus_worst": round(max(known) - min(known), 4)
+                                 if len(known) > 1 else None}
+    single = [r for r in scored if r["type"] == "single" and r["confidence"] is not None]
+    results["ece_single"] = metrics.expected_calibration_error(
+        [r["confidence"] for r in single], [r["scores"]["accuracy"] for r in single]) \
+        if single else None
+    return results
+
+
+def chance_levels(questions):
+    """Expected primary score of the random adapter per question type, for the report:
+    single 1/k; multi example-F1 of a random half against the truth is data-dependent, so it
+    is left out."""
+    singles = [1 / len(q.options) for q in questions.values() if q.type == "single"]
+    return {"single": round(sum(singles) / len(singles), 4) if singles else None}
+
+
+def run_benchmark(questions_file, answers_file, model_spec, out_dir, images_dir=None,
+                  limit=None, seed=0, progress=True, judge=None):
+    """Predict (resumably), score and write results.json, report.md and plots to out_dir.
+    `model_spec` is an adapter spec (see adapters.make_adapter) or an adapter object.
+    `judge(question, prediction, reference) -> score in [0, 1]` is an optional LLM-judge hook
+    for open questions, recorded beside the automatic metrics."""
+    from dermvlm.bench.adapters import make_adapter
+    from dermvlm.bench.report import write_report
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    questions, items, problems = load_items(questions_file, answers_file, images_dir)
+    if limit:
+        items = items[:limit]
+    if not items:
+        raise DataError(f"{answers_file}: no answer rows could be used "
+                        f"({len(problems)} left out; first: "
+                        f"{problems[0]['reason'] if problems else 'file is empty'})")
+    answers = {(i["image_id"], i["question_id"]): i["answer"] for i in items}
+    adapter = (model_spec if hasattr(model_spec, "answer")       # an adapter object
+               else make_adapter(model_spec, answers=answers))
+    model_spec = getattr(adapter, "spec", adapter.name)
+    predictions = predict(items, questions, adapter, out_dir, progress)
+    scored, unparsed = score_items(items, questions, predictions)
+    if judge is not None:
+        for r in scored:
+            if r["type"] == "open":
+                r["scores"]["judge"] = float(judge(questions[r["question_id"]],
+                                                   r["prediction"] or "", r["answer"]))
+    results = {"model": model_spec, "questions": str(questions_file),
+               "answers": str(answers_file), "seed": seed,
+               "left_out": len(problems), "unparsed": len(unparsed),
+               "chance": chance_levels(questions), **aggregate(scored, questions, seed)}
+    _write_jsonl(out_dir / "left_out.jsonl", problems)
+    _write_jsonl(out_dir / "unparsed.jsonl", unparsed)
+    write_report(results, out_dir)
+    return results
+
+
+def _write_jsonl(path, rows):
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
