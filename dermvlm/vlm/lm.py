@@ -79,3 +79,15 @@ def load_lm(name, dtype=torch.float32, quantize_4bit=False, device="cpu"):
     if not quantize_4bit:
         model.to(device)
     return model, tokenizer
+
+
+if __name__ == "__main__":
+    # `python -m dermvlm.vlm.lm --prepare`: make the SmolLM2 cache now (set-up runs this), so
+    # the app's first start does not wait for the GGUF conversion.
+    import sys
+    if sys.argv[1:] != ["--prepare"]:
+        raise SystemExit("usage: python -m dermvlm.vlm.lm --prepare")
+    try:
+        print(f"SmolLM2 ready in {smollm2_path()}")
+    except DermvlmError as exc:
+        raise SystemExit(f"dermvlm.vlm.lm: error: {exc}")

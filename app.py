@@ -1,0 +1,174 @@
+"""dermvlm chat front end (Gradio Blocks): upload a skin image, chat about it, see concept
+scores and zero-shot diagnoses, and get a structured lesion report.
+
+    python app.py                       # embedded default model, http://127.0.0.1:7860
+    GRADIO_SERVER_PORT=8080 python app.py
+    python app.py --vlm runs/vlm2/model --clip runs/clip/model
+
+Research tool, not a diagnosis. Uploads live in a per-session temporary folder that is
+deleted when the session ends.
+"""
+import argparse
+import json
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from dermvlm.errors import DermvlmError
+from dermvlm.serve import DISCLAIMER, Assistant, UploadError, open_upload
+
+EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / "docs" / "examples").glob("*.jpg"))
+DEFAULT_MODEL = "embedded default"
+_assistants, _assistants_lock = {}, threading.Lock()
+
+
+def get_assistant(choice, default_pair=(None, None)):
+    """The Assistant for a model choice: 'embedded default' or 'VLM_FOLDER[|CLIP_SPEC]'
+    (the CLIP spec defaults to the embedded zero-shot model). Loaded once, shared."""
+    if choice in (None, "", DEFAULT_MODEL):
+        key = default_pair
+    else:
+        vlm, _, clip = choice.partition("|")
+        key = (vlm.strip(), clip.strip() or default_pair[1])
+    with _assistants_lock:
+        if key not in _assistants:
+            _assistants[key] = Assistant(*key)
+        return _assistants[key]
+
+
+def message_text(content):
+    """Chatbot message content as plain text (Gradio 6 sends a list of typed parts)."""
+    if isinstance(content, list):
+        return " ".join(part.get("text", "") for part in content
+                        if isinstance(part, dict) and part.get("type", "text") == "text")
+    return "" if content is None else str(content)
+
+
+def _session_dir(state):
+    if not state.get("dir"):
+        state["dir"] = tempfile.mkdtemp(prefix="dermvlm-session-")
+    return state["dir"]
+
+
+def _delete_session(state):
+    if state and state.get("dir"):
+        shutil.rmtree(state["dir"], ignore_errors=True)
+
+
+def build_app(default_pair=(None, None), examples=EXAMPLES):
+    def image_of(path):
+        return open_upload(path)
+
+    def classify(path, model_choice):
+        """The upright image as the model sees it, top diagnoses, the concept chart and a
+        status line (a friendly message for a bad upload)."""
+        empty = pd.DataFrame({"concept": [], "score": []})
+        if path is None:
+            return None, {}, empty, "Upload an image to start."
+        try:
+            image = image_of(path)
+            diagnoses, concepts = get_assistant(model_choice, default_pair).classify(image)
+        except UploadError as exc:
+            return None, {}, empty, f"⚠️ {exc}"
+        except DermvlmError as exc:
+            return None, {}, empty, f"⚠️ model error: {exc}"
+        frame = pd.DataFrame({"concept": list(concepts), "score": list(concepts.values())})
+        return image, diagnoses, frame, "Image loaded. Ask a question in the chat."
+
+    def chat(path, message, history, model_choice):
+        """Stream the assistant's reply into the chat history."""
+        history = [{"role": m["role"], "content": message_text(m["content"])}
+                   for m in history or [] if m.get("role") in ("user", "assistant")]
+        message = (message or "").strip()
+        if not message:
+            yield history, ""
+            return
+        history.append({"role": "user", "content": message})
+        try:
+            image = image_of(path)
+            assistant = get_assistant(model_choice, default_pair)
+            history.append({"role": "assistant", "content": ""})
+            for text in assistant.chat(image, history[:-2], message):
+                history[-1] = {"role": "assistant", "content": text}
+                yield history, ""
+        except DermvlmError as exc:
+            history.append({"role": "assistant", "content": f"⚠️ {exc}"})
+            yield history, ""
+
+    def report(path, model_choice, state):
+        try:
+            image = image_of(path)
+            lesion_report, text = get_assistant(model_choice, default_pair).report(image)
+        except DermvlmError as exc:
+            return f"⚠️ {exc}", None, None, state
+        data = lesion_report.model_dump(mode="json")
+        out = Path(_session_dir(state)) / "lesion_report.json"
+        out.write_text(json.dumps(data, indent=1))
+        return "```\n" + text + "\n```", data, str(out), state
+
+    with gr.Blocks(title="dermvlm", delete_cache=(1800, 3600)) as app:
+        state = gr.State({}, delete_callback=_delete_session, time_to_live=3600)
+        gr.Markdown("# dermvlm — skin image assistant\n**" + DISCLAIMER + "**")
+        with gr.Row():
+            with gr.Column(scale=2):
+                # a File, not an Image: the upload reaches open_upload() untouched, so a
+                # corrupt or hostile file gets our message instead of a component error
+                image = gr.File(label="Upload a skin image (JPEG, PNG, …)", type="filepath",
+                                file_types=["image"], height=120, elem_id="upload")
+                preview = gr.Image(label="As the model sees it (upright RGB)", height=260,
+                                   interactive=False, elem_id="preview")
+                if examples:
+                    gr.Examples(examples, inputs=image, label="SynthDerm examples")
+                model = gr.Dropdown([DEFAULT_MODEL], value=DEFAULT_MODEL,
+                                    allow_custom_value=True, label="Model",
+                                    info="or a path: VLM_FOLDER|CLIP_SPEC")
+                status = gr.Markdown("Upload an image to start.", elem_id="status")
+            with gr.Column(scale=3):
+                with gr.Tab("Chat"):
+                    chatbot = gr.Chatbot(height=360, elem_id="chatbot", label="Chat")
+                    with gr.Row():
+                        question = gr.Textbox(placeholder="Ask about the lesion…",
+                                              show_label=False, scale=5, elem_id="question")
+                        send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
+                with gr.Tab("Concepts & diagnoses"):
+                    concepts = gr.BarPlot(x="concept", y="score", y_lim=[0, 1], sort="-y", x_label_angle=-35,
+                                          label="SkinCon concepts (MONET-style scores)",
+                                          elem_id="concepts")
+                    diagnoses = gr.Label(num_top_classes=5, label="Zero-shot diagnoses")
+                with gr.Tab("Structured report"):
+                    make_report = gr.Button("Generate report", elem_id="report_button")
+                    report_text = gr.Markdown()
+                    report_json = gr.JSON(label="LesionReport JSON")
+                    report_file = gr.File(label="Download JSON")
+
+        image.change(classify, [image, model], [preview, diagnoses, concepts, status],
+                     api_name="classify")
+        chat_inputs, chat_outputs = [image, question, chatbot, model], [chatbot, question]
+        send.click(chat, chat_inputs, chat_outputs, api_name="chat")
+        question.submit(chat, chat_inputs, chat_outputs, api_name=False)
+        make_report.click(report, [image, model, state],
+                          [report_text, report_json, report_file, state], api_name="report")
+    return app.queue(default_concurrency_limit=2, max_size=64)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vlm", help="VLM folder (default: the embedded default)")
+    parser.add_argument("--clip", help="zero-shot CLIP spec (default: the embedded default)")
+    args = parser.parse_args(argv)
+    try:
+        assistant = get_assistant(DEFAULT_MODEL, (args.vlm, args.clip))
+    except DermvlmError as exc:
+        raise SystemExit(f"app.py: error: {exc}")
+    print(f"models loaded in {assistant.load_seconds:.1f} s")
+    # server name and port: Gradio reads GRADIO_SERVER_NAME / GRADIO_SERVER_PORT
+    # (default 127.0.0.1:7860)
+    build_app((args.vlm, args.clip)).launch(show_error=True)
+
+
+if __name__ == "__main__":
+    main()
