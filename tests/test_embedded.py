@@ -1,0 +1,31 @@
+"""The embedded default's manifest guards: a missing or altered file is a clear error."""
+import json
+
+import pytest
+
+from dermvlm import embedded
+from dermvlm.errors import DermvlmError
+
+
+def test_missing_default_says_how_to_build_it(tmp_path):
+    with pytest.raises(DermvlmError, match="dermvlm build-default"):
+        embedded.check_default(tmp_path)
+
+
+def test_altered_file_is_detected(tmp_path):
+    (tmp_path / "vlm").mkdir()
+    weights = tmp_path / "vlm" / "projector.safetensors"
+    weights.write_bytes(b"original")
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"files": {"vlm/projector.safetensors": embedded.sha256(weights)}}))
+    assert embedded.check_default(tmp_path)["files"]
+    weights.write_bytes(b"tampered")
+    with pytest.raises(DermvlmError, match="changed since the manifest"):
+        embedded.check_default(tmp_path)
+
+
+def test_shipped_default_matches_its_manifest():
+    if not (embedded.DEFAULT_DIR / "manifest.json").is_file():
+        pytest.skip("no embedded default in this checkout")
+    manifest = embedded.check_default()
+    assert manifest["heldout"]["reports"]["validity"] == 1.0
