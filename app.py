@@ -135,7 +135,8 @@ def build_app(default_pair=(None, None), examples=EXAMPLES):
                                               show_label=False, scale=5, elem_id="question")
                         send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
                 with gr.Tab("Concepts & diagnoses"):
-                    concepts = gr.BarPlot(x="concept", y="score", y_lim=[0, 1], sort="-y", x_label_angle=-35,
+                    concepts = gr.BarPlot(x="concept", y="score", y_lim=[0, 1], sort="-y",
+                                          x_label_angle=-35,
                                           label="SkinCon concepts (MONET-style scores)",
                                           elem_id="concepts")
                     diagnoses = gr.Label(num_top_classes=5, label="Zero-shot diagnoses")

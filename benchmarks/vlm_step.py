@@ -54,7 +54,8 @@ def train_rates(lm, args, device):
         chunked_lm_loss(hidden, labels, base.lm_head).backward()
         optimizer.step()
     tokens = args.batch * args.seq
-    return tokens / seconds_per_call(hf_step, args.steps, device), tokens / seconds_per_call(our_step, args.steps, device)
+    return (tokens / seconds_per_call(hf_step, args.steps, device),
+            tokens / seconds_per_call(our_step, args.steps, device))
 
 
 @torch.no_grad()

@@ -156,7 +156,8 @@ def test_ten_concurrent_chat_sessions_complete(server, example_image):
         return history
     with ThreadPoolExecutor(10) as pool:
         results = list(pool.map(session, range(10)))
-    assert [app.message_text(r[0]["content"]) for r in results] == [f"Question {i}?" for i in range(10)]
+    asked = [app.message_text(r[0]["content"]) for r in results]
+    assert asked == [f"Question {i}?" for i in range(10)]
     assert all(r[1]["role"] == "assistant" for r in results)
 
 

@@ -157,7 +157,8 @@ def train_clip(config, data, out_dir, val=None, max_steps=None, progress=True):
     model.to(device)
     module = ClipTrainModule(model)
     optimizer = _optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                  warmup_cosine(cfg.warmup_steps, cfg.steps))
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -214,14 +215,14 @@ def train_clip(config, data, out_dir, val=None, max_steps=None, progress=True):
         bar.set_postfix(loss=f"{total:.3f}")
         if rank == 0 and (step % cfg.log_every == 0 or step == end_step):
             log_metrics(metrics_path, {"step": step, "loss": round(total, 6),
-                                "lr": scheduler.get_last_lr()[0],
-                                "logit_scale": model.logit_scale.exp().item(),
-                                "skipped_unreadable": skipped,
-                                "seconds": round(time.perf_counter() - started, 2)})
+                                       "lr": scheduler.get_last_lr()[0],
+                                       "logit_scale": model.logit_scale.exp().item(),
+                                       "skipped_unreadable": skipped,
+                                       "seconds": round(time.perf_counter() - started, 2)})
         if rank == 0 and val_set is not None and (step % cfg.eval_every == 0 or
                                                   step == cfg.steps):
-            log_metrics(metrics_path, {"step": step, "eval": evaluate_pairs(model, tokenizer, val_set,
-                                                                     cfg.image_size, device)})
+            scores = evaluate_pairs(model, tokenizer, val_set, cfg.image_size, device)
+            log_metrics(metrics_path, {"step": step, "eval": scores})
         if rank == 0 and (step % cfg.ckpt_every == 0 or step == end_step):
             last_ckpt = _save_checkpoint(out_dir, step, module, model_cfg, config, optimizer,
                                          scheduler)
