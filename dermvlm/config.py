@@ -49,6 +49,7 @@ class ClipConfig:
     context_length: int = 77
     loss: str = "clip"                 # clip (InfoNCE) | siglip (sigmoid)
     text_mode: str = "locked"          # locked | lora | full
+    image_mode: str = "train"          # train | locked (e.g. adapt only the text side later)
     text_lora_rank: int = 8
     cache_text: bool = True            # locked text tower: encode each caption once
     lr: float = 5e-4

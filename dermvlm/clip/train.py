@@ -73,6 +73,10 @@ def _optimizer(model, cfg):
 
 
 def _apply_text_mode(model, cfg):
+    if cfg.image_mode == "locked":
+        model.lock_image_tower(unlocked_groups=0)
+    elif cfg.image_mode != "train":
+        raise DermvlmError(f"clip.image_mode must be train or locked, got {cfg.image_mode!r}")
     if cfg.text_mode == "locked":
         model.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
     elif cfg.text_mode == "lora":
