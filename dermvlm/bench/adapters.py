@@ -94,7 +94,8 @@ class ClipAdapter:
 
 
 class VLMAdapter:
-    """A dermvlm VLM folder, asked the lettered question (greedy)."""
+    """A dermvlm VLM folder, asked the lettered question (greedy; closed questions get a short
+    answer budget, open ones max_new_tokens)."""
     name = "vlm"
 
     def __init__(self, folder=None, max_new_tokens=96, vlm=None):
@@ -107,7 +108,8 @@ class VLMAdapter:
         try:
             reply = self.vlm.chat(item["image"], [{"role": "user",
                                                    "content": lettered_prompt(question)}],
-                                  max_new_tokens=self.max_new_tokens)
+                                  max_new_tokens=self.max_new_tokens
+                                  if question.type == "open" else 24)
         except DermvlmError as exc:     # e.g. a prompt longer than vlm.max_length
             print(f"warning: {item['image_id']} {question.id}: {exc}; scored wrong",
                   file=sys.stderr)

@@ -1,0 +1,68 @@
+"""Latency of what the app does, on the embedded default (or given models): model load, one
+image's zero-shot classify + concept scores, chat time to first token and tokens/s (streamed,
+greedy), and a structured report.
+
+    python -m benchmarks.app_latency                    # embedded default, CPU
+    python -m benchmarks.app_latency --vlm runs/vlm2/model --clip runs/clip/model
+"""
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from dermvlm.serve import Assistant, open_upload
+
+QUESTIONS = ("What colour is the lesion?", "Describe the lesion and its border.",
+             "What is the most likely diagnosis, and what else would you consider?")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vlm")
+    parser.add_argument("--clip")
+    parser.add_argument("--images", default=str(Path(__file__).parent.parent / "docs" /
+                                                "examples"))
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    assistant = Assistant(args.vlm, args.clip)
+    load = time.perf_counter() - started
+    images = [open_upload(p) for p in sorted(Path(args.images).glob("*.jpg"))]
+    classify = []
+    for image in images:
+        t0 = time.perf_counter()
+        assistant.classify(image)
+        classify.append(time.perf_counter() - t0)
+    first, rates, lengths = [], [], []
+    for image, question in zip(images, QUESTIONS * len(images)):
+        t0 = time.perf_counter()
+        stamps, reply = [], ""
+        for reply in assistant.chat(image, [], question, max_new_tokens=args.max_new_tokens):
+            stamps.append(time.perf_counter())
+        n_tokens = len(assistant.vlm.tokenizer(reply, add_special_tokens=False)["input_ids"])
+        first.append(stamps[0] - t0)
+        if n_tokens > 1 and stamps[-1] > stamps[0]:
+            rates.append((n_tokens - 1) / (stamps[-1] - stamps[0]))
+        lengths.append(n_tokens)
+    reports = []
+    for image in images[:3]:
+        t0 = time.perf_counter()
+        assistant.report(image)
+        reports.append(time.perf_counter() - t0)
+    print(json.dumps({
+        "device": "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} "
+                                                            "threads)",
+        "load_seconds": round(load, 2),
+        "classify_seconds_median": round(statistics.median(classify), 3),
+        "chat_first_token_seconds_median": round(statistics.median(first), 3),
+        "chat_tokens_per_second_median": round(statistics.median(rates), 1) if rates else None,
+        "chat_reply_tokens_median": statistics.median(lengths),
+        "report_seconds_median": round(statistics.median(reports), 2),
+        "images": len(images)}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
