@@ -175,7 +175,9 @@ def describe(vlm, image, max_new_tokens=400):
     """(LesionReport, raw generated text, repaired field names)."""
     from dermvlm.synth.ontology import CONDITIONS
     messages = [{"role": "user", "content": REPORT_PROMPT}]
-    raw = generate(vlm, image, messages, max_new_tokens=max_new_tokens)
+    prompt_length = len(prompt_ids(vlm, _as_messages(messages), 0))
+    budget = min(max_new_tokens, vlm.config.max_length - prompt_length)  # what fits
+    raw = generate(vlm, image, messages, max_new_tokens=budget)
     data = parse_json_object(raw)
     fixed, repaired = {}, []
     for field, (allowed, is_list) in _CHOICES.items():

@@ -159,7 +159,9 @@ class DermVLM(torch.nn.Module):
                   folder / "projector.safetensors")
         self.tokenizer.save_pretrained(folder / "tokenizer")
         if hasattr(self.lm, "peft_config"):
-            self.lm.save_pretrained(folder / "adapter")
+            # the resized embedding rows are rebuilt exactly at load (add_image_token zeroes
+            # them), so the adapter holds only LoRA weights: MBs, not a copy of the vocabulary
+            self.lm.save_pretrained(folder / "adapter", save_embedding_layers=False)
         return folder
 
     @classmethod
