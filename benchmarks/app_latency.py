@@ -15,8 +15,10 @@ import torch
 
 from dermvlm.serve import Assistant, open_upload
 
-QUESTIONS = ("What colour is the lesion?", "Describe the lesion and its border.",
-             "What is the most likely diagnosis, and what else would you consider?")
+# the last one makes the model write its long JSON report as a chat reply: a steady-state
+# decoding rate (short answers are a few words, where the streamer's word pieces dominate)
+QUESTIONS = ("What colour is the lesion?", "What is the most likely diagnosis?",
+             "Write the structured lesion report for this image.")
 
 
 def main(argv=None):
@@ -25,7 +27,7 @@ def main(argv=None):
     parser.add_argument("--clip")
     parser.add_argument("--images", default=str(Path(__file__).parent.parent / "docs" /
                                                 "examples"))
-    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
     args = parser.parse_args(argv)
     started = time.perf_counter()
     assistant = Assistant(args.vlm, args.clip)
