@@ -38,7 +38,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         assistant.classify(image)
         classify.append(time.perf_counter() - t0)
-    first, rates, lengths = [], [], []
+    first, rates, lengths, long_rates = [], [], [], []
     for image, question in zip(images, QUESTIONS * len(images)):
         t0 = time.perf_counter()
         stamps, reply = [], ""
@@ -48,6 +48,8 @@ def main(argv=None):
         first.append(stamps[0] - t0)
         if n_tokens > 1 and stamps[-1] > stamps[0]:
             rates.append((n_tokens - 1) / (stamps[-1] - stamps[0]))
+            if n_tokens >= 64:
+                long_rates.append(rates[-1])
         lengths.append(n_tokens)
     reports = []
     for image in images[:3]:
@@ -62,6 +64,7 @@ def main(argv=None):
         "chat_first_token_seconds_median": round(statistics.median(first), 3),
         "chat_tokens_per_second_median": round(statistics.median(rates), 1) if rates else None,
         "chat_reply_tokens_median": statistics.median(lengths),
+        "chat_tokens_per_second_long_replies": [round(r, 1) for r in long_rates],
         "report_seconds_median": round(statistics.median(reports), 2),
         "images": len(images)}, indent=1))
 
