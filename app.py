@@ -60,9 +60,6 @@ def _delete_session(state):
 
 
 def build_app(default_pair=(None, None), examples=EXAMPLES):
-    def image_of(path):
-        return open_upload(path)
-
     def classify(path, model_choice):
         """The upright image as the model sees it, top diagnoses, the concept chart and a
         status line (a friendly message for a bad upload)."""
@@ -70,7 +67,7 @@ def build_app(default_pair=(None, None), examples=EXAMPLES):
         if path is None:
             return None, {}, empty, "Upload an image to start."
         try:
-            image = image_of(path)
+            image = open_upload(path)
             diagnoses, concepts = get_assistant(model_choice, default_pair).classify(image)
         except UploadError as exc:
             return None, {}, empty, f"⚠️ {exc}"
@@ -89,7 +86,7 @@ def build_app(default_pair=(None, None), examples=EXAMPLES):
             return
         history.append({"role": "user", "content": message})
         try:
-            image = image_of(path)
+            image = open_upload(path)
             assistant = get_assistant(model_choice, default_pair)
             history.append({"role": "assistant", "content": ""})
             for text in assistant.chat(image, history[:-2], message):
@@ -101,7 +98,7 @@ def build_app(default_pair=(None, None), examples=EXAMPLES):
 
     def report(path, model_choice, state):
         try:
-            image = image_of(path)
+            image = open_upload(path)
             lesion_report, text = get_assistant(model_choice, default_pair).report(image)
         except DermvlmError as exc:
             return f"⚠️ {exc}", None, None, state

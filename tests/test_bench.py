@@ -206,3 +206,9 @@ def test_cli_one_line_errors(bench_set, tmp_path, capsys):
     code = dermvlm_main(["eval", "dermabench", "--questions", str(bench_set[0]), "--answers",
                          str(bench_set[1]), "--model", "gpt:4", "--out", str(tmp_path)])
     assert code == 2 and "unknown model spec 'gpt:4'" in capsys.readouterr().err
+
+
+def test_out_folder_of_another_model_is_refused(bench_set, tmp_path):
+    _run(bench_set, "reference", tmp_path, limit=5)
+    with pytest.raises(DermvlmError, match="holds predictions of 'reference', not 'random'"):
+        _run(bench_set, "random", tmp_path, limit=5)

@@ -55,13 +55,13 @@ def load_items(questions_file, answers_file, images_dir=None):
     return questions, items, problems
 
 
-def predict(items, questions, adapter, out_dir, progress=True):
-    """{(image_id, question_id): prediction row}, resuming from out_dir/predictions.jsonl."""
+def predict(items, questions, adapter, spec, out_dir, progress=True):
+    """{(image_id, question_id): prediction row}, resuming from out_dir/predictions.jsonl.
+    `spec` names the model; a folder holding another model's predictions is refused."""
     cache_file, run_file = Path(out_dir) / "predictions.jsonl", Path(out_dir) / "run.json"
-    spec = getattr(adapter, "spec", adapter.name)
-    if run_file.is_file() and json.loads(run_file.read_text())["model"] != spec:
-        raise DermvlmError(f"{out_dir} holds predictions of "
-                           f"{json.loads(run_file.read_text())['model']!r}, not {spec!r}; "
+    cached_spec = json.loads(run_file.read_text())["model"] if run_file.is_file() else spec
+    if cached_spec != spec:
+        raise DermvlmError(f"{out_dir} holds predictions of {cached_spec!r}, not {spec!r}; "
                            "use another --out")
     run_file.write_text(json.dumps({"model": spec}))
     done = {}
@@ -204,7 +204,7 @@ def run_benchmark(questions_file, answers_file, model_spec, out_dir, images_dir=
     adapter = (model_spec if hasattr(model_spec, "answer")       # an adapter object
                else make_adapter(model_spec, answers=answers))
     model_spec = getattr(adapter, "spec", adapter.name)
-    predictions = predict(items, questions, adapter, out_dir, progress)
+    predictions = predict(items, questions, adapter, model_spec, out_dir, progress)
     scored, unparsed = score_items(items, questions, predictions)
     if judge is not None:
         for r in scored:
