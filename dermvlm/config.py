@@ -52,6 +52,7 @@ class ClipConfig:
     image_mode: str = "train"          # train | locked (e.g. adapt only the text side later)
     text_lora_rank: int = 8
     cache_text: bool = True            # locked text tower: encode each caption once
+    text_sampling: str = "captions"    # captions | sentences (half the time one sentence)
     lr: float = 5e-4
     weight_decay: float = 0.1
     warmup_steps: int = 50

@@ -17,6 +17,16 @@ BORDER_DEFINITION = ("well-defined", "ill-defined")
 SHAPES = ("round", "oval", "irregular", "annular", "linear")
 SIZES = ("small", "medium", "large")             # < 5 mm, 5-15 mm, > 15 mm across
 SIZE_RANGES_MM = {"small": (2.0, 5.0), "medium": (5.0, 15.0), "large": (15.0, 40.0)}
+# The size each elementary lesion has by definition: a macule, papule or vesicle is under 1 cm;
+# a patch, plaque, bulla or nodule is 1 cm or more. Wheals and cysts come in any size.
+LESION_SIZE_MM = {"macule": (2.0, 9.5), "papule": (2.0, 9.5), "vesicle": (2.0, 9.5),
+                  "pustule": (2.0, 9.5), "comedo": (2.0, 5.0), "patch": (10.0, 40.0),
+                  "plaque": (10.0, 40.0), "bulla": (10.0, 40.0), "nodule": (10.0, 40.0)}
+
+
+def size_class(size_mm):
+    """small | medium | large for a diameter in mm (SIZE_RANGES_MM)."""
+    return "small" if size_mm < 5.0 else "medium" if size_mm < 15.0 else "large"
 COUNTS = ("single", "few", "multiple")           # 1, 2-5, 6+
 COUNT_RANGES = {"single": (1, 1), "few": (2, 5), "multiple": (6, 14)}
 DISTRIBUTIONS = ("solitary", "grouped", "linear", "annular", "scattered", "symmetric")

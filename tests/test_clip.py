@@ -117,6 +117,27 @@ def test_trains_from_recipe_shards(pairs, tmp_path):
     assert summary["steps"] == 4 and len(_losses(tmp_path / "run")) == 4
 
 
+def test_sentence_sampling_pairs_an_image_with_its_own_sentences(pairs, tmp_path):
+    from dermvlm.clip.data import PairsDataset, load_records, sentences_of, train_transform
+    records = load_records(pairs)
+    dataset = PairsDataset(records, train_transform(32), sentences=True)
+    texts = {i: {dataset[(epoch, i)][1] for epoch in range(40)} for i in range(len(records))}
+    for i, record in enumerate(records):
+        allowed = set(record.captions) | {s for c in record.captions for s in sentences_of(c)}
+        assert texts[i] <= allowed
+    several = [i for i, r in enumerate(records) if len(sentences_of(r.captions[0])) > 1]
+    assert several and any(texts[i] - set(records[i].captions) for i in several)
+    captions_only = PairsDataset(records, train_transform(32))
+    for i, record in enumerate(records):
+        assert {captions_only[(epoch, i)][1] for epoch in range(10)} <= set(record.captions)
+    summary = train_clip(_config("clip.steps=2", "clip.text_sampling=sentences"), pairs,
+                         tmp_path / "run", progress=False)
+    assert summary["steps"] == 2
+    with pytest.raises(DermvlmError, match="text_sampling"):
+        train_clip(_config("clip.steps=1", "clip.text_sampling=words"), pairs,
+                   tmp_path / "bad", progress=False)
+
+
 def test_classify_with_a_vanilla_open_clip_checkpoint(pairs, tmp_path, capsys):
     folder = vanilla_open_clip_folder(tmp_path / "vanilla")
     image = next((pairs / "images").iterdir())

@@ -45,6 +45,19 @@ def test_ontology_is_consistent_with_the_vocabulary():
         assert c.category in vocab.CATEGORIES and c.malignancy in vocab.MALIGNANCY
 
 
+def test_lesion_sizes_follow_the_morphological_definitions():
+    """A macule, papule or vesicle is under 1 cm and a patch, plaque, bulla or nodule at
+    least 1 cm; the size class always matches the drawn diameter."""
+    seen = set()
+    for index in range(600):
+        attrs = sample_attributes(SynthConfig(seed=7), index)
+        low, high = vocab.LESION_SIZE_MM.get(attrs.lesion_type, (0.0, 1e9))
+        assert low <= attrs.size_mm <= high, (attrs.lesion_type, attrs.size_mm)
+        assert attrs.size == vocab.size_class(attrs.size_mm)
+        seen.add(attrs.lesion_type)
+    assert {"macule", "patch", "papule", "plaque"} <= seen
+
+
 def test_same_seed_same_pixels_other_seed_other_pixels():
     config = SynthConfig(seed=3)
     a, b = render(sample_attributes(config, 5), 96), render(sample_attributes(config, 5), 96)

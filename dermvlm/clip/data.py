@@ -6,6 +6,7 @@ sample's augmentation and caption choice depend only on (seed, epoch, index), an
 epoch e is the same on every run, so a resumed run sees exactly the batches it would have seen.
 """
 import json
+import re
 import sys
 import zlib
 from pathlib import Path
@@ -70,6 +71,27 @@ def _seed(*parts):
     return zlib.crc32(repr(parts).encode())
 
 
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
+
+
+def sentences_of(text):
+    """The sentences of a caption that have at least two words."""
+    return [s for s in SENTENCE_END.split(text.strip()) if len(s.split()) >= 2]
+
+
+def pick_text(captions, key, sentences=False):
+    """One training text for an image, chosen by the integer `key`: one of its captions, or
+    with `sentences` half the time a single sentence of one (sentence sampling as in CXR-CLIP:
+    short zero-shot prompts then land where short texts were trained, not between long
+    multi-finding captions)."""
+    captions = [c for c in captions if c] or [""]
+    caption = captions[key % len(captions)]
+    if not sentences or (key >> 8) % 2 == 0:
+        return caption
+    parts = sentences_of(caption)
+    return parts[(key >> 9) % len(parts)] if len(parts) > 1 else caption
+
+
 def open_rgb(path):
     """An RGB image, or None for an unreadable or non-image file (reported by the caller)."""
     try:
@@ -83,8 +105,9 @@ class PairsDataset(torch.utils.data.Dataset):
     """Indexed by (epoch, index): returns (image tensor, caption, index); a sample whose image
     cannot be read yields None (skipped by `collate_pairs`, counted and reported)."""
 
-    def __init__(self, records, transform, seed=0):
+    def __init__(self, records, transform, seed=0, sentences=False):
         self.records, self.transform, self.seed = records, transform, seed
+        self.sentences = sentences
 
     def __len__(self):
         return len(self.records)
@@ -98,8 +121,8 @@ class PairsDataset(torch.utils.data.Dataset):
                   file=sys.stderr)
             return None
         torch.manual_seed(_seed(self.seed, epoch, index))      # augmentation for this sample
-        captions = record.captions or [record.label or ""]
-        caption = captions[_seed(self.seed, epoch, index, "caption") % len(captions)]
+        caption = pick_text(record.captions or [record.label or ""],
+                            _seed(self.seed, epoch, index, "caption"), self.sentences)
         return self.transform(image), caption, index
 
 
@@ -141,9 +164,10 @@ class ShardPairs(torch.utils.data.IterableDataset):
     """Webdataset shards in a fixed order per epoch, as (image, caption, index) micro-batches
     for one rank. Resuming skips the already-seen samples without decoding them."""
 
-    def __init__(self, spec, transform, micro_batch, seed=0, start=0, rank=0, world_size=1):
+    def __init__(self, spec, transform, micro_batch, seed=0, start=0, rank=0, world_size=1,
+                 sentences=False):
         from dermvlm.data.shards import shard_paths
-        self.paths, self.transform = shard_paths(spec), transform
+        self.paths, self.transform, self.sentences = shard_paths(spec), transform, sentences
         self.micro_batch, self.seed, self.start = micro_batch, seed, start
         self.rank, self.world_size = rank, world_size
 
@@ -167,8 +191,10 @@ class ShardPairs(torch.utils.data.IterableDataset):
 
     def _decode(self, epoch, position, group, decode_sample):
         try:
-            image, caption, _ = decode_sample(group)
+            image, caption, record = decode_sample(group)
         except (OSError, UnidentifiedImageError, DataError):
             return None
         torch.manual_seed(_seed(self.seed, epoch, position))
+        caption = pick_text(record.captions or [caption],
+                            _seed(self.seed, epoch, position, "caption"), self.sentences)
         return self.transform(image), caption, position

@@ -124,12 +124,16 @@ def export_model(model):
 
 
 def _data_loader(cfg, data, transform, micro_batch, start, rank, world):
+    if cfg.text_sampling not in ("captions", "sentences"):
+        raise DermvlmError("clip.text_sampling must be captions or sentences, got "
+                           f"{cfg.text_sampling!r}")
+    sentences = cfg.text_sampling == "sentences"
     if Path(data).is_dir() and any(Path(data).glob("*.tar")):
         stream = ShardPairs(data, transform, micro_batch, seed=cfg.seed, start=start,
-                            rank=rank, world_size=world)
+                            rank=rank, world_size=world, sentences=sentences)
         return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=0), None
     records = load_records(data)
-    dataset = PairsDataset(records, transform, seed=cfg.seed)
+    dataset = PairsDataset(records, transform, seed=cfg.seed, sentences=sentences)
     order = BatchOrder(len(records), micro_batch, cfg.seed, start=start, rank=rank,
                        world_size=world)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=order, collate_fn=collate_pairs,

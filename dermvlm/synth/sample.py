@@ -105,6 +105,16 @@ def _artefacts_and_quality(rng, artefact_prob):
     return artefacts, quality
 
 
+def _size_range(size, lesion_type):
+    """The condition's size class narrowed to what the lesion type is by definition (a
+    "small" patch is a macule): their overlap, else the end of the type's range nearest it."""
+    low, high = vocab.SIZE_RANGES_MM[size]
+    type_low, type_high = vocab.LESION_SIZE_MM.get(lesion_type, (low, high))
+    if max(low, type_low) < min(high, type_high):
+        return max(low, type_low), min(high, type_high)
+    return (type_low, type_low + 3.0) if high <= type_low else (type_high - 2.0, type_high)
+
+
 def _draw(config, index, rng, conditions):
     condition = conditions[rng.integers(len(conditions))]
     modality = "dermoscopic" if rng.random() < config.dermoscopic_fraction else "clinical"
@@ -123,18 +133,20 @@ def _draw(config, index, rng, conditions):
         options = {k: v for k, v in condition.distributions.items() if k != "solitary"}
         distribution = _choice(rng, options or {"scattered": 1.0})
     size = _choice(rng, condition.sizes)
-    size_low, size_high = vocab.SIZE_RANGES_MM[size]
     fitzpatrick = int(rng.choice(config.skin_types))
     artefacts, quality = _artefacts_and_quality(rng, config.artefact_prob)
+    lesion_type = _choice(rng, condition.lesion_types)
+    border_regularity = _choice(rng, condition.border_regularity)
+    border_definition = _choice(rng, condition.border_definition)
+    shape = _choice(rng, condition.shapes)
+    size_mm = round(float(rng.uniform(*_size_range(size, lesion_type))), 1)
     return SampleAttributes(
         image_id=f"synth_{config.seed}_{index:07d}", index=index, seed=config.seed,
         split=config.split, condition=condition.name, hierarchy=list(condition.hierarchy),
         category=condition.category, malignancy=condition.malignancy,
-        urgency=condition.urgency, lesion_type=_choice(rng, condition.lesion_types),
-        colours=colours, border_regularity=_choice(rng, condition.border_regularity),
-        border_definition=_choice(rng, condition.border_definition),
-        shape=_choice(rng, condition.shapes), size=size,
-        size_mm=round(float(rng.uniform(size_low, size_high)), 1), count=count,
+        urgency=condition.urgency, lesion_type=lesion_type, colours=colours,
+        border_regularity=border_regularity, border_definition=border_definition,
+        shape=shape, size=vocab.size_class(size_mm), size_mm=size_mm, count=count,
         n_lesions=int(rng.integers(low, high + 1)), distribution=distribution,
         surface=_choice(rng, condition.surfaces), secondary=_choice(rng, condition.secondary),
         body_site=_choice(rng, condition.sites), modality=modality, fitzpatrick=fitzpatrick,
