@@ -25,10 +25,11 @@ from dermvlm.errors import DermvlmError
 
 DEFAULT_DIR = Path(__file__).parent / "default"
 # The build recipe: the tiny preset, trained longer. Changing it changes the manifest.
-TRAIN_DATA = {"n": 8000, "seed": 0, "size": 96}
+TRAIN_DATA = {"n": 16000, "seed": 0, "size": 96}
 TEST_DATA = {"n": 500, "seed": 1, "size": 96}
-OVERRIDES = ("clip.steps=2500", "clip.eval_every=500", "clip.ckpt_every=250",
-             "vlm.token_pool=2", "vlm.batch_size=4", "vlm.stage1_steps=80",
+OVERRIDES = ("clip.vit_patch=8", "clip.text_sampling=sentences", "clip.steps=1000",
+             "clip.eval_every=250", "clip.ckpt_every=250",
+             "vlm.token_pool=2", "vlm.batch_size=4", "vlm.stage1_steps=300",
              "vlm.stage2_steps=240", "vlm.ckpt_every=40", "vlm.warmup_steps=10",
              "vlm.lr_stage2=5e-4")
 
