@@ -17,6 +17,9 @@ def main(argv=None):
     parser.add_argument("--data", required=True, help="SynthDerm folder (held-out seed)")
     parser.add_argument("--limit", type=int, default=200, help="multiple-choice questions")
     parser.add_argument("--reports", type=int, default=20, help="images to describe")
+    parser.add_argument("--swap-images", type=int, default=0, metavar="K",
+                        help="also score each question on the image of question i+K (an "
+                        "ablation: does the model read the image?)")
     parser.add_argument("--out", help="write the results JSON here")
     args = parser.parse_args(argv)
     try:
@@ -26,6 +29,9 @@ def main(argv=None):
         result = {"model": args.model, "data": args.data,
                   "closed": closed_accuracy(vlm, args.data, args.limit),
                   "reports": report_validity(vlm, args.data, args.reports)}
+        if args.swap_images:
+            result["closed_other_image"] = closed_accuracy(vlm, args.data, args.limit,
+                                                           image_shift=args.swap_images)
     except DermvlmError as exc:
         print(f"eval.vqa: error: {exc}", file=sys.stderr)
         return 2

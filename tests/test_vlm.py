@@ -195,3 +195,23 @@ def test_chunked_target_only_loss_equals_the_hf_loss():
     hidden = vlm.lm.model(inputs_embeds=vlm.embed(ids, pixels))[0]
     assert torch.allclose(chunked_lm_loss(hidden, labels, vlm.lm.lm_head, chunk=3), ours,
                           atol=1e-5)
+
+
+def test_image_swap_ablation_asks_about_another_image(synth, monkeypatch):
+    from dermvlm.vlm import evaluate
+    items = evaluate.choice_items(synth)
+    asked = []
+
+    def answer_a(vlm, image, messages, max_new_tokens):
+        asked.append((str(image), messages[0]["content"]))
+        return "A"
+    monkeypatch.setattr(evaluate, "generate", answer_a)
+    plain = evaluate.closed_accuracy(None, synth, progress=False)
+    assert [a[0] for a in asked] == [i[0] for i in items]
+    expected = sum(i[2] == "A" for i in items) / len(items)
+    assert plain["accuracy"] == round(expected, 4) and plain["n"] == len(items)
+    asked.clear()
+    swapped = evaluate.closed_accuracy(None, synth, progress=False, image_shift=3)
+    assert [a[1] for a in asked] == [i[1] for i in items]           # the same questions
+    assert all(image != item[0] for (image, _), item in zip(asked, items))
+    assert swapped["accuracy"] == plain["accuracy"]                  # "A" ignores the image

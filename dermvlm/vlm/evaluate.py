@@ -28,10 +28,20 @@ def choice_items(folder, limit=None):
     return items[:limit]
 
 
-def closed_accuracy(vlm, folder, limit=200, progress=True):
+def closed_accuracy(vlm, folder, limit=200, progress=True, image_shift=0):
+    """Accuracy per family. `image_shift` k > 0 is the image-swap ablation: question i is
+    asked about the image of question i + k, so a model that reads the image drops toward
+    chance while one that answers from priors alone keeps its score."""
     hits, unparsed = defaultdict(list), 0
-    for image, question, answer, family in tqdm(choice_items(folder, limit), desc="vqa",
-                                                disable=not progress):
+    items = choice_items(folder, limit)
+    images = [item[0] for item in items]
+    if image_shift and len(set(images)) < 2:
+        raise ValueError("the image-swap ablation needs questions about at least two images")
+    for k, (image, question, answer, family) in enumerate(tqdm(items, desc="vqa",
+                                                               disable=not progress)):
+        if image_shift:
+            image = next(other for j in range(1, len(images)) if
+                         (other := images[(k + image_shift * j) % len(images)]) != image)
         reply = generate(vlm, image, [{"role": "user", "content": question}], max_new_tokens=6)
         match = LETTER.search(reply)
         unparsed += match is None
