@@ -23,10 +23,6 @@ LESION_SIZE_MM = {"macule": (2.0, 9.5), "papule": (2.0, 9.5), "vesicle": (2.0, 9
                   "pustule": (2.0, 9.5), "comedo": (2.0, 5.0), "patch": (10.0, 40.0),
                   "plaque": (10.0, 40.0), "bulla": (10.0, 40.0), "nodule": (10.0, 40.0)}
 
-
-def size_class(size_mm):
-    """small | medium | large for a diameter in mm (SIZE_RANGES_MM)."""
-    return "small" if size_mm < 5.0 else "medium" if size_mm < 15.0 else "large"
 COUNTS = ("single", "few", "multiple")           # 1, 2-5, 6+
 COUNT_RANGES = {"single": (1, 1), "few": (2, 5), "multiple": (6, 14)}
 DISTRIBUTIONS = ("solitary", "grouped", "linear", "annular", "scattered", "symmetric")
@@ -78,3 +74,9 @@ def fitzpatrick_group(fitzpatrick_type):
         if fitzpatrick_type in members:
             return group
     return None
+
+
+def size_class(size_mm):
+    """'small', 'medium' or 'large' for a diameter in mm: the first SIZE_RANGES_MM class whose
+    upper end lies above it."""
+    return next((name for name in SIZES if size_mm < SIZE_RANGES_MM[name][1]), SIZES[-1])

@@ -215,3 +215,5 @@ def test_image_swap_ablation_asks_about_another_image(synth, monkeypatch):
     assert [a[1] for a in asked] == [i[1] for i in items]           # the same questions
     assert all(image != item[0] for (image, _), item in zip(asked, items))
     assert swapped["accuracy"] == plain["accuracy"]                  # "A" ignores the image
+    with pytest.raises(DermvlmError, match="at least two images, found 1"):
+        evaluate.closed_accuracy(None, synth, limit=1, progress=False, image_shift=3)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from dermvlm.errors import DermvlmError
 from dermvlm.vlm.infer import describe, generate
 
 FAMILIES = {"Which diagnosis fits best?": "diagnosis", "Which primary lesion is shown?":
@@ -36,7 +37,8 @@ def closed_accuracy(vlm, folder, limit=200, progress=True, image_shift=0):
     items = choice_items(folder, limit)
     images = [item[0] for item in items]
     if image_shift and len(set(images)) < 2:
-        raise ValueError("the image-swap ablation needs questions about at least two images")
+        raise DermvlmError(f"{folder}: the image-swap ablation needs questions about at least "
+                           f"two images, found {len(set(images))}")
     for k, (image, question, answer, family) in enumerate(tqdm(items, desc="vqa",
                                                                disable=not progress)):
         if image_shift:
