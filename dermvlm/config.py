@@ -74,6 +74,7 @@ class VLMConfig:
     lm: str = "smollm2"                # HF causal LM folder or hub name; "smollm2" = the wheel
     projector: str = "mlp2x_gelu"      # mlp2x_gelu | linear
     token_pool: int = 1                # average-pool image tokens f x f (1 = keep all)
+    image_norm_weight: float = 0.0     # pull image-token norms to the LM's embedding norm
     lora_rank: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
@@ -136,6 +137,19 @@ def _base():
 
 PRESETS = {"tiny": _tiny, "default": _default, "base": _base}
 
+# String fields that name one of a few behaviours: a misspelt value fails at parse time with
+# the choices, instead of (for some) silently falling back to the default behaviour.
+CHOICES = {
+    "synth.split": ("train", "val", "test"),
+    "synth.holdout": ("none", "compositional"),
+    "clip.loss": ("clip", "siglip"),
+    "clip.text_mode": ("locked", "lora", "full"),
+    "clip.image_mode": ("train", "locked"),
+    "clip.text_sampling": ("captions", "sentences"),
+    "clip.precision": ("auto", "fp32", "bf16"),
+    "vlm.projector": ("mlp2x_gelu", "linear"),
+}
+
 
 def get_config(preset="default", overrides=()):
     """A preset with `section.field=value` overrides applied, in order."""
@@ -163,7 +177,17 @@ def apply_override(config, override):
         raise ConfigError(f"unknown config key {key!r}"
                           f" (fields here: {', '.join(_field_names(target))})")
     hint = typing.get_type_hints(type(target))[name]
-    setattr(target, name, _coerce(_parse_value(raw.strip()), hint, key))
+    setattr(target, name, check_choice(key.strip(), _coerce(_parse_value(raw.strip()), hint,
+                                                             key)))
+
+
+def check_choice(key, value):
+    """`value`, or a ConfigError naming the allowed values when `key` has a CHOICES entry.
+    Called on --set and on load, and by the code that acts on the field (a config built in
+    Python is not parsed)."""
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"{key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+    return value
 
 
 def _field_names(obj):
@@ -229,4 +253,5 @@ def _from_dict(cls, data, path):
     if unknown:
         raise ConfigError(f"unknown config key(s) {', '.join(path + u for u in sorted(unknown))}")
     hints = typing.get_type_hints(cls)
-    return cls(**{k: _coerce(v, hints[k], path + k) for k, v in data.items()})
+    return cls(**{k: check_choice(path + k, _coerce(v, hints[k], path + k))
+                  for k, v in data.items()})

@@ -1,6 +1,11 @@
 """Held-out VQA evaluation of a VLM folder on a SynthDerm set: lettered multiple-choice
 accuracy per question family, and structured-report validity.
 
+Multiple-choice questions are scored two ways: `closed` reads the letter the model writes;
+`closed_by_option_likelihood` picks the option whose text the model finds most likely as the
+reply (it needs no letter-matching skill, which a 135M LM lacks even with the caption in the
+prompt). --swap-images K repeats both with each question asked about another image.
+
     python -m eval.vqa --model runs/vlm2/model --data data/test --out vqa.json
 """
 import json
@@ -23,15 +28,20 @@ def main(argv=None):
     parser.add_argument("--out", help="write the results JSON here")
     args = parser.parse_args(argv)
     try:
-        from dermvlm.vlm.evaluate import closed_accuracy, report_validity
+        from dermvlm.vlm.evaluate import (closed_accuracy, option_likelihood_accuracy,
+                                          report_validity)
         from dermvlm.vlm.model import DermVLM
         vlm = DermVLM.from_pretrained(args.model)
         result = {"model": args.model, "data": args.data,
                   "closed": closed_accuracy(vlm, args.data, args.limit),
+                  "closed_by_option_likelihood": option_likelihood_accuracy(vlm, args.data,
+                                                                            args.limit),
                   "reports": report_validity(vlm, args.data, args.reports)}
         if args.swap_images:
             result["closed_other_image"] = closed_accuracy(vlm, args.data, args.limit,
                                                            image_shift=args.swap_images)
+            result["closed_by_option_likelihood_other_image"] = option_likelihood_accuracy(
+                vlm, args.data, args.limit, image_shift=args.swap_images)
     except DermvlmError as exc:
         print(f"eval.vqa: error: {exc}", file=sys.stderr)
         return 2

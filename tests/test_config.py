@@ -30,6 +30,8 @@ def test_json_round_trip_is_exact():
     ("nope.n=3", "no section 'nope'"),
     ("synth.n=many", "expected an integer"),
     ("synth.n", "expected KEY=VALUE"),
+    ("clip.loss=sigmoid", "clip.loss must be one of clip, siglip, got 'sigmoid'"),
+    ("vlm.projector=mlp", "vlm.projector must be one of mlp2x_gelu, linear"),
 ])
 def test_bad_overrides_say_what_is_wrong(override, fragment):
     with pytest.raises(ConfigError, match=fragment):
@@ -44,3 +46,14 @@ def test_unknown_preset():
 def test_from_dict_rejects_unknown_keys():
     with pytest.raises(ConfigError, match="synth.colour"):
         Config.from_dict({"synth": {"colour": 1}})
+
+
+def test_every_preset_uses_allowed_choices_and_saved_configs_are_checked():
+    from dermvlm.config import CHOICES, PRESETS
+    for preset in PRESETS:
+        data = get_config(preset).to_dict()
+        for key, allowed in CHOICES.items():
+            section, name = key.split(".")
+            assert data[section][name] in allowed, (preset, key)
+    with pytest.raises(ConfigError, match="clip.text_mode must be one of locked, lora, full"):
+        Config.from_dict({"clip": {"text_mode": "frozen"}})

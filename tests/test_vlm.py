@@ -217,3 +217,50 @@ def test_image_swap_ablation_asks_about_another_image(synth, monkeypatch):
     assert swapped["accuracy"] == plain["accuracy"]                  # "A" ignores the image
     with pytest.raises(DermvlmError, match="at least two images, found 1"):
         evaluate.closed_accuracy(None, synth, limit=1, progress=False, image_shift=3)
+
+
+def test_option_scores_equal_the_per_option_target_loss(synth):
+    from dermvlm.vlm import evaluate
+    from dermvlm.vlm.infer import load_image
+    vlm = _vlm().eval()
+    image, question, _, _ = next(i for i in evaluate.choice_items(synth)
+                                 if question_has_options_of_different_lengths(i[1]))
+    scores = evaluate.option_scores(vlm, image, question)
+    options = evaluate.OPTION.findall(question)
+    assert [letter for letter, _ in scores] == [letter for letter, _ in options]
+    stem = question.split("\n")[0]
+    for (_, score), (_, text) in zip(scores, options):     # one unpadded pass per option
+        ids, labels = encode_conversation(vlm.tokenizer, to_messages(
+            [{"from": "human", "value": f"<image>\n{stem}"}, {"from": "gpt", "value": text}]),
+            vlm.num_image_tokens, 10 ** 6)
+        with torch.no_grad():
+            loss = vlm(input_ids=torch.tensor([ids]), pixel_values=load_image(vlm, image),
+                       labels=torch.tensor([labels])).loss
+        targets = sum(label != -100 for label in labels[1:])
+        assert score == pytest.approx(-loss.item() * targets, abs=1e-3)
+    result = evaluate.option_likelihood_accuracy(vlm, synth, progress=False)
+    assert result["n"] == len(evaluate.choice_items(synth))
+
+
+def question_has_options_of_different_lengths(question):
+    from dermvlm.vlm.evaluate import OPTION
+    return len({len(text) for _, text in OPTION.findall(question)}) > 1
+
+
+def test_image_norm_weight_pulls_image_tokens_to_the_lm_embedding_scale(synth, tmp_path):
+    pixels = torch.randn(2, 3, 32, 32)
+
+    def log_ratio(weight):
+        lm, tok, vision = _parts()
+        config = get_config("tiny", SMALL + ["vlm.stage1_steps=10", "vlm.ckpt_every=10",
+                                             f"vlm.image_norm_weight={weight}"])
+        out = train_vlm(config, synth, tmp_path / f"w{weight}", stage=1, progress=False,
+                        parts=(lm, tok, vision))
+        vlm = load_vlm_folder(out["model"], lm=tiny_lm(tiny_tokenizer()))
+        with torch.no_grad():
+            images = vlm.image_embeddings(pixels)
+            target = vlm.lm.get_input_embeddings().weight.norm(dim=-1).mean()
+            assert vlm.image_norm_penalty(images / images.norm(dim=-1, keepdim=True) *
+                                          target).item() == pytest.approx(0, abs=1e-8)
+        return vlm.image_norm_penalty(images).item()
+    assert log_ratio(1.0) < 0.6 * log_ratio(0.0)     # 3.9 vs 8.0 when written

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from dermvlm.clip.data import (BatchOrder, PairsDataset, ShardPairs, collate_pairs,
                                eval_transform, load_records, train_transform)
 from dermvlm.clip.model import build_model, save_model
+from dermvlm.config import check_choice
 from dermvlm.errors import DermvlmError
 from dermvlm.training import (TrainingError, distributed, latest_checkpoint, log_metrics,
                               truncate_metrics, warmup_cosine)
@@ -73,10 +74,10 @@ def _optimizer(model, cfg):
 
 
 def _apply_text_mode(model, cfg):
+    check_choice("clip.image_mode", cfg.image_mode)
+    check_choice("clip.text_mode", cfg.text_mode)
     if cfg.image_mode == "locked":
         model.lock_image_tower(unlocked_groups=0)
-    elif cfg.image_mode != "train":
-        raise DermvlmError(f"clip.image_mode must be train or locked, got {cfg.image_mode!r}")
     if cfg.text_mode == "locked":
         model.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
     elif cfg.text_mode == "lora":
@@ -87,8 +88,6 @@ def _apply_text_mode(model, cfg):
         lora = LoraConfig(r=cfg.text_lora_rank, lora_alpha=2 * cfg.text_lora_rank,
                           target_modules=["query", "key", "value", "dense"], lora_dropout=0.0)
         model.text.transformer = get_peft_model(model.text.transformer, lora)
-    elif cfg.text_mode != "full":
-        raise DermvlmError(f"clip.text_mode must be locked, lora or full, got {cfg.text_mode!r}")
 
 
 def _save_checkpoint(out_dir, step, module, model_cfg, config, optimizer, scheduler, keep=2):
@@ -124,10 +123,7 @@ def export_model(model):
 
 
 def _data_loader(cfg, data, transform, micro_batch, start, rank, world):
-    if cfg.text_sampling not in ("captions", "sentences"):
-        raise DermvlmError("clip.text_sampling must be captions or sentences, got "
-                           f"{cfg.text_sampling!r}")
-    sentences = cfg.text_sampling == "sentences"
+    sentences = check_choice("clip.text_sampling", cfg.text_sampling) == "sentences"
     if Path(data).is_dir() and any(Path(data).glob("*.tar")):
         stream = ShardPairs(data, transform, micro_batch, seed=cfg.seed, start=start,
                             rank=rank, world_size=world, sentences=sentences)
@@ -175,7 +171,8 @@ def train_clip(config, data, out_dir, val=None, max_steps=None, progress=True):
     use_cache = cfg.cache_text and cfg.text_mode == "locked" and hasattr(model.text,
                                                                          "transformer")
     text_cache = TextCache(model, tokenizer, device) if use_cache else None
-    loss_fn = (SigLipLoss(rank=rank, world_size=world) if cfg.loss == "siglip" else
+    siglip = check_choice("clip.loss", cfg.loss) == "siglip"
+    loss_fn = (SigLipLoss(rank=rank, world_size=world) if siglip else
                ClipLoss(local_loss=False, gather_with_grad=True, rank=rank, world_size=world))
     micro = cfg.batch_size // cfg.grad_accum                     # global micro-batch
     loader, _ = _data_loader(cfg, data, train_transform(cfg.image_size), micro,
@@ -205,7 +202,7 @@ def train_clip(config, data, out_dir, val=None, max_steps=None, progress=True):
                     img_f, txt_f = train_module(images, tokens=tokenizer(captions).to(device))
                 scale = model.logit_scale.exp()
                 bias = getattr(model, "logit_bias", None)
-                loss = (loss_fn(img_f, txt_f, scale, bias) if cfg.loss == "siglip"
+                loss = (loss_fn(img_f, txt_f, scale, bias) if siglip
                         else loss_fn(img_f, txt_f, scale)) / cfg.grad_accum
             if not torch.isfinite(loss):
                 bar.close()

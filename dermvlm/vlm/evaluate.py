@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from dermvlm.errors import DermvlmError
 from dermvlm.vlm.infer import describe, generate
+from dermvlm.vlm.model import IMAGE_TOKEN
 
 FAMILIES = {"Which diagnosis fits best?": "diagnosis", "Which primary lesion is shown?":
             "lesion_type", "What is the main colour of the lesion?": "colour",
@@ -34,16 +35,11 @@ def closed_accuracy(vlm, folder, limit=200, progress=True, image_shift=0):
     asked about the image of question i + k, so a model that reads the image drops toward
     chance while one that answers from priors alone keeps its score."""
     hits, unparsed = defaultdict(list), 0
-    items = choice_items(folder, limit)
-    images = [item[0] for item in items]
-    if image_shift and len(set(images)) < 2:
-        raise DermvlmError(f"{folder}: the image-swap ablation needs questions about at least "
-                           f"two images, found {len(set(images))}")
+    items, images = _questions(folder, limit, image_shift)
     for k, (image, question, answer, family) in enumerate(tqdm(items, desc="vqa",
                                                                disable=not progress)):
         if image_shift:
-            image = next(other for j in range(1, len(images)) if
-                         (other := images[(k + image_shift * j) % len(images)]) != image)
+            image = _other_image(images, k, image_shift)
         reply = generate(vlm, image, [{"role": "user", "content": question}], max_new_tokens=6)
         match = LETTER.search(reply)
         unparsed += match is None
@@ -52,6 +48,72 @@ def closed_accuracy(vlm, folder, limit=200, progress=True, image_shift=0):
     total = [x for v in hits.values() for x in v]
     return {"accuracy": round(sum(total) / max(1, len(total)), 4), "per_family": per_family,
             "n": len(total), "unparsed_answers": unparsed, "chance": 0.25}
+
+
+OPTION = re.compile(r"^([A-D])\. (.+)$", re.MULTILINE)
+
+
+def option_scores(vlm, image, question):
+    """[(letter, log-probability of the option's text, end-of-turn included, as the whole
+    reply to the bare question)] for a lettered multiple-choice question, in one batched
+    forward pass. Not length-normalised: a per-token mean favours long options whose later
+    tokens are near-certain ("premalignant" over "benign")."""
+    import torch
+
+    from dermvlm.vlm.data import collate, encode_conversation, to_messages
+    from dermvlm.vlm.infer import load_image
+    stem, options = question.split("\n")[0], OPTION.findall(question)
+    pixel = load_image(vlm, image)[0]                                   # (3, S, S)
+    batch = []
+    for _, text in options:
+        ids, labels = encode_conversation(vlm.tokenizer, to_messages(
+            [{"from": "human", "value": f"{IMAGE_TOKEN}\n{stem}"},
+             {"from": "gpt", "value": text}]), vlm.num_image_tokens, 10 ** 6)
+        batch.append((torch.tensor(ids), torch.tensor(labels), pixel))
+    ids, mask, labels, pixels = collate(batch, vlm.tokenizer.pad_token_id)  # right-padded
+    with torch.no_grad():
+        logits = vlm(input_ids=ids.to(vlm.device), attention_mask=mask.to(vlm.device),
+                     pixel_values=pixels).logits.float()                # (O, T, V)
+    targets = labels[:, 1:].to(logits.device)                           # (O, T-1)
+    logp = logits[:, :-1].log_softmax(-1).gather(-1, targets.clamp_min(0)[..., None])[..., 0]
+    keep = targets != -100
+    scores = (logp * keep).sum(1)                                       # (O,)
+    return [(letter, float(score)) for (letter, _), score in zip(options, scores)]
+
+
+def option_likelihood_accuracy(vlm, folder, limit=200, progress=True, image_shift=0):
+    """Accuracy per family when the answer is the option with the highest `option_scores`
+    (lm-eval-harness's `acc`). Letter accuracy needs two skills: reading the image and mapping
+    an answer onto a letter; SmolLM2-135M lacks the second even with the caption in the
+    prompt, so this is the score that says whether the image is read. `image_shift`: the
+    swap ablation, as in closed_accuracy."""
+    hits = defaultdict(list)
+    items, images = _questions(folder, limit, image_shift)
+    for k, (image, question, answer, family) in enumerate(tqdm(items, desc="vqa options",
+                                                               disable=not progress)):
+        if image_shift:
+            image = _other_image(images, k, image_shift)
+        best = max(option_scores(vlm, image, question), key=lambda pair: pair[1])[0]
+        hits[family].append(best == answer)
+    per_family = {f: round(sum(v) / len(v), 4) for f, v in sorted(hits.items())}
+    total = [x for v in hits.values() for x in v]
+    return {"accuracy": round(sum(total) / max(1, len(total)), 4), "per_family": per_family,
+            "n": len(total)}
+
+
+def _questions(folder, limit, image_shift):
+    items = choice_items(folder, limit)
+    images = [item[0] for item in items]
+    if image_shift and len(set(images)) < 2:
+        raise DermvlmError(f"{folder}: the image-swap ablation needs questions about at least "
+                           f"two images, found {len(set(images))}")
+    return items, images
+
+
+def _other_image(images, k, shift):
+    """The image of question k + shift (or the next one that differs from question k's)."""
+    return next(other for j in range(1, len(images))
+                if (other := images[(k + shift * j) % len(images)]) != images[k])
 
 
 def report_validity(vlm, folder, limit=20, progress=True):
