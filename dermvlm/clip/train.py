@@ -178,10 +178,10 @@ def train_clip(config, data, out_dir, val=None, max_steps=None, progress=True):
     loader, _ = _data_loader(cfg, data, train_transform(cfg.image_size), micro,
                              start_step * cfg.grad_accum, rank, world)
     autocast = device.type == "cuda" and cfg.precision in ("auto", "bf16")
-    if out_dir.exists() is False:
-        out_dir.mkdir(parents=True)
+    out_dir.mkdir(parents=True, exist_ok=True)   # every rank gets here; a bare mkdir races
     metrics_path = out_dir / "metrics.jsonl"
-    truncate_metrics(metrics_path, start_step)
+    if rank == 0:                                # only rank 0 logs, so only it rewrites the log
+        truncate_metrics(metrics_path, start_step)
     val_set = _load_val(val, cfg) if (val and rank == 0) else None
     end_step = cfg.steps if max_steps is None else min(cfg.steps, start_step + max_steps)
     bar = tqdm(total=cfg.steps, initial=start_step, desc="clip", unit="step",

@@ -106,7 +106,8 @@ def train_vlm(config, data, out_dir, stage, init=None, max_steps=None, progress=
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=order, num_workers=cfg.workers,
                                          collate_fn=functools.partial(collate, pad_id=pad))
     metrics = out_dir / "metrics.jsonl"
-    truncate_metrics(metrics, start)
+    if rank == 0:                                # only rank 0 logs, so only it rewrites the log
+        truncate_metrics(metrics, start)
     end = total_steps if max_steps is None else min(total_steps, start + max_steps)
     bar = tqdm(total=total_steps, initial=start, desc=f"vlm stage {stage}", unit="step",
                disable=not progress or rank != 0)
