@@ -1,10 +1,14 @@
 """Held-out VQA evaluation of a VLM folder on a SynthDerm set: lettered multiple-choice
-accuracy per question family, and structured-report validity.
+accuracy per question family, open-ended answers per attribute, and structured-report
+validity.
 
 Multiple-choice questions are scored two ways: `closed` reads the letter the model writes;
 `closed_by_option_likelihood` picks the option whose text the model finds most likely as the
 reply (it needs no letter-matching skill, which a 135M LM lacks even with the caption in the
-prompt). --swap-images K repeats both with each question asked about another image.
+prompt). `open` asks each image open questions in the training phrasing ("What colour is
+the lesion?") and checks that the reply names the image's true value, next to the score of
+always naming the most common value. --swap-images K repeats all three with each question
+asked about another image.
 
     python -m eval.vqa --model runs/vlm2/model --data data/test --out vqa.json
 """
@@ -21,6 +25,8 @@ def main(argv=None):
     parser.add_argument("--model", required=True, help="VLM folder (train.vlm output)")
     parser.add_argument("--data", required=True, help="SynthDerm folder (held-out seed)")
     parser.add_argument("--limit", type=int, default=200, help="multiple-choice questions")
+    parser.add_argument("--open", type=int, default=100, metavar="N",
+                        help="images for the open-ended questions (6 each; 0 skips them)")
     parser.add_argument("--reports", type=int, default=20, help="images to describe")
     parser.add_argument("--swap-images", type=int, default=0, metavar="K",
                         help="also score each question on the image of question i+K (an "
@@ -28,8 +34,8 @@ def main(argv=None):
     parser.add_argument("--out", help="write the results JSON here")
     args = parser.parse_args(argv)
     try:
-        from dermvlm.vlm.evaluate import (closed_accuracy, option_likelihood_accuracy,
-                                          report_validity)
+        from dermvlm.vlm.evaluate import (closed_accuracy, open_accuracy,
+                                          option_likelihood_accuracy, report_validity)
         from dermvlm.vlm.model import DermVLM
         vlm = DermVLM.from_pretrained(args.model)
         result = {"model": args.model, "data": args.data,
@@ -37,11 +43,16 @@ def main(argv=None):
                   "closed_by_option_likelihood": option_likelihood_accuracy(vlm, args.data,
                                                                             args.limit),
                   "reports": report_validity(vlm, args.data, args.reports)}
+        if args.open:
+            result["open"] = open_accuracy(vlm, args.data, args.open)
         if args.swap_images:
             result["closed_other_image"] = closed_accuracy(vlm, args.data, args.limit,
                                                            image_shift=args.swap_images)
             result["closed_by_option_likelihood_other_image"] = option_likelihood_accuracy(
                 vlm, args.data, args.limit, image_shift=args.swap_images)
+            if args.open:
+                result["open_other_image"] = open_accuracy(vlm, args.data, args.open,
+                                                           image_shift=args.swap_images)
     except DermvlmError as exc:
         print(f"eval.vqa: error: {exc}", file=sys.stderr)
         return 2

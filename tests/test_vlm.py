@@ -3,6 +3,7 @@ only assistant tokens are labelled, KV cache and no cache agree, save/load is ex
 steps lower the loss, reports always validate, and bad input is reported clearly."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -264,3 +265,37 @@ def test_image_norm_weight_pulls_image_tokens_to_the_lm_embedding_scale(synth, t
                                           target).item() == pytest.approx(0, abs=1e-8)
         return vlm.image_norm_penalty(images).item()
     assert log_ratio(1.0) < 0.6 * log_ratio(0.0)     # 3.9 vs 8.0 when written
+
+
+def test_named_value_reads_the_first_value_a_reply_names():
+    from dermvlm.vlm.evaluate import OPEN_QUESTIONS, named_value
+    values = {family: spec[2] for family, spec in OPEN_QUESTIONS.items()}
+    assert named_value("It looks premalignant and should be reviewed.",
+                       values["malignancy"]) == "premalignant"
+    assert named_value("Features suggest a malignant lesion.", values["malignancy"]) == \
+        "malignant"
+    assert named_value("The lesion is dark brown and black.", values["colour"]) == "dark brown"
+    assert named_value("There are a few lesions.", values["count"]) == "few"
+    assert named_value("Two small plaques.", values["lesion_type"]) == "plaque"
+    assert named_value("I cannot tell.", values["lesion_type"]) is None
+
+
+def test_open_questions_score_the_reply_against_the_shown_images_attributes(synth,
+                                                                            monkeypatch):
+    """An oracle that answers from the attributes of the image it is shown scores 1 on the
+    right images and less when shown other images; the majority baseline is computed."""
+    from dermvlm.vlm import evaluate
+    truth = {f"{a['image_id']}.jpg": a for a in map(json.loads, (synth / "attributes.jsonl")
+                                                      .read_text().splitlines())}
+    keys = {question: key for question, key, _ in evaluate.OPEN_QUESTIONS.values()}
+
+    def oracle(vlm, image, messages, max_new_tokens):
+        value = truth[Path(image).name][keys[messages[0]["content"]]]
+        return f"It is {value[0] if isinstance(value, list) else value}."
+    monkeypatch.setattr(evaluate, "generate", oracle)
+    right = evaluate.open_accuracy(None, synth, progress=False)
+    assert right["n_images"] == len(truth)
+    assert all(f["accuracy"] == 1.0 and f["unnamed"] == 0 for f in right["per_family"].values())
+    assert all(0 < f["majority"] <= 1.0 for f in right["per_family"].values())
+    other = evaluate.open_accuracy(None, synth, progress=False, image_shift=1)
+    assert other["per_family"]["diagnosis"]["accuracy"] < 1.0

@@ -1,5 +1,6 @@
 """Held-out VQA scoring for a VLM: lettered multiple-choice accuracy per question family,
-and structured-report validity."""
+open-ended answers checked against the image's attributes, and structured-report
+validity."""
 import json
 import re
 from collections import defaultdict
@@ -7,7 +8,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from dermvlm import vocab
 from dermvlm.errors import DermvlmError
+from dermvlm.synth.ontology import CONDITIONS
 from dermvlm.vlm.infer import describe, generate
 from dermvlm.vlm.model import IMAGE_TOKEN
 
@@ -114,6 +117,60 @@ def _other_image(images, k, shift):
     """The image of question k + shift (or the next one that differs from question k's)."""
     return next(other for j in range(1, len(images))
                 if (other := images[(k + shift * j) % len(images)]) != images[k])
+
+
+# family -> (question in the training phrasing, attributes.jsonl key, values a reply may name)
+OPEN_QUESTIONS = {
+    "colour": ("What colour is the lesion?", "colours", vocab.COLOURS),
+    "lesion_type": ("What type of primary lesion is this?", "lesion_type",
+                    vocab.LESION_TYPES),
+    "count": ("How many lesions are there?", "count", vocab.COUNTS),
+    "diagnosis": ("What is the most likely diagnosis?", "condition",
+                  tuple(c.name for c in CONDITIONS)),
+    "malignancy": ("Is this lesion malignant?", "malignancy", vocab.MALIGNANCY),
+    "modality": ("What imaging modality is this?", "modality", vocab.MODALITIES),
+}
+
+
+def named_value(reply, values):
+    """The value a free-text reply names first (the longest on a tie: 'dark brown' over
+    'brown'), or None. Prefix match on word starts, so 'plaques' names 'plaque' and
+    'premalignant' does not name 'malignant'."""
+    found = [(m.start(), -len(v), v) for v in values
+             if (m := re.search(rf"\b{re.escape(v)}", reply, re.IGNORECASE))]
+    return min(found)[2] if found else None
+
+
+def open_accuracy(vlm, folder, limit=100, progress=True, image_shift=0):
+    """Per family, the share of open questions whose reply names the image's true value,
+    next to `majority`, the score of always naming the most common true value (a model that
+    ignores the image can reach it, not beat it), and how many distinct values the replies
+    named (1-2 means the model has collapsed onto a prior). `image_shift`: the swap ablation."""
+    folder = Path(folder)
+    attributes = [json.loads(x) for x in (folder / "attributes.jsonl").read_text()
+                  .splitlines() if x.strip()][:limit]
+    images = [str(folder / "images" / f"{a['image_id']}.jpg") for a in attributes]
+    if image_shift and len(set(images)) < 2:
+        raise DermvlmError(f"{folder}: the image-swap ablation needs at least two images")
+    hits, named, unnamed = defaultdict(list), defaultdict(set), defaultdict(int)
+    for k, attrs in enumerate(tqdm(attributes, desc="vqa open", disable=not progress)):
+        image = _other_image(images, k, image_shift) if image_shift else images[k]
+        for family, (question, key, values) in OPEN_QUESTIONS.items():
+            reply = generate(vlm, image, [{"role": "user", "content": question}],
+                             max_new_tokens=24)
+            value, truth = named_value(reply, values), attrs[key]
+            hits[family].append(value in truth if isinstance(truth, list) else value == truth)
+            named[family].add(value)
+            unnamed[family] += value is None
+    out = {}
+    for family, (_, key, values) in OPEN_QUESTIONS.items():
+        truths = [a[key] if isinstance(a[key], list) else [a[key]] for a in attributes]
+        majority = max(sum(v in t for t in truths) for v in values)
+        out[family] = {"accuracy": round(sum(hits[family]) / max(1, len(attributes)), 4),
+                       "majority": round(majority / max(1, len(attributes)), 4),
+                       "distinct_named": len(named[family] - {None}),
+                       "unnamed": unnamed[family]}
+    return {"per_family": out, "n_images": len(attributes)}
 
 
 def report_validity(vlm, folder, limit=20, progress=True):
