@@ -24,10 +24,12 @@ def main(argv=None):
     parser = OneLineParser(prog="python -m eval.vqa", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="VLM folder (train.vlm output)")
     parser.add_argument("--data", required=True, help="SynthDerm folder (held-out seed)")
-    parser.add_argument("--limit", type=int, default=200, help="multiple-choice questions")
+    parser.add_argument("--limit", type=int, default=200,
+                        help="multiple-choice questions (0 skips them)")
     parser.add_argument("--open", type=int, default=100, metavar="N",
                         help="images for the open-ended questions (6 each; 0 skips them)")
-    parser.add_argument("--reports", type=int, default=20, help="images to describe")
+    parser.add_argument("--reports", type=int, default=20,
+                        help="images to describe (0 skips them)")
     parser.add_argument("--swap-images", type=int, default=0, metavar="K",
                         help="also score each question on the image of question i+K (an "
                         "ablation: does the model read the image?)")
@@ -38,21 +40,18 @@ def main(argv=None):
                                           option_likelihood_accuracy, report_validity)
         from dermvlm.vlm.model import DermVLM
         vlm = DermVLM.from_pretrained(args.model)
-        result = {"model": args.model, "data": args.data,
-                  "closed": closed_accuracy(vlm, args.data, args.limit),
-                  "closed_by_option_likelihood": option_likelihood_accuracy(vlm, args.data,
-                                                                            args.limit),
-                  "reports": report_validity(vlm, args.data, args.reports)}
-        if args.open:
-            result["open"] = open_accuracy(vlm, args.data, args.open)
-        if args.swap_images:
-            result["closed_other_image"] = closed_accuracy(vlm, args.data, args.limit,
-                                                           image_shift=args.swap_images)
-            result["closed_by_option_likelihood_other_image"] = option_likelihood_accuracy(
-                vlm, args.data, args.limit, image_shift=args.swap_images)
-            if args.open:
-                result["open_other_image"] = open_accuracy(vlm, args.data, args.open,
-                                                           image_shift=args.swap_images)
+        result = {"model": args.model, "data": args.data}
+        scorers = (("closed", closed_accuracy, args.limit),
+                   ("closed_by_option_likelihood", option_likelihood_accuracy, args.limit),
+                   ("open", open_accuracy, args.open))
+        for name, score, n in scorers:
+            if n > 0:                              # 0 skips a score
+                result[name] = score(vlm, args.data, n)
+                if args.swap_images:
+                    result[f"{name}_other_image"] = score(vlm, args.data, n,
+                                                          image_shift=args.swap_images)
+        if args.reports > 0:
+            result["reports"] = report_validity(vlm, args.data, args.reports)
     except DermvlmError as exc:
         print(f"eval.vqa: error: {exc}", file=sys.stderr)
         return 2
