@@ -90,6 +90,8 @@ def _stage(name):
 def build_default(work="runs/build_default", out=DEFAULT_DIR, overrides=(), progress=True,
                   vqa_limit=200, reports=20, open_images=60):
     """Train and evaluate every part, then write the compact artefacts and the manifest."""
+    import torch
+
     from dermvlm.clip.data import load_records
     from dermvlm.clip.evaluate import evaluate_records
     from dermvlm.clip.model import load_model, save_compact
@@ -127,6 +129,7 @@ def build_default(work="runs/build_default", out=DEFAULT_DIR, overrides=(), prog
 
     _stage("held-out VQA: untuned (random projector, base LM) vs stage 1 vs stage 2")
     vqa = {}
+    torch.manual_seed(config.vlm.seed)  # the projector stage 1 started from
     untuned = prepare_vlm(config, 1).eval()
     vqa["untuned"] = closed_accuracy(untuned, work / "data/test", vqa_limit, progress)
     del untuned
