@@ -1,9 +1,6 @@
 """Contrastive training: the loss falls, resume is exact, checkpoints load in vanilla
 open_clip, bad input is reported, DDP on two CPU processes matches one process."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import open_clip
@@ -17,9 +14,9 @@ from dermvlm.clip.train import TrainingError, train_clip
 from dermvlm.config import get_config
 from dermvlm.errors import DermvlmError
 from dermvlm.synth.writer import generate
+from launch import run_one_and_two_processes
 from tiny_parts import vanilla_open_clip_folder
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["clip.image_size=32", "clip.vit_layers=2", "clip.vit_width=64", "clip.embed_dim=32",
          "clip.batch_size=8", "clip.workers=0", "clip.warmup_steps=1", "clip.log_every=1",
          "clip.eval_every=1000", "clip.lr=0.002"]
@@ -177,14 +174,5 @@ def test_ddp_two_cpu_processes_match_one_process(pairs, tmp_path):
     overrides = [f"--set={o}" for o in SMALL + ["clip.steps=2"]]
     common = ["-m", "train.clip", "--data", str(pairs), "--preset", "tiny", "--quiet",
               *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    # --standalone: torchrun binds its own free port (picking one here and closing it races)
-    for argv in ([sys.executable, *common, "--out", str(tmp_path / "one")],
-                 [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                  "--nproc_per_node", "2", *common, "--out", str(tmp_path / "two")]):
-        done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=300)
-        # each rank's own traceback first (torchrun prefixes it), then the launcher's tail
-        worker_lines = [line for line in done.stderr.splitlines() if line.startswith("[rank")]
-        assert done.returncode == 0, "\n".join(worker_lines[-60:]) + done.stderr[-1500:]
+    run_one_and_two_processes(common, tmp_path / "one", tmp_path / "two")
     assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), abs=1e-4)

@@ -18,7 +18,8 @@ from dermvlm.vlm.infer import describe, generate_batch, generate_ids
 from dermvlm.vlm.infer import generate as vlm_generate
 from dermvlm.vlm.model import IMAGE_TOKEN
 from dermvlm.vlm.train import train_vlm
-from tiny_parts import tiny_lm, tiny_tokenizer, tiny_vision
+from launch import run_one_and_two_processes
+from tiny_parts import tiny_lm, tiny_tokenizer, tiny_vision, vanilla_open_clip_folder
 
 SMALL = ["vlm.batch_size=4", "vlm.workers=0", "vlm.warmup_steps=1", "vlm.log_every=1",
          "vlm.max_length=256", "vlm.lr_stage1=0.01", "vlm.lr_stage2=0.005", "vlm.lora_rank=4"]
@@ -299,3 +300,39 @@ def test_open_questions_score_the_reply_against_the_shown_images_attributes(synt
     assert all(0 < f["majority"] <= 1.0 for f in right["per_family"].values())
     other = evaluate.open_accuracy(None, synth, progress=False, image_shift=1)
     assert other["per_family"]["diagnosis"]["accuracy"] < 1.0
+
+
+def test_gradient_accumulation_matches_one_big_batch(synth, tmp_path):
+    """Every target token weighs the same: 2 micro-batches of 2 train like one batch of 4
+    (a mean per micro-batch would weigh the tokens of the shorter one more)."""
+    def losses(accum):
+        lm, tok, vision = _parts()
+        config = get_config("tiny", SMALL + ["vlm.stage1_steps=4", "vlm.ckpt_every=4",
+                                             f"vlm.grad_accum={accum}"])
+        train_vlm(config, synth, tmp_path / f"a{accum}", stage=1, progress=False,
+                  parts=(lm, tok, vision))
+        rows = [json.loads(x) for x in (tmp_path / f"a{accum}" / "metrics.jsonl").read_text()
+                .splitlines()]
+        return [r["loss"] for r in rows], [r["target_tokens"] for r in rows]
+    (one, one_tokens), (two, two_tokens) = losses(1), losses(2)
+    assert one_tokens == two_tokens
+    assert two == pytest.approx(one, abs=1e-4)
+
+
+def test_ddp_two_cpu_processes_match_one_process(synth, tmp_path):
+    """torchrun, gloo: stage 1 with the global batch split over 2 ranks logs the
+    single-process loss and target-token count at every step."""
+    tok = tiny_tokenizer()
+    tiny_lm(tok).save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    vanilla_open_clip_folder(tmp_path / "clip")
+    overrides = SMALL + ["vlm.stage1_steps=3", "vlm.ckpt_every=3", f"vlm.lm={tmp_path / 'lm'}",
+                         f"vlm.vision={tmp_path / 'clip'}"]
+    run_one_and_two_processes(["-m", "train.vlm", "--stage", "1", "--data", str(synth),
+                               "--preset", "tiny", "--quiet",
+                               *[f"--set={o}" for o in overrides]],
+                              tmp_path / "one", tmp_path / "two")
+    one, two = ([json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text()
+                 .splitlines()] for run in ("one", "two"))
+    assert [r["target_tokens"] for r in two] == [r["target_tokens"] for r in one]
+    assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], abs=1e-4)

@@ -45,6 +45,21 @@ def prepare_vlm(config, stage, init=None, device="cpu", parts=None):
     return vlm
 
 
+def _next_batch(batches, device):
+    batch = next(batches)
+    while batch is None:                    # every item of the micro-batch was unreadable
+        batch = next(batches)
+    return tuple(t.to(device) for t in batch)
+
+
+def _all_ranks_sum(value, world, device):
+    if world == 1:
+        return value
+    total = torch.tensor(float(value), dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(total)
+    return type(value)(total.item())
+
+
 def _save_checkpoint(out_dir, step, vlm, optimizer, scheduler, keep=2):
     root = out_dir / "checkpoints"
     folder = root / f"step_{step:07d}"
@@ -115,21 +130,23 @@ def train_vlm(config, data, out_dir, stage, init=None, max_steps=None, progress=
     started = time.perf_counter()
     while step < end:
         optimizer.zero_grad(set_to_none=True)
-        loss_sum, tokens = 0.0, 0
-        for _ in range(cfg.grad_accum):
-            batch = next(batches)
-            while batch is None:            # every item of the micro-batch was unreadable
-                batch = next(batches)
-            ids, mask, labels, pixels = (t.to(device) for t in batch)
+        micro_batches = [_next_batch(batches, device) for _ in range(cfg.grad_accum)]
+        # Each target token weighs the same whatever micro-batch or rank it is in: the loss
+        # is the sum over this step's targets on every rank / their global count (a per-micro-
+        # batch mean would weigh tokens of short batches more, and differ from one big batch).
+        counts = [int((labels[:, 1:] != -100).sum()) for _, _, labels, _ in micro_batches]
+        tokens = _all_ranks_sum(sum(counts), world, device)
+        loss_sum = 0.0                                      # summed token loss, this rank
+        for (ids, mask, labels, pixels), count in zip(micro_batches, counts):
             out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels)
-            loss = out.loss / cfg.grad_accum
-            if not torch.isfinite(loss):
+            if not torch.isfinite(out.loss):
                 bar.close()
-                raise TrainingError(f"loss became {loss.item()} at step {step + 1}; stopped. "
-                                    f"Last good checkpoint: {last_ckpt or 'none yet'}")
-            loss.backward()
-            loss_sum += loss.item()
-            tokens += int((labels != -100).sum())
+                raise TrainingError(f"loss became {out.loss.item()} at step {step + 1}; "
+                                    f"stopped. Last good checkpoint: {last_ckpt or 'none yet'}")
+            # out.loss is the micro-batch mean; DDP averages gradients over ranks, hence world
+            (out.loss * count * world / max(1, tokens)).backward()
+            loss_sum += out.loss.item() * count
+        loss_sum = _all_ranks_sum(loss_sum, world, device) / max(1, tokens)
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         scheduler.step()
