@@ -12,7 +12,7 @@ from dermvlm import vocab
 from dermvlm.errors import DermvlmError
 from dermvlm.synth.ontology import CONDITIONS
 from dermvlm.vlm.infer import describe, generate
-from dermvlm.vlm.model import IMAGE_TOKEN
+from dermvlm.vlm.model import IMAGE_TOKEN, target_mask
 
 FAMILIES = {"Which diagnosis fits best?": "diagnosis", "Which primary lesion is shown?":
             "lesion_type", "What is the main colour of the lesion?": "colour",
@@ -79,8 +79,7 @@ def option_scores(vlm, image, question):
                      pixel_values=pixels).logits.float()                # (O, T, V)
     targets = labels[:, 1:].to(logits.device)                           # (O, T-1)
     logp = logits[:, :-1].log_softmax(-1).gather(-1, targets.clamp_min(0)[..., None])[..., 0]
-    keep = targets != -100
-    scores = (logp * keep).sum(1)                                       # (O,)
+    scores = (logp * target_mask(labels).to(logp.device)).sum(1)        # (O,)
     return [(letter, float(score)) for (letter, _), score in zip(options, scores)]
 
 
@@ -107,10 +106,24 @@ def option_likelihood_accuracy(vlm, folder, limit=200, progress=True, image_shif
 def _questions(folder, limit, image_shift):
     items = choice_items(folder, limit)
     images = [item[0] for item in items]
+    _check_swap(folder, images, image_shift)
+    return items, images
+
+
+def _check_swap(folder, images, image_shift):
     if image_shift and len(set(images)) < 2:
         raise DermvlmError(f"{folder}: the image-swap ablation needs questions about at least "
                            f"two images, found {len(set(images))}")
-    return items, images
+
+
+def _attributes(folder, limit):
+    """The first `limit` ground-truth records of a SynthDerm folder's attributes.jsonl."""
+    lines = (Path(folder) / "attributes.jsonl").read_text().splitlines()
+    return [json.loads(x) for x in lines if x.strip()][:limit]
+
+
+def _image_of(folder, attrs):
+    return Path(folder) / "images" / f"{attrs['image_id']}.jpg"
 
 
 def _other_image(images, k, shift):
@@ -146,12 +159,9 @@ def open_accuracy(vlm, folder, limit=100, progress=True, image_shift=0):
     next to `majority`, the score of always naming the most common true value (a model that
     ignores the image can reach it, not beat it), and how many distinct values the replies
     named (1-2 means the model has collapsed onto a prior). `image_shift`: the swap ablation."""
-    folder = Path(folder)
-    attributes = [json.loads(x) for x in (folder / "attributes.jsonl").read_text()
-                  .splitlines() if x.strip()][:limit]
-    images = [str(folder / "images" / f"{a['image_id']}.jpg") for a in attributes]
-    if image_shift and len(set(images)) < 2:
-        raise DermvlmError(f"{folder}: the image-swap ablation needs at least two images")
+    attributes = _attributes(folder, limit)
+    images = [str(_image_of(folder, a)) for a in attributes]
+    _check_swap(folder, images, image_shift)
     hits, named, unnamed = defaultdict(list), defaultdict(set), defaultdict(int)
     for k, attrs in enumerate(tqdm(attributes, desc="vqa open", disable=not progress)):
         image = _other_image(images, k, image_shift) if image_shift else images[k]
@@ -176,12 +186,10 @@ def open_accuracy(vlm, folder, limit=100, progress=True, image_shift=0):
 def report_validity(vlm, folder, limit=20, progress=True):
     """Share of images whose report validated (always 1.0 by construction) and how many came
     out valid without repair; diagnosis agreement with the ground truth."""
-    folder = Path(folder)
-    attributes = [json.loads(x) for x in (folder / "attributes.jsonl").read_text()
-                  .splitlines()][:limit]
+    attributes = _attributes(folder, limit)
     valid = unrepaired = top_dx = 0
     for attrs in tqdm(attributes, desc="reports", disable=not progress):
-        report, _, repaired = describe(vlm, folder / "images" / f"{attrs['image_id']}.jpg")
+        report, _, repaired = describe(vlm, _image_of(folder, attrs))
         valid += 1
         unrepaired += not repaired
         top_dx += report.differential[0].diagnosis == attrs["condition"]

@@ -63,14 +63,18 @@ class LossOutput(dict):
     __getattr__ = dict.__getitem__
 
 
+def target_mask(labels):
+    """(B, T-1) bool: the positions whose next token is a target (label not -100)."""
+    return labels[:, 1:] != -100
+
+
 def chunked_lm_loss(hidden, labels, lm_head, chunk=1024):
     """Mean next-token cross-entropy over positions whose label is not -100.
 
     hidden (B, T, D), labels (B, T). Only target positions go through lm_head, `chunk` rows at
     a time, so memory is O(chunk x vocab) instead of O(B x T x vocab)."""
-    targets = labels[:, 1:]
-    keep = targets != -100
-    rows, ys = hidden[:, :-1][keep], targets[keep]                     # (M, D), (M,)
+    keep = target_mask(labels)
+    rows, ys = hidden[:, :-1][keep], labels[:, 1:][keep]                     # (M, D), (M,)
     if ys.numel() == 0:
         return hidden.sum() * 0.0
     total = hidden.new_zeros((), dtype=torch.float32)

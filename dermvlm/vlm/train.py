@@ -20,6 +20,7 @@ from dermvlm.training import (TrainingError, distributed, latest_checkpoint, log
                               truncate_metrics, warmup_cosine)
 from dermvlm.vlm.build import apply_lora, build_vlm, load_vlm_folder
 from dermvlm.vlm.data import ConversationDataset, collate, load_conversations
+from dermvlm.vlm.model import target_mask
 
 
 def prepare_vlm(config, stage, init=None, device="cpu", parts=None):
@@ -134,7 +135,7 @@ def train_vlm(config, data, out_dir, stage, init=None, max_steps=None, progress=
         # Each target token weighs the same whatever micro-batch or rank it is in: the loss
         # is the sum over this step's targets on every rank / their global count (a per-micro-
         # batch mean would weigh tokens of short batches more, and differ from one big batch).
-        counts = [int((labels[:, 1:] != -100).sum()) for _, _, labels, _ in micro_batches]
+        counts = [int(target_mask(labels).sum()) for _, _, labels, _ in micro_batches]
         tokens = _all_ranks_sum(sum(counts), world, device)
         loss_sum = 0.0                                      # summed token loss, this rank
         for (ids, mask, labels, pixels), count in zip(micro_batches, counts):
