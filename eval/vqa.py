@@ -37,8 +37,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         from dermvlm.vlm.evaluate import (closed_accuracy, open_accuracy,
-                                          option_likelihood_accuracy, report_validity)
+                                          option_likelihood_accuracy, report_validity,
+                                          require_files)
         from dermvlm.vlm.model import DermVLM
+        require_files(args.data, *(["vqa_llava.json"] if args.limit > 0 else []),
+                      *(["attributes.jsonl"] if args.open > 0 or args.reports > 0 else []))
         vlm = DermVLM.from_pretrained(args.model)
         result = {"model": args.model, "data": args.data}
         scorers = (("closed", closed_accuracy, args.limit),

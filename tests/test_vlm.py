@@ -336,3 +336,14 @@ def test_ddp_two_cpu_processes_match_one_process(synth, tmp_path):
                  .splitlines()] for run in ("one", "two"))
     assert [r["target_tokens"] for r in two] == [r["target_tokens"] for r in one]
     assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], abs=1e-4)
+
+
+def test_eval_vqa_names_a_missing_data_file_before_loading_the_model(tmp_path, capsys):
+    from eval.vqa import main as eval_vqa
+    args = ["--model", str(tmp_path / "no_model"), "--data", str(tmp_path)]
+    assert eval_vqa(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("vqa_llava.json: not found; --data must be a SynthDerm folder written "
+                        "by `dermvlm synth`") and len(err.splitlines()) == 1
+    assert eval_vqa(args + ["--limit", "0"]) == 2
+    assert "attributes.jsonl: not found" in capsys.readouterr().err

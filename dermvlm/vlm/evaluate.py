@@ -20,9 +20,18 @@ FAMILIES = {"Which diagnosis fits best?": "diagnosis", "Which primary lesion is 
 LETTER = re.compile(r"\b([A-D])\b")
 
 
+def require_files(folder, *names):
+    """A clear error, before any model work, when a SynthDerm file a score reads is absent."""
+    for name in names:
+        if not (Path(folder) / name).is_file():
+            raise DermvlmError(f"{Path(folder) / name}: not found; --data must be a SynthDerm "
+                               "folder written by `dermvlm synth`")
+
+
 def choice_items(folder, limit=None):
     """(image path, question text, answer letter, family) from a SynthDerm vqa_llava.json."""
     folder = Path(folder)
+    require_files(folder, "vqa_llava.json")
     items = []
     for record in json.loads((folder / "vqa_llava.json").read_text()):
         question = record["conversations"][0]["value"].replace("<image>\n", "")
@@ -118,6 +127,7 @@ def _check_swap(folder, images, image_shift):
 
 def _attributes(folder, limit):
     """The first `limit` ground-truth records of a SynthDerm folder's attributes.jsonl."""
+    require_files(folder, "attributes.jsonl")
     lines = (Path(folder) / "attributes.jsonl").read_text().splitlines()
     return [json.loads(x) for x in lines if x.strip()][:limit]
 
