@@ -52,7 +52,7 @@ class ClipConfig:
     image_mode: str = "train"          # train | locked (e.g. adapt only the text side later)
     text_lora_rank: int = 8
     cache_text: bool = True            # locked text tower: encode each caption once
-    text_sampling: str = "captions"    # captions | sentences (half the time one sentence)
+    text_sampling: str = "captions"    # captions | sentences | phrases (see clip/data.py)
     lr: float = 5e-4
     weight_decay: float = 0.1
     warmup_steps: int = 50
@@ -145,7 +145,7 @@ CHOICES = {
     "clip.loss": ("clip", "siglip"),
     "clip.text_mode": ("locked", "lora", "full"),
     "clip.image_mode": ("train", "locked"),
-    "clip.text_sampling": ("captions", "sentences"),
+    "clip.text_sampling": ("captions", "sentences", "phrases"),
     "clip.precision": ("auto", "fp32", "bf16"),
     "vlm.projector": ("mlp2x_gelu", "linear"),
 }

@@ -116,7 +116,7 @@ def test_trains_from_recipe_shards(pairs, tmp_path):
 def test_sentence_sampling_pairs_an_image_with_its_own_sentences(pairs, tmp_path):
     from dermvlm.clip.data import PairsDataset, load_records, sentences_of, train_transform
     records = load_records(pairs)
-    dataset = PairsDataset(records, train_transform(32), sentences=True)
+    dataset = PairsDataset(records, train_transform(32), sampling="sentences")
     texts = {i: {dataset[(epoch, i)][1] for epoch in range(40)} for i in range(len(records))}
     for i, record in enumerate(records):
         allowed = set(record.captions) | {s for c in record.captions for s in sentences_of(c)}
@@ -132,6 +132,33 @@ def test_sentence_sampling_pairs_an_image_with_its_own_sentences(pairs, tmp_path
     with pytest.raises(DermvlmError, match="text_sampling"):
         train_clip(_config("clip.steps=1", "clip.text_sampling=words"), pairs,
                    tmp_path / "bad", progress=False)
+
+
+def test_phrase_sampling_keeps_words_of_one_sentence_in_order(pairs):
+    from dermvlm.clip.data import PairsDataset, drop_words, load_records, sentences_of
+    assert drop_words("Multiple pink papules on the arm.", 3, keep=1.0) == \
+        "Multiple pink papules on the arm."
+    assert drop_words("Multiple pink papules.", 3, keep=0.0) in \
+        {"Multiple.", "pink.", "papules."}
+    records = load_records(pairs)
+    dataset = PairsDataset(records, lambda image: 0, sampling="phrases")
+    shorter = 0
+    for i, record in enumerate(records):
+        sentences = [s.rstrip(".").split() for c in record.captions for s in sentences_of(c)]
+        for epoch in range(30):
+            text = dataset[(epoch, i)][1]
+            if text in record.captions:
+                continue
+            words = text.rstrip(".").split()
+            # an ordered subsequence of one of the image's own sentences
+            assert any(_is_subsequence(words, s) for s in sentences), text
+            shorter += len(words) < min(len(s) for s in sentences)
+    assert shorter > 0
+
+
+def _is_subsequence(words, sentence):
+    rest = iter(sentence)
+    return all(w in rest for w in words)
 
 
 def test_classify_with_a_vanilla_open_clip_checkpoint(pairs, tmp_path, capsys):

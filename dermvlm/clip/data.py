@@ -11,6 +11,7 @@ import sys
 import zlib
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision import transforms as T
@@ -79,17 +80,34 @@ def sentences_of(text):
     return [s for s in SENTENCE_END.split(text.strip()) if len(s.split()) >= 2]
 
 
-def pick_text(captions, key, sentences=False):
-    """One training text for an image, chosen by the integer `key`: one of its captions, or
-    with `sentences` half the time a single sentence of one (sentence sampling as in CXR-CLIP:
-    short zero-shot prompts then land where short texts were trained, not between long
-    multi-finding captions)."""
+TEXT_SAMPLING = ("captions", "sentences", "phrases")
+
+
+def drop_words(sentence, key, keep=0.5):
+    """`sentence` with each word kept with probability `keep` (order kept, at least one word
+    left, its final full stop restored): the text analogue of a random crop, so that a short
+    prompt naming one attribute lands where trained texts were."""
+    words = sentence.rstrip(".").split()
+    rng = np.random.default_rng(key)
+    kept = [w for w, k in zip(words, rng.random(len(words)) < keep) if k]
+    kept = kept or [words[int(rng.integers(len(words)))]]
+    return " ".join(kept) + "."
+
+
+def pick_text(captions, key, sampling="captions"):
+    """One training text for an image, chosen by the integer `key`. `captions`: one of its
+    captions. `sentences`: half the time a single sentence of one (sentence sampling as in
+    CXR-CLIP: short zero-shot prompts then land where short texts were trained, not between
+    long multi-finding captions). `phrases`: a caption, a sentence, or a sentence with half
+    its words dropped, a third of the time each."""
     captions = [c for c in captions if c] or [""]
     caption = captions[key % len(captions)]
-    if not sentences or (key >> 8) % 2 == 0:
-        return caption
+    choice = {"captions": 0, "sentences": (key >> 8) % 2, "phrases": (key >> 20) % 3}[sampling]
     parts = sentences_of(caption)
-    return parts[(key >> 9) % len(parts)] if len(parts) > 1 else caption
+    if choice == 0 or (choice == 1 and len(parts) < 2):
+        return caption
+    sentence = parts[(key >> 9) % len(parts)] if parts else caption
+    return sentence if choice == 1 else drop_words(sentence, key >> 12)
 
 
 def open_rgb(path):
@@ -105,9 +123,9 @@ class PairsDataset(torch.utils.data.Dataset):
     """Indexed by (epoch, index): returns (image tensor, caption, index); a sample whose image
     cannot be read yields None (skipped by `collate_pairs`, counted and reported)."""
 
-    def __init__(self, records, transform, seed=0, sentences=False):
+    def __init__(self, records, transform, seed=0, sampling="captions"):
         self.records, self.transform, self.seed = records, transform, seed
-        self.sentences = sentences
+        self.sampling = sampling
 
     def __len__(self):
         return len(self.records)
@@ -122,7 +140,7 @@ class PairsDataset(torch.utils.data.Dataset):
             return None
         torch.manual_seed(_seed(self.seed, epoch, index))      # augmentation for this sample
         caption = pick_text(record.captions or [record.label or ""],
-                            _seed(self.seed, epoch, index, "caption"), self.sentences)
+                            _seed(self.seed, epoch, index, "caption"), self.sampling)
         return self.transform(image), caption, index
 
 
@@ -165,9 +183,9 @@ class ShardPairs(torch.utils.data.IterableDataset):
     for one rank. Resuming skips the already-seen samples without decoding them."""
 
     def __init__(self, spec, transform, micro_batch, seed=0, start=0, rank=0, world_size=1,
-                 sentences=False):
+                 sampling="captions"):
         from dermvlm.data.shards import shard_paths
-        self.paths, self.transform, self.sentences = shard_paths(spec), transform, sentences
+        self.paths, self.transform, self.sampling = shard_paths(spec), transform, sampling
         self.micro_batch, self.seed, self.start = micro_batch, seed, start
         self.rank, self.world_size = rank, world_size
 
@@ -196,5 +214,5 @@ class ShardPairs(torch.utils.data.IterableDataset):
             return None
         torch.manual_seed(_seed(self.seed, epoch, position))
         caption = pick_text(record.captions or [caption],
-                            _seed(self.seed, epoch, position, "caption"), self.sentences)
+                            _seed(self.seed, epoch, position, "caption"), self.sampling)
         return self.transform(image), caption, position

@@ -123,13 +123,13 @@ def export_model(model):
 
 
 def _data_loader(cfg, data, transform, micro_batch, start, rank, world):
-    sentences = check_choice("clip.text_sampling", cfg.text_sampling) == "sentences"
+    sampling = check_choice("clip.text_sampling", cfg.text_sampling)
     if Path(data).is_dir() and any(Path(data).glob("*.tar")):
         stream = ShardPairs(data, transform, micro_batch, seed=cfg.seed, start=start,
-                            rank=rank, world_size=world, sentences=sentences)
+                            rank=rank, world_size=world, sampling=sampling)
         return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=0), None
     records = load_records(data)
-    dataset = PairsDataset(records, transform, seed=cfg.seed, sentences=sentences)
+    dataset = PairsDataset(records, transform, seed=cfg.seed, sampling=sampling)
     order = BatchOrder(len(records), micro_batch, cfg.seed, start=start, rank=rank,
                        world_size=world)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=order, collate_fn=collate_pairs,
