@@ -3,9 +3,9 @@ accuracy per question family, open-ended answers per attribute, and structured-r
 validity.
 
 Multiple-choice questions are scored two ways: `closed` reads the letter the model writes;
-`closed_by_option_likelihood` picks the option whose text the model finds most likely as the
-reply (it needs no letter-matching skill, which a 135M LM lacks even with the caption in the
-prompt). `open` asks each image open questions in the training phrasing ("What colour is
+`closed_cloze` asks the question the way training asked it openly and picks the option whose
+trained answer sentence ("Papule.") the model finds most likely (it needs no letter-matching
+skill, which a 135M LM lacks even with the caption in the prompt). `open` asks each image open questions in the training phrasing ("What colour is
 the lesion?") and checks that the reply names the image's true value, next to the score of
 always naming the most common value. --swap-images K repeats all three with each question
 asked about another image.
@@ -33,19 +33,23 @@ def main(argv=None):
     parser.add_argument("--swap-images", type=int, default=0, metavar="K",
                         help="also score each question on the image of question i+K (an "
                         "ablation: does the model read the image?)")
+    parser.add_argument("--untuned", action="store_true",
+                        help="score the baseline instead: the folder's image tower and base "
+                        "LM with a fresh projector (seed vlm.seed) and no adapter")
     parser.add_argument("--out", help="write the results JSON here")
     args = parser.parse_args(argv)
     try:
-        from dermvlm.vlm.evaluate import (closed_accuracy, open_accuracy,
-                                          option_likelihood_accuracy, report_validity,
-                                          require_files)
+        from dermvlm.vlm.build import untuned_baseline
+        from dermvlm.vlm.evaluate import (closed_accuracy, cloze_accuracy, open_accuracy,
+                                          report_validity, require_files)
         from dermvlm.vlm.model import DermVLM
         require_files(args.data, *(["vqa_llava.json"] if args.limit > 0 else []),
                       *(["attributes.jsonl"] if args.open > 0 or args.reports > 0 else []))
-        vlm = DermVLM.from_pretrained(args.model)
-        result = {"model": args.model, "data": args.data}
+        vlm = (untuned_baseline(args.model) if args.untuned
+               else DermVLM.from_pretrained(args.model))
+        result = {"model": args.model, "untuned": args.untuned, "data": args.data}
         scorers = (("closed", closed_accuracy, args.limit),
-                   ("closed_by_option_likelihood", option_likelihood_accuracy, args.limit),
+                   ("closed_cloze", cloze_accuracy, args.limit),
                    ("open", open_accuracy, args.open))
         for name, score, n in scorers:
             if n > 0:                              # 0 skips a score

@@ -12,7 +12,7 @@ from dermvlm.config import get_config
 from dermvlm.errors import DataError, DermvlmError
 from dermvlm.report import LesionReport
 from dermvlm.synth.writer import generate
-from dermvlm.vlm.build import build_vlm, load_vlm_folder
+from dermvlm.vlm.build import build_vlm, load_vlm_folder, untuned_baseline
 from dermvlm.vlm.data import encode_conversation, to_messages
 from dermvlm.vlm.infer import describe, generate_batch, generate_ids
 from dermvlm.vlm.infer import generate as vlm_generate
@@ -110,6 +110,17 @@ def test_stages_lower_the_loss_and_save_load_is_exact(synth, tmp_path):
         a = trained(input_ids=torch.tensor([ids]), pixel_values=pixels).logits
         b = again(input_ids=torch.tensor([ids]), pixel_values=pixels).logits
     assert torch.equal(a, b)
+    # the untuned baseline: base LM (no LoRA), a fresh projector drawn the same each time
+    base, again = (untuned_baseline(two["model"], lm=tiny_lm(tiny_tokenizer()))
+                   for _ in range(2))
+    assert not any("lora" in name for name, _ in base.lm.named_parameters())
+    text_ids = torch.tensor([ids[-8:]])
+    with torch.no_grad():
+        plain = tiny_lm(tiny_tokenizer())(input_ids=text_ids).logits     # (1, 8, V)
+        assert torch.equal(base.lm(input_ids=text_ids).logits[..., :plain.shape[-1]], plain)
+    for fresh, same, tuned in zip(base.projector.parameters(), again.projector.parameters(),
+                                  trained.projector.parameters()):
+        assert torch.equal(fresh, same) and not torch.equal(fresh, tuned)
     shutil.rmtree(tmp_path / "s2" / "model" / "adapter")
     with pytest.raises(DermvlmError, match="adapter folder .* is missing"):
         load_vlm_folder(two["model"], lm=tiny_lm(tiny_tokenizer()))
@@ -221,32 +232,53 @@ def test_image_swap_ablation_asks_about_another_image(synth, monkeypatch):
         evaluate.closed_accuracy(None, synth, limit=1, progress=False, image_shift=3)
 
 
-def test_option_scores_equal_the_per_option_target_loss(synth):
+def test_reply_scores_equal_the_per_reply_target_loss(synth):
     from dermvlm.vlm import evaluate
     from dermvlm.vlm.infer import load_image
     vlm = _vlm().eval()
-    image, question, _, _ = next(i for i in evaluate.choice_items(synth)
-                                 if question_has_options_of_different_lengths(i[1]))
-    scores = evaluate.option_scores(vlm, image, question)
-    options = evaluate.OPTION.findall(question)
-    assert [letter for letter, _ in scores] == [letter for letter, _ in options]
-    stem = question.split("\n")[0]
-    for (_, score), (_, text) in zip(scores, options):     # one unpadded pass per option
+    image = evaluate.choice_items(synth)[0][0]
+    question, replies = "What colour is the lesion?", ["Red.", "It appears dark brown.", "B"]
+    scores = evaluate.reply_scores(vlm, image, question, replies)
+    for score, reply in zip(scores, replies):       # one unpadded pass per reply
         ids, labels = encode_conversation(vlm.tokenizer, to_messages(
-            [{"from": "human", "value": f"<image>\n{stem}"}, {"from": "gpt", "value": text}]),
-            vlm.num_image_tokens, 10 ** 6)
+            [{"from": "human", "value": f"<image>\n{question}"},
+             {"from": "gpt", "value": reply}]), vlm.num_image_tokens, 10 ** 6)
         with torch.no_grad():
             loss = vlm(input_ids=torch.tensor([ids]), pixel_values=load_image(vlm, image),
                        labels=torch.tensor([labels])).loss
         targets = sum(label != -100 for label in labels[1:])
         assert score == pytest.approx(-loss.item() * targets, abs=1e-3)
-    result = evaluate.option_likelihood_accuracy(vlm, synth, progress=False)
-    assert result["n"] == len(evaluate.choice_items(synth))
 
 
-def question_has_options_of_different_lengths(question):
-    from dermvlm.vlm.evaluate import OPTION
-    return len({len(text) for _, text in OPTION.findall(question)}) > 1
+def test_cloze_scoring_asks_the_open_question_and_ranks_the_options_answers(synth,
+                                                                           monkeypatch):
+    """An oracle that scores the answer sentence of the shown image's true value highest
+    gets every question right, and fewer with other images; each question is asked in the
+    open training phrasing with one trained answer sentence per option."""
+    from dermvlm.vlm import evaluate
+    truth = {f"{a['image_id']}.jpg": a for a in map(json.loads, (synth / "attributes.jsonl")
+                                                      .read_text().splitlines())}
+    keys = {question: (family, key) for family, (question, key, _)
+            in evaluate.OPEN_QUESTIONS.items()}
+    asked = []
+
+    def oracle(vlm, image, question, replies):
+        family, key = keys[question]
+        value = truth[Path(image).name][key]
+        value = value[0] if isinstance(value, list) else value      # colour: the main one
+        asked.append(replies)
+        return [float(reply == evaluate.cloze_answer(family, value)) for reply in replies]
+    monkeypatch.setattr(evaluate, "reply_scores", oracle)
+    items = evaluate.choice_items(synth)
+    right = evaluate.cloze_accuracy(None, synth, progress=False)
+    assert right["n"] == len(items) and right["accuracy"] == 1.0
+    for (_, question, _, family), replies in zip(items, asked):
+        options = [text for _, text in evaluate.OPTION.findall(question)]
+        assert replies == [evaluate.cloze_answer(family, o) for o in options]
+    assert evaluate.cloze_answer("lesion_type", "papule") == "Papule."
+    assert evaluate.cloze_answer("malignancy", "benign") == "It appears benign."
+    other = evaluate.cloze_accuracy(None, synth, progress=False, image_shift=1)
+    assert other["accuracy"] < 1.0
 
 
 def test_image_norm_weight_pulls_image_tokens_to_the_lm_embedding_scale(synth, tmp_path):

@@ -137,6 +137,10 @@ def benchmark_answers(attrs, diff, description):
     }
 
 
+MALIGNANCY_ANSWERS = {"benign": "It appears benign.",
+                      "premalignant": "It looks premalignant and should be reviewed.",
+                      "malignant": "Features suggest a malignant lesion; urgent review is "
+                      "advised."}
 # (question variants, answer function) for open VQA turns; answers vary in wording too.
 _OPEN_QA = (
     (("What colour is the lesion?", "Describe the colour of the lesion.",
@@ -155,9 +159,7 @@ _OPEN_QA = (
      lambda a, r: _pick(r, ("The most likely diagnosis is {}.", "This is most consistent with "
                             "{}.", "{}.")).format(a.condition).capitalize()),
     (("Is this lesion malignant?", "Should I worry that this is cancer?"),
-     lambda a, r: {"benign": "It appears benign.", "premalignant": "It looks premalignant and "
-                   "should be reviewed.", "malignant": "Features suggest a malignant lesion; "
-                   "urgent review is advised."}[a.malignancy]),
+     lambda a, r: MALIGNANCY_ANSWERS[a.malignancy]),
     (("Is the border regular?", "Describe the border."),
      lambda a, r: f"The border is {a.border_regularity} and {a.border_definition}."),
     (("What is the surface like?", "Describe the surface."),

@@ -108,3 +108,16 @@ def load_vlm_folder(folder, device="cpu", dtype=torch.float32, lm=None, merge_lo
     vlm = DermVLM(config, tower.eval(), lm, tokenizer, meta["vision_cfg"])
     vlm.projector.load_state_dict(load_file(folder / "projector.safetensors"))
     return vlm.to(device).eval()
+
+
+def untuned_baseline(folder, device="cpu", lm=None):
+    """The model a VLM folder's training started from, for baselines: its image tower, the
+    base LM without the adapter, and a fresh projector drawn with seed `vlm.seed`."""
+    from dermvlm.vlm.model import make_projector
+    vlm = load_vlm_folder(folder, device=device, lm=lm)
+    if hasattr(vlm.lm, "unload"):                     # merge_lora=False keeps a PeftModel
+        vlm.lm = vlm.lm.unload()
+    torch.manual_seed(vlm.config.seed)
+    hidden = vlm.lm.get_input_embeddings().weight.shape[1]
+    vlm.projector = make_projector(vlm.config.projector, vlm.vision.width, hidden).to(device)
+    return vlm.eval()

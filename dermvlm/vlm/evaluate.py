@@ -11,6 +11,7 @@ from tqdm import tqdm
 from dermvlm import vocab
 from dermvlm.errors import DermvlmError
 from dermvlm.synth.ontology import CONDITIONS
+from dermvlm.synth.text import MALIGNANCY_ANSWERS
 from dermvlm.vlm.infer import describe, generate
 from dermvlm.vlm.model import IMAGE_TOKEN, target_mask
 
@@ -65,46 +66,53 @@ def closed_accuracy(vlm, folder, limit=200, progress=True, image_shift=0):
 OPTION = re.compile(r"^([A-D])\. (.+)$", re.MULTILINE)
 
 
-def option_scores(vlm, image, question):
-    """[(letter, log-probability of the option's text, end-of-turn included, as the whole
-    reply to the bare question)] for a lettered multiple-choice question, in one batched
-    forward pass. Not length-normalised: a per-token mean favours long options whose later
-    tokens are near-certain ("premalignant" over "benign")."""
+def reply_scores(vlm, image, question, replies):
+    """[log-probability of each reply, end-of-turn included, as the whole answer to
+    `question` about `image`], in one batched forward pass. Not length-normalised
+    (lm-eval-harness's `acc`)."""
     import torch
 
     from dermvlm.vlm.data import collate, encode_conversation, to_messages
     from dermvlm.vlm.infer import load_image
-    stem, options = question.split("\n")[0], OPTION.findall(question)
     pixel = load_image(vlm, image)[0]                                   # (3, S, S)
     batch = []
-    for _, text in options:
+    for reply in replies:
         ids, labels = encode_conversation(vlm.tokenizer, to_messages(
-            [{"from": "human", "value": f"{IMAGE_TOKEN}\n{stem}"},
-             {"from": "gpt", "value": text}]), vlm.num_image_tokens, 10 ** 6)
+            [{"from": "human", "value": f"{IMAGE_TOKEN}\n{question}"},
+             {"from": "gpt", "value": reply}]), vlm.num_image_tokens, 10 ** 6)
         batch.append((torch.tensor(ids), torch.tensor(labels), pixel))
     ids, mask, labels, pixels = collate(batch, vlm.tokenizer.pad_token_id)  # right-padded
     with torch.no_grad():
         logits = vlm(input_ids=ids.to(vlm.device), attention_mask=mask.to(vlm.device),
-                     pixel_values=pixels).logits.float()                # (O, T, V)
-    targets = labels[:, 1:].to(logits.device)                           # (O, T-1)
+                     pixel_values=pixels).logits.float()                # (R, T, V)
+    targets = labels[:, 1:].to(logits.device)                           # (R, T-1)
     logp = logits[:, :-1].log_softmax(-1).gather(-1, targets.clamp_min(0)[..., None])[..., 0]
-    scores = (logp * target_mask(labels).to(logp.device)).sum(1)        # (O,)
-    return [(letter, float(score)) for (letter, _), score in zip(options, scores)]
+    return (logp * target_mask(labels).to(logp.device)).sum(1).tolist()
 
 
-def option_likelihood_accuracy(vlm, folder, limit=200, progress=True, image_shift=0):
-    """Accuracy per family when the answer is the option with the highest `option_scores`
-    (lm-eval-harness's `acc`). Letter accuracy needs two skills: reading the image and mapping
-    an answer onto a letter; SmolLM2-135M lacks the second even with the caption in the
-    prompt, so this is the score that says whether the image is read. `image_shift`: the
-    swap ablation, as in closed_accuracy."""
+def cloze_answer(family, value):
+    """The answer a SynthDerm conversation gives when `value` is the truth, in one of its
+    trained wordings: "Papule.", "Tinea corporis.", "It appears benign."."""
+    return MALIGNANCY_ANSWERS[value] if family == "malignancy" else f"{value}.".capitalize()
+
+
+def cloze_accuracy(vlm, folder, limit=200, progress=True, image_shift=0):
+    """Accuracy per family on the lettered questions in the cloze formulation (OLMES,
+    Gu et al. 2024): the question is asked the way training asked it openly ("What type of
+    primary lesion is this?"), and the model's answer is the option whose answer sentence
+    (`cloze_answer`) it finds most likely. Letters need a second skill, mapping an answer
+    onto a letter, which SmolLM2-135M lacks even with the caption in the prompt; this score
+    says whether the image is read. `image_shift`: the swap ablation, as in closed_accuracy."""
     hits = defaultdict(list)
     items, images = _questions(folder, limit, image_shift)
-    for k, (image, question, answer, family) in enumerate(tqdm(items, desc="vqa options",
+    for k, (image, question, answer, family) in enumerate(tqdm(items, desc="vqa cloze",
                                                                disable=not progress)):
         if image_shift:
             image = _other_image(images, k, image_shift)
-        best = max(option_scores(vlm, image, question), key=lambda pair: pair[1])[0]
+        options = OPTION.findall(question)
+        scores = reply_scores(vlm, image, OPEN_QUESTIONS[family][0],
+                              [cloze_answer(family, text) for _, text in options])
+        best = max(zip(scores, (letter for letter, _ in options)))[1]
         hits[family].append(best == answer)
     per_family = {f: round(sum(v) / len(v), 4) for f, v in sorted(hits.items())}
     total = [x for v in hits.values() for x in v]
