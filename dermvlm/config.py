@@ -46,6 +46,9 @@ class ClipConfig:
     vit_width: int = 384
     vit_patch: int = 16
     embed_dim: int = 256               # joint embedding size (dermvlm-vit)
+    text_proj: str = "mlp"             # dermvlm-vit text head: mlp | linear | none (identity:
+                                       # with a locked tower the image side learns the text
+                                       # model's own space; needs embed_dim = its width)
     context_length: int = 77
     loss: str = "clip"                 # clip (InfoNCE) | siglip (sigmoid)
     text_mode: str = "locked"          # locked | lora | full
@@ -146,6 +149,7 @@ CHOICES = {
     "clip.text_mode": ("locked", "lora", "full"),
     "clip.image_mode": ("train", "locked"),
     "clip.text_sampling": ("captions", "sentences", "phrases"),
+    "clip.text_proj": ("mlp", "linear", "none"),
     "clip.precision": ("auto", "fp32", "bf16"),
     "vlm.projector": ("mlp2x_gelu", "linear"),
 }

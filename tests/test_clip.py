@@ -134,6 +134,28 @@ def test_sentence_sampling_pairs_an_image_with_its_own_sentences(pairs, tmp_path
                    tmp_path / "bad", progress=False)
 
 
+def test_text_proj_none_keeps_the_text_models_own_space(pairs, tmp_path):
+    """Locked text tower, no head: after training, text features are still the pretrained
+    MiniLM's mean-pooled embeddings (the image tower learned to meet them), vanilla
+    open_clip loads the result, and an embed_dim that is not the text width is one clear
+    error."""
+    with pytest.raises(DermvlmError, match="clip.embed_dim must be its width 384"):
+        train_clip(_config("clip.steps=1", "clip.text_proj=none"), pairs, tmp_path / "bad",
+                   progress=False)
+    config = _config("clip.steps=3", "clip.text_proj=none", "clip.embed_dim=384")
+    summary = train_clip(config, pairs, tmp_path / "run", progress=False)
+    model = open_clip.create_model_and_transforms(f"local-dir:{summary['model']}")[0].eval()
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{summary['model']}")
+    pretrained = clip_train.build_model(config.clip)[0].text.eval()
+    tokens = tokenizer(["multiple red plaques", "a solitary brown macule"])
+    mask = (tokens != pretrained.config.pad_token_id).long()
+    with torch.no_grad():
+        pooled = pretrained.pooler(pretrained.transformer(input_ids=tokens,
+                                                          attention_mask=mask), mask)
+        assert torch.allclose(model.encode_text(tokens), pooled, atol=1e-5)
+    assert isinstance(model.text.proj, torch.nn.Identity)
+
+
 def test_phrase_sampling_keeps_words_of_one_sentence_in_order(pairs):
     from dermvlm.clip.data import PairsDataset, drop_words, load_records, sentences_of
     assert drop_words("Multiple pink papules on the arm.", 3, keep=1.0) == \

@@ -18,6 +18,7 @@ import open_clip
 import torch
 from safetensors.torch import load_file, save_file
 
+from dermvlm.config import check_choice
 from dermvlm.errors import DermvlmError
 from dermvlm.hub import check_hub
 
@@ -52,12 +53,20 @@ def model_cfg_for(clip_cfg):
         cfg["vision_cfg"]["image_size"] = clip_cfg.image_size
         return cfg
     text = text_tower_path(clip_cfg.text_tower)
+    proj = check_choice("clip.text_proj", clip_cfg.text_proj)
+    if proj == "none":
+        from transformers import AutoConfig
+        width = AutoConfig.from_pretrained(text).hidden_size
+        if width != clip_cfg.embed_dim:
+            raise DermvlmError(f"clip.text_proj=none keeps the text model's own embedding, so "
+                               f"clip.embed_dim must be its width {width}, not "
+                               f"{clip_cfg.embed_dim}")
     return {
         "embed_dim": clip_cfg.embed_dim,
         "vision_cfg": {"image_size": clip_cfg.image_size, "layers": clip_cfg.vit_layers,
                        "width": clip_cfg.vit_width, "patch_size": clip_cfg.vit_patch,
                        "head_width": 64},
-        "text_cfg": {"hf_model_name": text, "hf_tokenizer_name": text, "hf_proj_type": "mlp",
+        "text_cfg": {"hf_model_name": text, "hf_tokenizer_name": text, "hf_proj_type": None if proj == "none" else proj,
                      "hf_pooler_type": "mean_pooler",
                      "context_length": clip_cfg.context_length},
     }
