@@ -185,7 +185,8 @@ def linear_probe(train_x, train_y, test_x, n_classes, weight_decay=1e-3, steps=2
     x = (train_x - mean) / std
     y = torch.as_tensor(train_y)
     layer = torch.nn.Linear(x.shape[1], n_classes)
-    optimizer = torch.optim.LBFGS(layer.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(layer.parameters(), max_iter=steps,
+                                  line_search_fn="strong_wolfe")
 
     def closure():
         optimizer.zero_grad()

@@ -175,8 +175,8 @@ def test_clip_and_vlm_adapters_produce_full_reports(bench_set, synth_dir, tmp_pa
     clip = _run(bench_set, ClipAdapter(str(folder)), tmp_path / "clip_run", limit=44)
     assert clip["n_items"] == 44 and (tmp_path / "clip_run" / "report.md").is_file()
     tok = tiny_tokenizer()
-    vlm = build_vlm(get_config("tiny", ["vlm.max_length=1024"]).vlm, lm=tiny_lm(tok), tokenizer=tok,
-                    vision=tiny_vision()).eval()
+    vlm = build_vlm(get_config("tiny", ["vlm.max_length=1024"]).vlm, lm=tiny_lm(tok),
+                    tokenizer=tok, vision=tiny_vision()).eval()
     result = _run(bench_set, VLMAdapter(vlm=vlm, max_new_tokens=4), tmp_path / "vlm_run",
                   limit=22)
     assert result["n_items"] == 22 and len(result["by_question"]) == 22

@@ -80,9 +80,6 @@ def sentences_of(text):
     return [s for s in SENTENCE_END.split(text.strip()) if len(s.split()) >= 2]
 
 
-TEXT_SAMPLING = ("captions", "sentences", "phrases")
-
-
 def drop_words(sentence, key, keep=0.5):
     """`sentence` with each word kept with probability `keep` (order kept, at least one word
     left, its final full stop restored): the text analogue of a random crop, so that a short

@@ -66,7 +66,8 @@ def model_cfg_for(clip_cfg):
         "vision_cfg": {"image_size": clip_cfg.image_size, "layers": clip_cfg.vit_layers,
                        "width": clip_cfg.vit_width, "patch_size": clip_cfg.vit_patch,
                        "head_width": 64},
-        "text_cfg": {"hf_model_name": text, "hf_tokenizer_name": text, "hf_proj_type": None if proj == "none" else proj,
+        "text_cfg": {"hf_model_name": text, "hf_tokenizer_name": text,
+                     "hf_proj_type": None if proj == "none" else proj,
                      "hf_pooler_type": "mean_pooler",
                      "context_length": clip_cfg.context_length},
     }
