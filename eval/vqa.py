@@ -9,7 +9,7 @@ skill, which a 135M LM lacks even with the caption in the prompt). `open` asks e
 open questions in the training phrasing ("What colour is the lesion?") and checks that the
 reply names the image's true value, next to the score of always naming the most common value.
 --swap-images K repeats all three with each question asked about another image; --untuned
-scores the model the folder's training started from.
+scores an untrained baseline (the folder's image tower and base LM, a fresh projector).
 
     python -m eval.vqa --model runs/vlm2/model --data data/test --out vqa.json
 """

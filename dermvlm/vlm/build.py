@@ -111,8 +111,10 @@ def load_vlm_folder(folder, device="cpu", dtype=torch.float32, lm=None, merge_lo
 
 
 def untuned_baseline(folder, device="cpu", lm=None):
-    """The model a VLM folder's training started from, for baselines: its image tower, the
-    base LM without the adapter, and a fresh projector drawn with seed `vlm.seed`."""
+    """An untuned baseline for a VLM folder: its image tower, the base LM without the
+    adapter, and a fresh untrained projector drawn with seed `vlm.seed` (the same draw each
+    call; not bit-identical to the one stage 1 started from, whose draw followed the tower's
+    and LM's construction, so its scores differ from build-default's `untuned`)."""
     from dermvlm.vlm.model import make_projector
     vlm = load_vlm_folder(folder, device=device, lm=lm)
     if hasattr(vlm.lm, "unload"):                     # merge_lora=False keeps a PeftModel
