@@ -153,6 +153,11 @@ CHOICES = {
     "clip.precision": ("auto", "fp32", "bf16"),
     "vlm.projector": ("mlp2x_gelu", "linear"),
 }
+# counts and intervals that are divisors or sizes: 0 or less is a mistake, not "never"
+POSITIVE = ("synth.n", "synth.size", "clip.image_size", "clip.steps", "clip.batch_size",
+            "clip.grad_accum", "clip.ckpt_every", "clip.eval_every", "clip.log_every",
+            "vlm.token_pool", "vlm.max_length", "vlm.batch_size", "vlm.grad_accum",
+            "vlm.ckpt_every", "vlm.log_every")
 
 
 def get_config(preset="default", overrides=()):
@@ -186,11 +191,14 @@ def apply_override(config, override):
 
 
 def check_choice(key, value):
-    """`value`, or a ConfigError naming the allowed values when `key` has a CHOICES entry.
+    """`value`, or a ConfigError naming the allowed values when `key` has a CHOICES entry
+    (or saying it must be positive when `key` is in POSITIVE).
     Called on --set and on load, and by the code that acts on the field (a config built in
     Python is not parsed)."""
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(f"{key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+    if key in POSITIVE and value < 1:
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
     return value
 
 

@@ -32,6 +32,8 @@ def test_json_round_trip_is_exact():
     ("synth.n", "expected KEY=VALUE"),
     ("clip.loss=sigmoid", "clip.loss must be one of clip, siglip, got 'sigmoid'"),
     ("vlm.projector=mlp", "vlm.projector must be one of mlp2x_gelu, linear"),
+    ("clip.eval_every=0", "clip.eval_every must be a positive integer, got 0"),
+    ("vlm.batch_size=-2", "vlm.batch_size must be a positive integer, got -2"),
 ])
 def test_bad_overrides_say_what_is_wrong(override, fragment):
     with pytest.raises(ConfigError, match=fragment):
