@@ -272,6 +272,10 @@ def test_cloze_scoring_asks_the_open_question_and_ranks_the_options_answers(synt
     items = evaluate.choice_items(synth)
     right = evaluate.cloze_accuracy(None, synth, progress=False)
     assert right["n"] == len(items) and right["accuracy"] == 1.0
+    for family in right["per_family"]:                   # the always-most-common baseline
+        answers = [dict(evaluate.OPTION.findall(q))[a] for _, q, a, f in items if f == family]
+        top = max(answers.count(v) for v in answers) / len(answers)
+        assert right["majority"][family] == pytest.approx(top, abs=1e-4)
     for (_, question, _, family), replies in zip(items, asked):
         options = [text for _, text in evaluate.OPTION.findall(question)]
         assert replies == [evaluate.cloze_answer(family, o) for o in options]

@@ -3,7 +3,7 @@ open-ended answers checked against the image's attributes, and structured-report
 validity."""
 import json
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from tqdm import tqdm
@@ -102,8 +102,10 @@ def cloze_accuracy(vlm, folder, limit=200, progress=True, image_shift=0):
     primary lesion is this?"), and the model's answer is the option whose answer sentence
     (`cloze_answer`) it finds most likely. Letters need a second skill, mapping an answer
     onto a letter, which SmolLM2-135M lacks even with the caption in the prompt; this score
-    says whether the image is read. `image_shift`: the swap ablation, as in closed_accuracy."""
-    hits = defaultdict(list)
+    says whether the image is read. `image_shift`: the swap ablation, as in closed_accuracy.
+    `majority`: per family, the score of always giving the most common true answer (a model
+    that ignores the image can reach it; SynthDerm's malignancy truths are mostly benign)."""
+    hits, truths = defaultdict(list), defaultdict(list)
     items, images = _questions(folder, limit, image_shift)
     for k, (image, question, answer, family) in enumerate(tqdm(items, desc="vqa cloze",
                                                                disable=not progress)):
@@ -114,10 +116,13 @@ def cloze_accuracy(vlm, folder, limit=200, progress=True, image_shift=0):
                               [cloze_answer(family, text) for _, text in options])
         best = max(zip(scores, (letter for letter, _ in options)))[1]
         hits[family].append(best == answer)
+        truths[family].append(dict(options)[answer])
     per_family = {f: round(sum(v) / len(v), 4) for f, v in sorted(hits.items())}
+    majority = {f: round(max(Counter(v).values()) / len(v), 4)
+                for f, v in sorted(truths.items())}
     total = [x for v in hits.values() for x in v]
     return {"accuracy": round(sum(total) / max(1, len(total)), 4), "per_family": per_family,
-            "n": len(total)}
+            "majority": majority, "n": len(total)}
 
 
 def _questions(folder, limit, image_shift):
