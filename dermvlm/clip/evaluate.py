@@ -18,7 +18,8 @@ ATTRIBUTE_TEMPLATES = ("A skin image of a {c} lesion.", "This is a skin image of
 ATTRIBUTE_FAMILIES = {
     "colour": (vocab.COLOURS, "colours", None, ATTRIBUTE_TEMPLATES),
     "lesion_type": (vocab.LESION_TYPES, "lesion_type", None,
-                    ("A skin image of a {c}.", "This is a skin image of {c}s.",
+                    # singular only: "{c}s" wrote "patchs", "bullas", "comedos"
+                    ("A skin image of a {c}.", "This is a skin image showing a {c}.",
                      "A {c} on the skin.")),
     "surface": (vocab.SURFACES, "surface", None, ATTRIBUTE_TEMPLATES),
     "secondary": (vocab.SECONDARY_CHANGES, "secondary",
