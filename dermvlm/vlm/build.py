@@ -114,7 +114,7 @@ def untuned_baseline(folder, device="cpu", lm=None):
     """An untuned baseline for a VLM folder: its image tower, the base LM without the
     adapter, and a fresh untrained projector drawn with seed `vlm.seed` (the same draw each
     call; not bit-identical to the one stage 1 started from, whose draw followed the tower's
-    and LM's construction, so its scores differ from build-default's `untuned`)."""
+    and LM's construction). build-default's `untuned` scores are this baseline's."""
     from dermvlm.vlm.model import make_projector
     vlm = load_vlm_folder(folder, device=device, lm=lm)
     if hasattr(vlm.lm, "unload"):                     # merge_lora=False keeps a PeftModel
