@@ -104,8 +104,9 @@ def _classify_parser(sub):
                        description="Zero-shot classification with an aligned image/text model "
                        "(DermLIP prompt ensemble; MONET-style scores for --concepts).")
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--model", required=True, help="model folder, local-dir:PATH, hf-hub:ORG/NAME"
-                   " (needs DERMVLM_ALLOW_HUB=1) or an open_clip name")
+    p.add_argument("--model", default="default", help="model folder, local-dir:PATH, "
+                   "hf-hub:ORG/NAME (needs DERMVLM_ALLOW_HUB=1), an open_clip name, or "
+                   "'default' (the embedded model; the default)")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--labels", help="comma-separated labels, e.g. 'melanoma,nevus'")
     group.add_argument("--labels-file", help="one label per line")
@@ -115,8 +116,19 @@ def _classify_parser(sub):
     p.set_defaults(func=cmd_classify)
 
 
+def embedded_or(spec, part):
+    """`spec`, or for 'default' the embedded model's `part` ("clip" or "vlm") folder, after
+    checking it against its manifest."""
+    if spec != "default":
+        return spec
+    from dermvlm import embedded
+    embedded.check_default()
+    return embedded.clip_spec() if part == "clip" else embedded.vlm_folder()
+
+
 def cmd_classify(args):
     from dermvlm.hub import check_model_spec
+    args.model = embedded_or(args.model, "clip")
     check_model_spec(args.model)
     from dermvlm.clip.classify import classify, read_labels, write_predictions
     labels = None if args.concepts else read_labels(args.labels, args.labels_file)
@@ -133,26 +145,29 @@ def cmd_classify(args):
     return 0
 
 
+VLM_HELP = "VLM folder from train.vlm, or 'default' (the embedded model; the default)"
+
+
 def _vlm_parsers(sub):
     p = sub.add_parser("describe", help="structured lesion report (JSON + readable) for an "
                        "image", description="Generate a structured lesion report with a "
                        "trained VLM; the JSON always validates against the report schema.")
     p.add_argument("image", help="image file")
-    p.add_argument("--model", required=True, help="VLM folder from train.vlm")
+    p.add_argument("--model", default="default", help=VLM_HELP)
     p.add_argument("--json-only", action="store_true", help="print only the JSON")
     p.set_defaults(func=cmd_describe)
     c = sub.add_parser("chat", help="terminal chat about an image",
                        description="Chat about an image with a trained VLM (streamed). "
                        "Empty line, /quit or end of input to stop.")
     c.add_argument("image", help="image file")
-    c.add_argument("--model", required=True, help="VLM folder from train.vlm")
+    c.add_argument("--model", default="default", help=VLM_HELP)
     c.add_argument("--max-new-tokens", type=positive_int, default=160)
     c.set_defaults(func=cmd_chat)
     e = sub.add_parser("merge-export", help="write a standard transformers LLaVA checkpoint",
                        description="Merge the LoRA adapter and write a LLaVA checkpoint that "
                        "AutoModelForImageTextToText loads without dermvlm (vLLM/TGI can serve "
                        "it).")
-    e.add_argument("--model", required=True, help="VLM folder from train.vlm")
+    e.add_argument("--model", default="default", help=VLM_HELP)
     e.add_argument("--out", required=True, help="output folder")
     e.set_defaults(func=cmd_merge_export)
 
@@ -162,6 +177,7 @@ def _load_vlm(args):
     from dermvlm.clip.data import open_rgb
     if open_rgb(args.image) is None:
         raise DermvlmError(f"{args.image}: not a readable image")
+    args.model = embedded_or(args.model, "vlm")
     if not (Path(args.model) / "dermvlm_vlm.json").is_file():
         raise DermvlmError(f"{args.model}: not a VLM folder (expected dermvlm_vlm.json from "
                            "train.vlm)")
@@ -184,6 +200,7 @@ def cmd_describe(args):
 
 def cmd_merge_export(args):
     from pathlib import Path
+    args.model = embedded_or(args.model, "vlm")
     if not (Path(args.model) / "dermvlm_vlm.json").is_file():
         raise DermvlmError(f"{args.model}: not a VLM folder (expected dermvlm_vlm.json)")
     from dermvlm.vlm.export import export_llava

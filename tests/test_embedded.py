@@ -48,3 +48,20 @@ def test_shipped_default_classifies_chats_and_reports():
     assert reply and reply[-1].strip()
     report, text = assistant.report(image)
     assert report.disclaimer and "Lesions:" in text
+
+
+def test_cli_model_defaults_to_the_embedded_model(capsys):
+    """`dermvlm classify IMAGE --labels ...` with no --model uses the embedded default, and
+    `--model default` names its VLM folder for describe, chat and merge-export."""
+    if not (embedded.DEFAULT_DIR / "manifest.json").is_file():
+        pytest.skip("no embedded default in this checkout")
+    from pathlib import Path
+
+    from dermvlm.cli import embedded_or, main
+    image = next((Path(__file__).parent.parent / "docs" / "examples").glob("*.jpg"))
+    assert main(["classify", str(image), "--labels", "cellulitis,melanoma", "--top-k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == str(image) and {line.split()[-1] for line in lines[1:]} == {
+        "cellulitis", "melanoma"}
+    assert embedded_or("default", "vlm") == embedded.vlm_folder()
+    assert embedded_or("runs/vlm2/model", "vlm") == "runs/vlm2/model"
