@@ -121,9 +121,8 @@ def embedded_or(spec, part):
     checking it against its manifest."""
     if spec != "default":
         return spec
-    from dermvlm import embedded
-    embedded.check_default()
-    return embedded.clip_spec() if part == "clip" else embedded.vlm_folder()
+    from dermvlm.embedded import checked_part
+    return checked_part(part)
 
 
 def cmd_classify(args):
@@ -172,17 +171,22 @@ def _vlm_parsers(sub):
     e.set_defaults(func=cmd_merge_export)
 
 
-def _load_vlm(args):
+def _load_vlm_folder(spec):
+    """The VLM named by --model (a folder, or 'default'), or one clear error."""
     from pathlib import Path
+    folder = embedded_or(spec, "vlm")
+    if not (Path(folder) / "dermvlm_vlm.json").is_file():
+        raise DermvlmError(f"{folder}: not a VLM folder (expected dermvlm_vlm.json from "
+                           "train.vlm)")
+    from dermvlm.vlm.model import DermVLM
+    return DermVLM.from_pretrained(folder)
+
+
+def _load_vlm(args):
     from dermvlm.clip.data import open_rgb
     if open_rgb(args.image) is None:
         raise DermvlmError(f"{args.image}: not a readable image")
-    args.model = embedded_or(args.model, "vlm")
-    if not (Path(args.model) / "dermvlm_vlm.json").is_file():
-        raise DermvlmError(f"{args.model}: not a VLM folder (expected dermvlm_vlm.json from "
-                           "train.vlm)")
-    from dermvlm.vlm.model import DermVLM
-    return DermVLM.from_pretrained(args.model)
+    return _load_vlm_folder(args.model)
 
 
 def cmd_describe(args):
@@ -199,13 +203,8 @@ def cmd_describe(args):
 
 
 def cmd_merge_export(args):
-    from pathlib import Path
-    args.model = embedded_or(args.model, "vlm")
-    if not (Path(args.model) / "dermvlm_vlm.json").is_file():
-        raise DermvlmError(f"{args.model}: not a VLM folder (expected dermvlm_vlm.json)")
     from dermvlm.vlm.export import export_llava
-    from dermvlm.vlm.model import DermVLM
-    out = export_llava(DermVLM.from_pretrained(args.model), args.out)
+    out = export_llava(_load_vlm_folder(args.model), args.out)
     print(f"wrote a LLaVA checkpoint to {out}; load it with "
           "transformers.AutoModelForImageTextToText.from_pretrained")
     return 0

@@ -44,6 +44,12 @@ def vlm_folder(root=DEFAULT_DIR):
     return str(Path(root) / "vlm")
 
 
+def checked_part(part):
+    """The embedded model's "clip" or "vlm" folder, after checking it against its manifest."""
+    check_default()
+    return clip_spec() if part == "clip" else vlm_folder()
+
+
 def check_default(root=DEFAULT_DIR):
     """Raise a clear error when the embedded default is missing, altered or lacks its wheels."""
     root = Path(root)
@@ -142,12 +148,11 @@ def build_default(work="runs/build_default", out=DEFAULT_DIR, overrides=(), prog
         vqa[stage] = closed_accuracy(vlm, test, vqa_limit, progress)
     cloze["vlm2"] = cloze_accuracy(vlm, test, vqa_limit, progress)
     cloze["vlm2_other_image"] = cloze_accuracy(vlm, test, vqa_limit, progress, image_shift=7)
-    report = report_validity(vlm, work / "data/test", reports, progress)
+    report = report_validity(vlm, test, reports, progress)
     _stage("held-out open questions, right image vs another image (does it read the image?)")
-    open_questions = {"right_image": open_accuracy(vlm, work / "data/test", open_images,
-                                                   progress),
-                      "other_image": open_accuracy(vlm, work / "data/test", open_images,
-                                                   progress, image_shift=7)}
+    open_questions = {"right_image": open_accuracy(vlm, test, open_images, progress),
+                      "other_image": open_accuracy(vlm, test, open_images, progress,
+                                                   image_shift=7)}
 
     _stage(f"writing {out}")
     tmp = out.with_name(out.name + ".tmp")

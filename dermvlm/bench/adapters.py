@@ -178,9 +178,8 @@ def _adapter(spec, answers):
             raise DermvlmError(f"openai:URL#MODEL needs an http(s) URL, got {url!r}")
         return OpenAIAdapter(url, model or "default")
     if kind == "default":
-        from dermvlm import embedded
-        embedded.check_default()
-        return VLMAdapter(embedded.vlm_folder()) if rest != "clip" else \
-            ClipAdapter(embedded.clip_spec())
+        from dermvlm.embedded import checked_part
+        return ClipAdapter(checked_part("clip")) if rest == "clip" else \
+            VLMAdapter(checked_part("vlm"))
     raise DermvlmError(f"unknown model spec {spec!r}: use reference, random, clip:MODEL, "
                        "vlm:FOLDER, openai:URL#MODEL, default or default:clip")
