@@ -374,6 +374,51 @@ def test_ddp_two_cpu_processes_match_one_process(synth, tmp_path):
     assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], abs=1e-4)
 
 
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(synth, tmp_path,
+                                                                   monkeypatch):
+    from dermvlm.training import TrainingError
+    from dermvlm.vlm import model
+    forward, calls = model.DermVLM.forward, [0]
+
+    def nan_from_third_step(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        calls[0] += 1
+        return model.LossOutput(loss=out.loss * float("nan")) if calls[0] >= 3 else out
+    monkeypatch.setattr(model.DermVLM, "forward", nan_from_third_step)
+    config = get_config("tiny", SMALL + ["vlm.stage1_steps=6", "vlm.ckpt_every=2"])
+    with pytest.raises(TrainingError, match=r"loss became nan at step 3; .*step_0000002$"):
+        train_vlm(config, synth, tmp_path, stage=1, progress=False, parts=_parts())
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_0000002"
+    monkeypatch.setattr(model.DermVLM, "forward", forward)        # the run resumes from it
+    resumed = train_vlm(config, synth, tmp_path, stage=1, progress=False, parts=_parts())
+    assert resumed["resumed_from"].endswith("step_0000002") and resumed["steps"] == 6
+
+
+def test_nan_loss_on_one_ddp_rank_stops_every_rank_with_a_message(synth, tmp_path):
+    """torchrun, gloo: rank 1's loss turns NaN at step 3; both ranks stop at that step (none
+    waits in the gradient sync), rank 0 says which, and its step-2 checkpoint is kept."""
+    import os
+    import subprocess
+    import sys
+    tok = tiny_tokenizer()
+    tiny_lm(tok).save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    vanilla_open_clip_folder(tmp_path / "clip")
+    overrides = SMALL + ["vlm.stage1_steps=6", "vlm.ckpt_every=2", f"vlm.lm={tmp_path / 'lm'}",
+                         f"vlm.vision={tmp_path / 'clip'}"]
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+         "2", str(root / "tests" / "nan_on_one_rank.py"), "1", "3", "--stage", "1", "--data",
+         str(synth), "--out", str(tmp_path / "run"), "--preset", "tiny", "--quiet",
+         *[f"--set={o}" for o in overrides]], cwd=root, capture_output=True, text=True,
+        timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)})
+    assert done.returncode != 0
+    assert "loss became non-finite at step 3 on 1 of 2 ranks; stopped. Last good checkpoint: " \
+        f"{tmp_path / 'run' / 'checkpoints' / 'step_0000002'}" in done.stderr, done.stderr[-3000:]
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step_0000002"
+
+
 def test_eval_vqa_names_a_missing_data_file_before_loading_the_model(tmp_path, capsys):
     from eval.vqa import main as eval_vqa
     args = ["--model", str(tmp_path / "no_model"), "--data", str(tmp_path)]

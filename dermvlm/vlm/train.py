@@ -140,10 +140,17 @@ def train_vlm(config, data, out_dir, stage, init=None, max_steps=None, progress=
         loss_sum = 0.0                                      # summed token loss, this rank
         for (ids, mask, labels, pixels), count in zip(micro_batches, counts):
             out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels)
-            if not torch.isfinite(out.loss):
+            # every rank learns of a non-finite loss on any rank, so all stop here together
+            # (one rank stopping alone would leave the others waiting in the gradient sync)
+            finite = bool(torch.isfinite(out.loss))
+            bad_ranks = _all_ranks_sum(int(not finite), world, device)
+            if bad_ranks:
                 bar.close()
-                raise TrainingError(f"loss became {out.loss.item()} at step {step + 1}; "
-                                    f"stopped. Last good checkpoint: {last_ckpt or 'none yet'}")
+                value = "non-finite" if finite else out.loss.item()
+                where = f" on {bad_ranks} of {world} ranks" if world > 1 else ""
+                last_good = latest_checkpoint(out_dir) or "none yet"    # rank 0 saved it
+                raise TrainingError(f"loss became {value} at step {step + 1}{where}; stopped. "
+                                    f"Last good checkpoint: {last_good}")
             # out.loss is the micro-batch mean; DDP averages gradients over ranks, hence world
             (out.loss * count * world / max(1, tokens)).backward()
             loss_sum += out.loss.item() * count
