@@ -285,6 +285,49 @@ def test_cloze_scoring_asks_the_open_question_and_ranks_the_options_answers(synt
     assert other["accuracy"] < 1.0
 
 
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_cloze_balanced_accuracy_equals_sklearn_and_flattens_a_prior(synth, monkeypatch):
+    """A model that always prefers one answer per family scores its base rate in accuracy but
+    1 / (number of distinct truths) in balanced accuracy; any scorer's balanced accuracy per
+    family equals sklearn's balanced_accuracy_score on the same choices."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from dermvlm.vlm import evaluate
+    items = evaluate.choice_items(synth)
+
+    def chosen_and_truth(scorer):
+        out = {}
+        for image, question, answer, family in items:
+            options = evaluate.OPTION.findall(question)
+            scores = scorer(None, image, None, [evaluate.cloze_answer(family, t)
+                                                for _, t in options])
+            best = max(zip(scores, (letter for letter, _ in options)))[1]
+            out.setdefault(family, ([], []))
+            out[family][0].append(dict(options)[best])
+            out[family][1].append(dict(options)[answer])
+        return out
+
+    def prior(vlm, image, question, replies):            # "benign" whenever offered
+        return [float(reply == evaluate.cloze_answer("malignancy", "benign")) - len(reply)
+                / 100 for reply in replies]
+
+    def arbitrary(vlm, image, question, replies):        # depends on image and reply
+        return [float((len(reply) * 7 + len(Path(image).name) * 3 + i) % 5)
+                for i, reply in enumerate(replies)]
+    for scorer in (prior, arbitrary):
+        monkeypatch.setattr(evaluate, "reply_scores", scorer)
+        result = evaluate.cloze_accuracy(None, synth, progress=False)
+        for family, (chosen, truth) in chosen_and_truth(scorer).items():
+            reference = balanced_accuracy_score(truth, chosen)
+            assert result["balanced"][family] == pytest.approx(reference, abs=1e-4)
+        if scorer is prior:                              # benign is always an option
+            chosen, truth = chosen_and_truth(prior)["malignancy"]
+            assert set(chosen) == {"benign"} and len(set(truth)) > 1
+            assert result["per_family"]["malignancy"] == result["majority"]["malignancy"]
+            assert result["balanced"]["malignancy"] == pytest.approx(1 / len(set(truth)),
+                                                                      abs=1e-4)
+
+
 def test_image_norm_weight_pulls_image_tokens_to_the_lm_embedding_scale(synth, tmp_path):
     pixels = torch.randn(2, 3, 32, 32)
 

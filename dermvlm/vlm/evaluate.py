@@ -104,8 +104,10 @@ def cloze_accuracy(vlm, folder, limit=200, progress=True, image_shift=0):
     onto a letter, which SmolLM2-135M lacks even with the caption in the prompt; this score
     says whether the image is read. `image_shift`: the swap ablation, as in closed_accuracy.
     `majority`: per family, the score of always giving the most common true answer (a model
-    that ignores the image can reach it; SynthDerm's malignancy truths are mostly benign)."""
-    hits, truths = defaultdict(list), defaultdict(list)
+    that ignores the image can reach it; SynthDerm's malignancy truths are mostly benign).
+    `balanced`: per family, `balanced_accuracy`, which a prior alone cannot lift above
+    1 / (number of true answers seen)."""
+    hits, truths, chosen = defaultdict(list), defaultdict(list), defaultdict(list)
     items, images = _questions(folder, limit, image_shift)
     for k, (image, question, answer, family) in enumerate(tqdm(items, desc="vqa cloze",
                                                                disable=not progress)):
@@ -117,12 +119,24 @@ def cloze_accuracy(vlm, folder, limit=200, progress=True, image_shift=0):
         best = max(zip(scores, (letter for letter, _ in options)))[1]
         hits[family].append(best == answer)
         truths[family].append(dict(options)[answer])
+        chosen[family].append(dict(options)[best])
     per_family = {f: round(sum(v) / len(v), 4) for f, v in sorted(hits.items())}
     majority = {f: round(max(Counter(v).values()) / len(v), 4)
                 for f, v in sorted(truths.items())}
+    balanced = {f: round(balanced_accuracy(truths[f], chosen[f]), 4) for f in sorted(truths)}
     total = [x for v in hits.values() for x in v]
     return {"accuracy": round(sum(total) / max(1, len(total)), 4), "per_family": per_family,
-            "majority": majority, "n": len(total)}
+            "majority": majority, "balanced": balanced, "n": len(total)}
+
+
+def balanced_accuracy(truths, predictions):
+    """The mean over true values of the share of their questions answered right (recall):
+    always giving one answer scores 1 / (number of distinct truths), whatever the base
+    rates. Same as sklearn's balanced_accuracy_score."""
+    recalls = defaultdict(list)
+    for truth, prediction in zip(truths, predictions, strict=True):
+        recalls[truth].append(truth == prediction)
+    return sum(sum(v) / len(v) for v in recalls.values()) / max(1, len(recalls))
 
 
 def _questions(folder, limit, image_shift):
