@@ -21,6 +21,7 @@ from benchmarks.timing import seconds_per_call
 from dermvlm.clip.model import build_model
 from dermvlm.clip.train import ClipTrainModule, TextCache, _apply_text_mode, _optimizer
 from dermvlm.config import get_config
+from dermvlm.zeroshot import trim_padding
 
 
 def main(argv=None):
@@ -74,15 +75,40 @@ def main(argv=None):
     with torch.no_grad(), torch.autocast(**autocast):
         encode = seconds_per_call(lambda: model.encode_image(images), args.steps, device,
                                   warmup=2)
+        text_full, text_trimmed = text_tower_rates(model, tokenizer, args, device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"device: {name}; model {cfg.model} ({size}px, text {cfg.text_mode}), batch "
           f"{args.batch}, compile={args.compile}")
     print(f"  open_clip raw step   : {args.batch / raw:9.1f} pairs/s")
     print(f"  dermvlm step         : {args.batch / ours:9.1f} pairs/s   ratio {raw / ours:.2f}x")
     print(f"  zero-shot encode     : {args.batch / encode:9.1f} img/s")
+    if text_full is not None:
+        print(f"  text tower, new captions: {text_full:9.1f} captions/s padded to "
+              f"{tokenizer.context_length}, {text_trimmed:9.1f} trimmed "
+              f"(ratio {text_trimmed / text_full:.2f}x)")
     if not args.no_trainer:
         print(f"  full trainer, shards : {trainer_rate(config, args):9.1f} pairs/s "
               f"(data pipeline included; vs step ceiling {args.batch / ours:.1f})")
+
+
+def text_tower_rates(model, tokenizer, args, device):
+    """captions/s of a HuggingFace text tower on Derm1M-length captions, padded to the
+    context length (open_clip's tokenizer output) and with the all-padding columns trimmed
+    (what TextCache and ZeroShot run): (None, None) for open_clip's own text tower."""
+    if not hasattr(model.text, "transformer"):
+        return None, None
+    captions = [f"There are {i} well-demarcated pink plaques with overlying scale (annular in "
+                f"shape) on the arm in an annular ring. Diagnosis: tinea corporis."
+                for i in range(args.batch)]
+    tokens = tokenizer(captions).to(device)
+    rates = []
+    for ids in (tokens, trim_padding(model, tokens)):
+        mask = (ids != model.text.config.pad_token_id).long()
+        seconds = seconds_per_call(lambda: model.text.transformer(input_ids=ids,
+                                                                  attention_mask=mask),
+                                   args.steps, device, warmup=2)
+        rates.append(args.batch / seconds)
+    return rates
 
 
 def trainer_rate(config, args):

@@ -57,6 +57,19 @@ SKINCON_SYNONYMS = {
 }
 
 
+def trim_padding(model, tokens):
+    """(B, L) token ids -> (B, L') without the trailing columns that are padding in every row,
+    when the model's text tower is a HuggingFace one (it masks padding, so embeddings are
+    unchanged and a 12-token prompt costs 12 positions instead of the context length, 77).
+    open_clip's own text transformer keeps its length: its causal mask has a fixed size."""
+    from open_clip.hf_model import HFTextEncoder
+    text = getattr(model, "text", None)
+    if not isinstance(text, HFTextEncoder):
+        return tokens
+    used = (tokens != text.config.pad_token_id).any(0).nonzero()
+    return tokens[:, :int(used.max()) + 1] if len(used) else tokens
+
+
 class ZeroShot:
     """Encodes images and prompt ensembles with one model; text embeddings are cached."""
 
@@ -79,7 +92,7 @@ class ZeroShot:
         missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
         for i in range(0, len(missing), self.batch_size):
             chunk = missing[i:i + self.batch_size]
-            tokens = self.tokenizer(chunk).to(self.device)
+            tokens = trim_padding(self.model, self.tokenizer(chunk)).to(self.device)
             feats = self.model.encode_text(tokens, normalize=True).float().cpu()
             self._text_cache.update(zip(chunk, feats))
         return torch.stack([self._text_cache[p] for p in prompts])

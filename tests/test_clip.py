@@ -66,6 +66,30 @@ def test_loss_falls_and_vanilla_open_clip_loads_the_model(pairs, tmp_path):
                            ours.encode_text(our_tokenizer(["a red plaque"])))
 
 
+def test_validation_during_training_equals_eval_zeroshot_on_the_saved_model(pairs, tmp_path):
+    """The eval rows of the metrics log (diagnosis top-1, R@K, top-1 per attribute family)
+    are what eval.zeroshot's functions give on the exported model at that step."""
+    from dermvlm.clip.data import load_records
+    from dermvlm.clip.evaluate import attribute_metrics, diagnosis_metrics, encode_records
+    from dermvlm.zeroshot import ZeroShot, retrieval_recall
+    summary = train_clip(_config("clip.steps=4", "clip.eval_every=2"), pairs, tmp_path / "run",
+                         val=pairs, progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text()
+            .splitlines()]
+    evals = [r for r in rows if "eval" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    model, cfg, tokenizer = load_model(summary["model"])
+    zs = ZeroShot(model, tokenizer)
+    features, records, _ = encode_records(zs, load_records(pairs), cfg["vision_cfg"]["image_size"])
+    logged = evals[-1]["eval"]
+    assert logged["zeroshot_top1"] == pytest.approx(
+        diagnosis_metrics(zs, features, records)["top1"], abs=1e-4)
+    recall = retrieval_recall(features, zs.encode_texts([r.captions[0] for r in records]))
+    assert logged["image_to_text_R@5"] == pytest.approx(recall["image_to_text_R@5"], abs=1e-4)
+    assert logged["attribute_top1"] == {family: scores["top1"] for family, scores
+                                        in attribute_metrics(zs, features, records).items()}
+
+
 def test_resume_reproduces_the_uninterrupted_loss_curve(pairs, tmp_path):
     config = _config("clip.steps=6", "clip.ckpt_every=3")
     train_clip(config, pairs, tmp_path / "full", progress=False)

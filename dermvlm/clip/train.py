@@ -25,6 +25,7 @@ from dermvlm.config import check_choice
 from dermvlm.errors import DermvlmError
 from dermvlm.training import (TrainingError, distributed, latest_checkpoint, log_metrics,
                               truncate_metrics, warmup_cosine)
+from dermvlm.zeroshot import trim_padding
 
 
 class ClipTrainModule(torch.nn.Module):
@@ -56,7 +57,7 @@ class TextCache:
         if missing:
             text = self.model.text
             text.transformer.eval()
-            tokens = self.tokenizer(missing).to(self.device)
+            tokens = trim_padding(self.model, self.tokenizer(missing)).to(self.device)
             mask = (tokens != text.config.pad_token_id).long()
             pooled = text.pooler(text.transformer(input_ids=tokens, attention_mask=mask), mask)
             self.store.update(zip(missing, pooled.float()))
@@ -199,7 +200,8 @@ def train_clip(config, data, out_dir, val=None, max_steps=None, progress=True):
                 if text_cache is not None:
                     img_f, txt_f = train_module(images, pooled_text=text_cache(captions))
                 else:
-                    img_f, txt_f = train_module(images, tokens=tokenizer(captions).to(device))
+                    tokens = trim_padding(model, tokenizer(captions)).to(device)
+                    img_f, txt_f = train_module(images, tokens=tokens)
                 scale = model.logit_scale.exp()
                 bias = getattr(model, "logit_bias", None)
                 loss = (loss_fn(img_f, txt_f, scale, bias) if siglip
@@ -255,7 +257,9 @@ def _load_val(val, cfg):
 
 @torch.no_grad()
 def evaluate_pairs(model, tokenizer, val_set, image_size, device):
-    """Zero-shot diagnosis accuracy (DermLIP prompts) and retrieval R@K on a validation set."""
+    """Zero-shot diagnosis accuracy (DermLIP prompts), retrieval R@K and, on SynthDerm records,
+    zero-shot top-1 per attribute family (eval.zeroshot's prompts) on a validation set."""
+    from dermvlm.clip.evaluate import attribute_metrics
     from dermvlm.zeroshot import ZeroShot, retrieval_recall, topk_accuracy
     records, images = val_set
     was_training = model.training
@@ -272,5 +276,8 @@ def evaluate_pairs(model, tokenizer, val_set, image_size, device):
         out.update({f"zeroshot_top{k}": v for k, v in acc.items()})
     captions = [r.captions[0] if r.captions else (r.label or "") for r in records]
     out.update(retrieval_recall(image_features, zs.encode_texts(captions)))
+    if any("attributes" in r.meta for r in records):
+        out["attribute_top1"] = {family: scores["top1"] for family, scores in
+                                 attribute_metrics(zs, image_features, records).items()}
     model.train(was_training)
     return out
