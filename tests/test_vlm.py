@@ -18,6 +18,7 @@ from dermvlm.vlm.infer import describe, generate_batch, generate_ids
 from dermvlm.vlm.infer import generate as vlm_generate
 from dermvlm.vlm.model import IMAGE_TOKEN
 from dermvlm.vlm.train import train_vlm
+import launch
 from launch import run_one_and_two_processes
 from tiny_parts import tiny_lm, tiny_tokenizer, tiny_vision, vanilla_open_clip_folder
 
@@ -398,19 +399,24 @@ def test_gradient_accumulation_matches_one_big_batch(synth, tmp_path):
     assert two == pytest.approx(one, abs=1e-4)
 
 
-def test_ddp_two_cpu_processes_match_one_process(synth, tmp_path):
-    """torchrun, gloo: stage 1 with the global batch split over 2 ranks logs the
-    single-process loss and target-token count at every step."""
+def _stage1_args_with_saved_parts(synth, tmp_path, steps, ckpt_every):
+    """train.vlm stage-1 arguments (no --out) with a tiny LM and a vanilla open_clip tower
+    saved under tmp_path, for runs in other processes."""
     tok = tiny_tokenizer()
     tiny_lm(tok).save_pretrained(tmp_path / "lm")
     tok.save_pretrained(tmp_path / "lm")
     vanilla_open_clip_folder(tmp_path / "clip")
-    overrides = SMALL + ["vlm.stage1_steps=3", "vlm.ckpt_every=3", f"vlm.lm={tmp_path / 'lm'}",
-                         f"vlm.vision={tmp_path / 'clip'}"]
-    run_one_and_two_processes(["-m", "train.vlm", "--stage", "1", "--data", str(synth),
-                               "--preset", "tiny", "--quiet",
-                               *[f"--set={o}" for o in overrides]],
-                              tmp_path / "one", tmp_path / "two")
+    overrides = SMALL + [f"vlm.stage1_steps={steps}", f"vlm.ckpt_every={ckpt_every}",
+                         f"vlm.lm={tmp_path / 'lm'}", f"vlm.vision={tmp_path / 'clip'}"]
+    return ["--stage", "1", "--data", str(synth), "--preset", "tiny", "--quiet",
+            *[f"--set={o}" for o in overrides]]
+
+
+def test_ddp_two_cpu_processes_match_one_process(synth, tmp_path):
+    """torchrun, gloo: stage 1 with the global batch split over 2 ranks logs the
+    single-process loss and target-token count at every step."""
+    args = _stage1_args_with_saved_parts(synth, tmp_path, steps=3, ckpt_every=3)
+    run_one_and_two_processes(["-m", "train.vlm", *args], tmp_path / "one", tmp_path / "two")
     one, two = ([json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text()
                  .splitlines()] for run in ("one", "two"))
     assert [r["target_tokens"] for r in two] == [r["target_tokens"] for r in one]
@@ -440,22 +446,9 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(synth, tmp_p
 def test_nan_loss_on_one_ddp_rank_stops_every_rank_with_a_message(synth, tmp_path):
     """torchrun, gloo: rank 1's loss turns NaN at step 3; both ranks stop at that step (none
     waits in the gradient sync), rank 0 says which, and its step-2 checkpoint is kept."""
-    import os
-    import subprocess
-    import sys
-    tok = tiny_tokenizer()
-    tiny_lm(tok).save_pretrained(tmp_path / "lm")
-    tok.save_pretrained(tmp_path / "lm")
-    vanilla_open_clip_folder(tmp_path / "clip")
-    overrides = SMALL + ["vlm.stage1_steps=6", "vlm.ckpt_every=2", f"vlm.lm={tmp_path / 'lm'}",
-                         f"vlm.vision={tmp_path / 'clip'}"]
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-         "2", str(root / "tests" / "nan_on_one_rank.py"), "1", "3", "--stage", "1", "--data",
-         str(synth), "--out", str(tmp_path / "run"), "--preset", "tiny", "--quiet",
-         *[f"--set={o}" for o in overrides]], cwd=root, capture_output=True, text=True,
-        timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)})
+    args = _stage1_args_with_saved_parts(synth, tmp_path, steps=6, ckpt_every=2)
+    done = launch.run([*launch.TORCHRUN_TWO, str(launch.ROOT / "tests" / "nan_on_one_rank.py"),
+                       "1", "3", *args, "--out", str(tmp_path / "run")])
     assert done.returncode != 0
     assert "loss became non-finite at step 3 on 1 of 2 ranks; stopped. Last good checkpoint: " \
         f"{tmp_path / 'run' / 'checkpoints' / 'step_0000002'}" in done.stderr, done.stderr[-3000:]
