@@ -76,3 +76,34 @@ def test_trimming_padding_leaves_hf_text_embeddings_unchanged(tmp_path):
     assert torch.allclose(ZeroShot(model, tokenizer).encode_texts(prompts), full, atol=1e-5)
     vanilla, _, vanilla_tokenizer = load_model(str(vanilla_open_clip_folder(tmp_path / "v")))
     assert trim_padding(vanilla, vanilla_tokenizer(prompts)).shape[1] == 77
+
+
+def test_attribute_candidates_are_the_values_the_records_have():
+    """Each family is scored over the values that occur in the records (as diagnosis is over
+    the labels that occur): 'cyst', which no record has, is never offered; a multi-colour
+    record contributes all its colours; a family with one value is skipped."""
+    from dermvlm.clip.evaluate import attribute_metrics
+    from dermvlm.data.records import Record
+
+    class FirstPromptWins:                  # a model that always picks the first candidate
+        offered = []
+
+        def logits(self, features, prompts, templates):
+            self.offered.append(prompts)
+            scores = torch.zeros(len(features), len(prompts))
+            scores[:, 0] = 1.0
+            return scores
+
+    def record(lesion, colours, group):
+        return Record(image="x.jpg", fitzpatrick_group=group, meta={"attributes": {
+            "lesion_type": lesion, "colours": colours, "surface": "smooth", "secondary": "none",
+            "count": "single", "modality": "clinical"}})
+    records = [record("papule", ["red"], "I-II"), record("plaque", ["red", "brown"], "V-VI"),
+               record("papule", ["pink"], "V-VI")]
+    zs = FirstPromptWins()
+    out = attribute_metrics(zs, torch.zeros(3, 4), records)
+    assert set(out) == {"lesion_type", "colour"}          # the others have one value here
+    assert zs.offered == [["red", "pink", "brown"], ["papule", "plaque"]]   # no 'cyst' offered
+    assert out["lesion_type"] == {"top1": round(2 / 3, 4), "classes": 2, "chance_top1": 0.5,
+                                  "top1_by_fitzpatrick": {"I-II": 1.0, "V-VI": 0.5}}
+    assert out["colour"]["top1"] == round(2 / 3, 4) and out["colour"]["classes"] == 3

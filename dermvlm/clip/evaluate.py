@@ -74,10 +74,17 @@ def diagnosis_metrics(zs, features, records, labels=None):
 
 
 def attribute_metrics(zs, features, records):
-    """Zero-shot accuracy per SynthDerm attribute family (records with meta['attributes'])."""
+    """Zero-shot accuracy per SynthDerm attribute family (records with meta['attributes']).
+    The candidates are the family's values that occur in the records, as the diagnosis
+    labels are (a value no image has, e.g. 'cyst', which SynthDerm never draws, can only
+    take wrong answers)."""
     rows = [i for i, r in enumerate(records) if "attributes" in r.meta]
     out = {}
-    for family, (values, key, words, templates) in ATTRIBUTE_FAMILIES.items():
+    for family, (vocabulary, key, words, templates) in ATTRIBUTE_FAMILIES.items():
+        seen = {v for i in rows for v in _as_list(records[i].meta["attributes"][key])}
+        values = [v for v in vocabulary if v in seen]
+        if len(values) < 2:
+            continue
         prompts = [words[v] if words else v for v in values]
         logits = zs.logits(features[rows], prompts, templates)
         predicted = [values[j] for j in logits.argmax(1).tolist()]
@@ -85,10 +92,14 @@ def attribute_metrics(zs, features, records):
         # a multi-coloured lesion counts as right when the prediction is one of its colours
         correct = [p in t if isinstance(t, list) else p == t for p, t in zip(predicted, truth)]
         out[family] = {"top1": round(sum(correct) / max(1, len(correct)), 4),
-                       "chance_top1": round(1 / len(values), 4),
+                       "classes": len(values), "chance_top1": round(1 / len(values), 4),
                        "top1_by_fitzpatrick": _accuracy_by_group(correct,
                                                                  [records[i] for i in rows])}
     return out
+
+
+def _as_list(value):
+    return value if isinstance(value, list) else [value]
 
 
 def concept_metrics(zs, features, records):
