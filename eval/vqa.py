@@ -6,8 +6,8 @@ Multiple-choice questions are scored two ways: `closed` reads the letter the mod
 `closed_cloze` asks the question the way training asked it openly and picks the option whose
 trained answer sentence ("Papule.") the model finds most likely (it needs no letter-matching
 skill, which a 135M LM lacks even with the caption in the prompt), next to `majority`, the
-score of always giving the most common true answer, and `balanced`, the mean recall over
-true answers, which no prior lifts above 1 / (number of true answers). `open` asks each
+score of always giving the most common true answer. Both carry `balanced`, the mean recall
+over true answers, which no prior lifts above 1 / (number of true answers). `open` asks each
 image open questions in the training phrasing ("What colour is the lesion?") and checks that
 the reply names the image's true value, next to the score of always naming the most common
 value.

@@ -211,6 +211,7 @@ def test_chunked_target_only_loss_equals_the_hf_loss():
                           atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
 def test_image_swap_ablation_asks_about_another_image(synth, monkeypatch):
     from dermvlm.vlm import evaluate
     items = evaluate.choice_items(synth)
@@ -224,6 +225,12 @@ def test_image_swap_ablation_asks_about_another_image(synth, monkeypatch):
     assert [a[0] for a in asked] == [i[0] for i in items]
     expected = sum(i[2] == "A" for i in items) / len(items)
     assert plain["accuracy"] == round(expected, 4) and plain["n"] == len(items)
+    from sklearn.metrics import balanced_accuracy_score
+    for family in plain["per_family"]:                  # "A" every time: recall of A's text
+        rows = [dict(evaluate.OPTION.findall(q)) | {"_": a} for _, q, a, f in items
+                if f == family]
+        reference = balanced_accuracy_score([r[r["_"]] for r in rows], [r["A"] for r in rows])
+        assert plain["balanced"][family] == pytest.approx(reference, abs=1e-4)
     asked.clear()
     swapped = evaluate.closed_accuracy(None, synth, progress=False, image_shift=3)
     assert [a[1] for a in asked] == [i[1] for i in items]           # the same questions

@@ -19,6 +19,7 @@ FAMILIES = {"Which diagnosis fits best?": "diagnosis", "Which primary lesion is 
             "lesion_type", "What is the main colour of the lesion?": "colour",
             "Is the lesion benign, premalignant or malignant?": "malignancy"}
 LETTER = re.compile(r"\b([A-D])\b")
+OPTION = re.compile(r"^([A-D])\. (.+)$", re.MULTILINE)
 
 
 def require_files(folder, *names):
@@ -44,10 +45,12 @@ def choice_items(folder, limit=None):
 
 
 def closed_accuracy(vlm, folder, limit=200, progress=True, image_shift=0):
-    """Accuracy per family. `image_shift` k > 0 is the image-swap ablation: question i is
-    asked about the image of question i + k, so a model that reads the image drops toward
-    chance while one that answers from priors alone keeps its score."""
+    """Accuracy per family, and `balanced` per family (see cloze_accuracy; an unparsed reply
+    counts as wrong). `image_shift` k > 0 is the image-swap ablation: question i is asked
+    about the image of question i + k, so a model that reads the image drops toward chance
+    while one that answers from priors alone keeps its score."""
     hits, unparsed = defaultdict(list), 0
+    truths, chosen = defaultdict(list), defaultdict(list)
     items, images = _questions(folder, limit, image_shift)
     for k, (image, question, answer, family) in enumerate(tqdm(items, desc="vqa",
                                                                disable=not progress)):
@@ -57,13 +60,15 @@ def closed_accuracy(vlm, folder, limit=200, progress=True, image_shift=0):
         match = LETTER.search(reply)
         unparsed += match is None
         hits[family].append(bool(match) and match.group(1) == answer)
+        options = dict(OPTION.findall(question))
+        truths[family].append(options[answer])
+        chosen[family].append(options.get(match.group(1)) if match else None)
     per_family = {f: round(sum(v) / len(v), 4) for f, v in sorted(hits.items())}
+    balanced = {f: round(balanced_accuracy(truths[f], chosen[f]), 4) for f in sorted(truths)}
     total = [x for v in hits.values() for x in v]
     return {"accuracy": round(sum(total) / max(1, len(total)), 4), "per_family": per_family,
-            "n": len(total), "unparsed_answers": unparsed, "chance": 0.25}
-
-
-OPTION = re.compile(r"^([A-D])\. (.+)$", re.MULTILINE)
+            "balanced": balanced, "n": len(total), "unparsed_answers": unparsed,
+            "chance": 0.25}
 
 
 def reply_scores(vlm, image, question, replies):
