@@ -98,7 +98,6 @@ def _stage(name):
 def build_default(work="runs/build_default", out=DEFAULT_DIR, overrides=(), progress=True,
                   vqa_limit=200, reports=20, open_images=60):
     """Train and evaluate every part, then write the compact artefacts and the manifest."""
-
     from dermvlm.clip.data import load_records
     from dermvlm.clip.evaluate import evaluate_records
     from dermvlm.clip.model import load_model, save_compact

@@ -19,7 +19,6 @@ from dermvlm.vlm.infer import generate as vlm_generate
 from dermvlm.vlm.model import IMAGE_TOKEN
 from dermvlm.vlm.train import train_vlm
 import launch
-from launch import run_one_and_two_processes
 from tiny_parts import tiny_lm, tiny_tokenizer, tiny_vision, vanilla_open_clip_folder
 
 SMALL = ["vlm.batch_size=4", "vlm.workers=0", "vlm.warmup_steps=1", "vlm.log_every=1",
@@ -423,7 +422,8 @@ def test_ddp_two_cpu_processes_match_one_process(synth, tmp_path):
     """torchrun, gloo: stage 1 with the global batch split over 2 ranks logs the
     single-process loss and target-token count at every step."""
     args = _stage1_args_with_saved_parts(synth, tmp_path, steps=3, ckpt_every=3)
-    run_one_and_two_processes(["-m", "train.vlm", *args], tmp_path / "one", tmp_path / "two")
+    launch.run_one_and_two_processes(["-m", "train.vlm", *args], tmp_path / "one",
+                                     tmp_path / "two")
     one, two = ([json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text()
                  .splitlines()] for run in ("one", "two"))
     assert [r["target_tokens"] for r in two] == [r["target_tokens"] for r in one]

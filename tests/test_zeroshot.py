@@ -86,7 +86,8 @@ def test_attribute_candidates_are_the_values_the_records_have():
     from dermvlm.data.records import Record
 
     class FirstPromptWins:                  # a model that always picks the first candidate
-        offered = []
+        def __init__(self):
+            self.offered = []
 
         def logits(self, features, prompts, templates):
             self.offered.append(prompts)

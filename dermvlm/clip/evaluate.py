@@ -81,16 +81,15 @@ def attribute_metrics(zs, features, records):
     rows = [i for i, r in enumerate(records) if "attributes" in r.meta]
     out = {}
     for family, (vocabulary, key, words, templates) in ATTRIBUTE_FAMILIES.items():
-        seen = {v for i in rows for v in _as_list(records[i].meta["attributes"][key])}
-        values = [v for v in vocabulary if v in seen]
+        # a multi-coloured lesion's truth is its colours; a prediction among them is right
+        truth = [_as_list(records[i].meta["attributes"][key]) for i in rows]
+        values = [v for v in vocabulary if any(v in t for t in truth)]
         if len(values) < 2:
             continue
         prompts = [words[v] if words else v for v in values]
         logits = zs.logits(features[rows], prompts, templates)
         predicted = [values[j] for j in logits.argmax(1).tolist()]
-        truth = [records[i].meta["attributes"][key] for i in rows]
-        # a multi-coloured lesion counts as right when the prediction is one of its colours
-        correct = [p in t if isinstance(t, list) else p == t for p, t in zip(predicted, truth)]
+        correct = [p in t for p, t in zip(predicted, truth)]
         out[family] = {"top1": round(sum(correct) / max(1, len(correct)), 4),
                        "classes": len(values), "chance_top1": round(1 / len(values), 4),
                        "top1_by_fitzpatrick": _accuracy_by_group(correct,

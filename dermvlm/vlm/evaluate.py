@@ -63,12 +63,19 @@ def closed_accuracy(vlm, folder, limit=200, progress=True, image_shift=0):
         options = dict(OPTION.findall(question))
         truths[family].append(options[answer])
         chosen[family].append(options.get(match.group(1)) if match else None)
-    per_family = {f: round(sum(v) / len(v), 4) for f, v in sorted(hits.items())}
-    balanced = {f: round(balanced_accuracy(truths[f], chosen[f]), 4) for f in sorted(truths)}
-    total = [x for v in hits.values() for x in v]
-    return {"accuracy": round(sum(total) / max(1, len(total)), 4), "per_family": per_family,
-            "balanced": balanced, "n": len(total), "unparsed_answers": unparsed,
+    return {**_family_scores(hits, truths, chosen), "unparsed_answers": unparsed,
             "chance": 0.25}
+
+
+def _family_scores(hits, truths, chosen):
+    """Overall and per-family accuracy and per-family balanced accuracy from per-family lists
+    of hits, true answers and chosen answers."""
+    total = [x for v in hits.values() for x in v]
+    return {"accuracy": round(sum(total) / max(1, len(total)), 4),
+            "per_family": {f: round(sum(v) / len(v), 4) for f, v in sorted(hits.items())},
+            "balanced": {f: round(balanced_accuracy(truths[f], chosen[f]), 4)
+                         for f in sorted(truths)},
+            "n": len(total)}
 
 
 def reply_scores(vlm, image, question, replies):
@@ -125,13 +132,9 @@ def cloze_accuracy(vlm, folder, limit=200, progress=True, image_shift=0):
         hits[family].append(best == answer)
         truths[family].append(dict(options)[answer])
         chosen[family].append(dict(options)[best])
-    per_family = {f: round(sum(v) / len(v), 4) for f, v in sorted(hits.items())}
     majority = {f: round(max(Counter(v).values()) / len(v), 4)
                 for f, v in sorted(truths.items())}
-    balanced = {f: round(balanced_accuracy(truths[f], chosen[f]), 4) for f in sorted(truths)}
-    total = [x for v in hits.values() for x in v]
-    return {"accuracy": round(sum(total) / max(1, len(total)), 4), "per_family": per_family,
-            "majority": majority, "balanced": balanced, "n": len(total)}
+    return {**_family_scores(hits, truths, chosen), "majority": majority}
 
 
 def balanced_accuracy(truths, predictions):
