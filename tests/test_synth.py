@@ -138,6 +138,24 @@ def test_benchmark_answers_fit_the_question_schema(synth_dir):
             assert isinstance(row["answer"], str) and len(row["answer"]) > 10
 
 
+def test_captions_read_as_sentences():
+    """Prepositional border words follow the noun ('a single red patch with blurred margins',
+    not 'a single with blurred margins red patch') and no full stop is left hanging."""
+    import re
+    from dermvlm.synth.text import COUNT_WORDS, PLURALS, caption
+    counts = "|".join(w for words in COUNT_WORDS.values() for w in words)
+    seen_border_phrase = 0
+    for index in range(400):
+        attrs = sample_attributes(SynthConfig(seed=3), index)
+        text = caption(attrs, np.random.default_rng(index))
+        assert not re.search(rf"\b({counts}) with\b", text, re.IGNORECASE), text
+        assert " ." not in text and ".." not in text, text
+        noun = PLURALS[attrs.lesion_type] if attrs.count != "single" else attrs.lesion_type
+        assert re.search(rf"\b{noun}\b", text), (noun, text)
+        seen_border_phrase += f"{noun} with blurred margins" in text
+    assert seen_border_phrase > 0
+
+
 def test_darker_skin_type_gives_darker_background():
     means = [_pixels(_plain(fitzpatrick=t)).mean() for t in vocab.FITZPATRICK_TYPES]
     assert all(a > b for a, b in zip(means, means[1:])), means

@@ -50,14 +50,18 @@ def lesion_phrase(attrs, rng):
     noun = PLURALS[attrs.lesion_type] if plural else attrs.lesion_type
     colours = " and ".join(_pick(rng, COLOUR_WORDS[c]) for c in attrs.colours)
     parts = [_pick(rng, COUNT_WORDS[attrs.count])]
-    if rng.random() < 0.7:
-        parts.append(_pick(rng, BORDER_WORDS[attrs.border_definition]))
+    border = _pick(rng, BORDER_WORDS[attrs.border_definition]) if rng.random() < 0.7 else ""
+    if border and not border.startswith("with "):   # "with blurred margins" follows the noun
+        parts.append(border)
+        border = ""
     parts.append(colours)
     surface = _pick(rng, SURFACE_WORDS[attrs.surface])
     if " " not in surface and attrs.surface != "smooth":
         parts.append(surface)
         surface = ""
     parts.append(noun)
+    if border:
+        parts.append(border)
     if attrs.surface != "smooth" and surface:
         parts.append(surface)
     if attrs.border_regularity == "irregular" and rng.random() < 0.8:
@@ -91,7 +95,7 @@ def caption(attrs, rng):
         first = f"{lesions[0].upper()}{lesions[1:]} {where}."
     else:
         first = f"Examination reveals {lesions} {where}."
-    sentences = [" ".join(first.split())]
+    sentences = [" ".join(first.split()).replace(" .", ".")]   # `where` may be empty
     if rng.random() < 0.75:
         dx = _diagnosis_name(attrs, rng)
         sentences.append(_pick(rng, (f"Diagnosis: {dx}.", f"Consistent with {dx}.",
