@@ -51,6 +51,9 @@ class ClipConfig:
                                        # model's own space; needs embed_dim = its width)
     context_length: int = 77
     loss: str = "clip"                 # clip (InfoNCE) | siglip (sigmoid)
+    text_regression: float = 0.0       # + weight * (1 - cos(image, its text)): the image lands
+                                       # on its texts' embedding, not only nearer it than to
+                                       # the batch's others (locked text tower only)
     text_mode: str = "locked"          # locked | lora | full
     image_mode: str = "train"          # train | locked (e.g. adapt only the text side later)
     text_lora_rank: int = 8

@@ -77,6 +77,10 @@ def _optimizer(model, cfg):
 def _apply_text_mode(model, cfg):
     check_choice("clip.image_mode", cfg.image_mode)
     check_choice("clip.text_mode", cfg.text_mode)
+    if cfg.text_regression and cfg.text_mode != "locked":
+        # a trainable text side could meet the images by giving up its own space
+        raise DermvlmError(f"clip.text_regression={cfg.text_regression} needs "
+                           f"clip.text_mode=locked, got {cfg.text_mode!r}")
     if cfg.image_mode == "locked":
         model.lock_image_tower(unlocked_groups=0)
     if cfg.text_mode == "locked":
@@ -205,7 +209,10 @@ def train_clip(config, data, out_dir, val=None, max_steps=None, progress=True):
                 scale = model.logit_scale.exp()
                 bias = getattr(model, "logit_bias", None)
                 loss = (loss_fn(img_f, txt_f, scale, bias) if siglip
-                        else loss_fn(img_f, txt_f, scale)) / cfg.grad_accum
+                        else loss_fn(img_f, txt_f, scale))
+                if cfg.text_regression:
+                    loss = loss + cfg.text_regression * (1 - (img_f * txt_f).sum(-1)).mean()
+                loss = loss / cfg.grad_accum
             if not torch.isfinite(loss):
                 bar.close()
                 where = f"{last_ckpt}" if last_ckpt else "none was written yet"
