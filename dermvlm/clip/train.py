@@ -266,21 +266,16 @@ def _load_val(val, cfg):
 def evaluate_pairs(model, tokenizer, val_set, image_size, device):
     """Zero-shot diagnosis accuracy (DermLIP prompts), retrieval R@K and, on SynthDerm records,
     zero-shot top-1 per attribute family (eval.zeroshot's prompts) on a validation set."""
-    from dermvlm.clip.evaluate import attribute_metrics
-    from dermvlm.zeroshot import ZeroShot, retrieval_recall, topk_accuracy
+    from dermvlm.clip.evaluate import attribute_metrics, diagnosis_metrics
+    from dermvlm.zeroshot import ZeroShot, retrieval_recall
     records, images = val_set
     was_training = model.training
     model.eval()
     zs = ZeroShot(model, tokenizer, device=device)
     image_features = zs.encode_images(images)
-    out = {}
-    labelled = [i for i, r in enumerate(records) if r.label]
-    labels = sorted({records[i].label for i in labelled})
-    if len(labels) >= 2:
-        logits = zs.logits(image_features[labelled], labels)
-        targets = [labels.index(records[i].label) for i in labelled]
-        acc = topk_accuracy(logits, targets, ks=(1, min(5, len(labels))))
-        out.update({f"zeroshot_top{k}": v for k, v in acc.items()})
+    diagnosis = diagnosis_metrics(zs, image_features, records)
+    out = {f"zeroshot_{key}": value for key, value in diagnosis.items()    # top1, top5
+           if key.startswith("top") and key[3:].isdigit()}
     captions = [r.captions[0] if r.captions else (r.label or "") for r in records]
     out.update(retrieval_recall(image_features, zs.encode_texts(captions)))
     if any("attributes" in r.meta for r in records):
