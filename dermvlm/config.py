@@ -121,8 +121,11 @@ class Config:
 
 def _tiny():
     return Config(preset="tiny", synth=SynthConfig(n=64, size=96, vqa_per_image=2),
+                  # MiniLM's own space as the joint space, images pulled onto their texts:
+                  # measured best for lesion type (README, "Its CLIP recipe")
                   clip=ClipConfig(image_size=96, vit_layers=4, vit_width=192, vit_patch=8,
-                                  embed_dim=256, text_sampling="sentences", lr=1e-3,
+                                  embed_dim=384, text_proj="none", text_regression=1.0,
+                                  text_sampling="sentences", lr=1e-3,
                                   warmup_steps=20, steps=300, batch_size=64, workers=1,
                                   ckpt_every=100, eval_every=100),
                   vlm=VLMConfig(max_length=384, stage1_steps=150, stage2_steps=300,

@@ -24,6 +24,15 @@ def distributed():
     return (dist.get_rank() if world > 1 else 0), world, device
 
 
+def all_ranks_sum(value, world, device):
+    """`value` (a Python number) summed over the ranks; itself when there is one."""
+    if world == 1:
+        return value
+    total = torch.tensor(float(value), dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return type(value)(total.item())
+
+
 def warmup_cosine(warmup_steps, total_steps):
     """LambdaLR factor: linear warmup, then cosine decay to 0 at total_steps."""
     def factor(step):

@@ -17,7 +17,7 @@ from dermvlm.synth.writer import generate
 from launch import run_one_and_two_processes
 from tiny_parts import vanilla_open_clip_folder
 
-SMALL = ["clip.image_size=32", "clip.vit_layers=2", "clip.vit_width=64", "clip.embed_dim=32",
+SMALL = ["clip.image_size=32", "clip.vit_layers=2", "clip.vit_width=64",
          "clip.batch_size=8", "clip.workers=0", "clip.warmup_steps=1", "clip.log_every=1",
          "clip.eval_every=1000", "clip.lr=0.002"]
 
@@ -164,9 +164,9 @@ def test_text_proj_none_keeps_the_text_models_own_space(pairs, tmp_path):
     open_clip loads the result, and an embed_dim that is not the text width is one clear
     error."""
     with pytest.raises(DermvlmError, match="clip.embed_dim must be its width 384"):
-        train_clip(_config("clip.steps=1", "clip.text_proj=none"), pairs, tmp_path / "bad",
+        train_clip(_config("clip.steps=1", "clip.embed_dim=32"), pairs, tmp_path / "bad",
                    progress=False)
-    config = _config("clip.steps=3", "clip.text_proj=none", "clip.embed_dim=384")
+    config = _config("clip.steps=3")          # the tiny preset: text_proj=none, embed_dim=384
     summary = train_clip(config, pairs, tmp_path / "run", progress=False)
     model = open_clip.create_model_and_transforms(f"local-dir:{summary['model']}")[0].eval()
     tokenizer = open_clip.get_tokenizer(f"local-dir:{summary['model']}")
@@ -197,7 +197,7 @@ def test_text_regression_pulls_images_onto_their_texts(pairs, tmp_path):
     a locked text tower."""
     from dermvlm.clip.data import load_records
     records = load_records(pairs)
-    base = ["clip.steps=8", "clip.text_proj=none", "clip.embed_dim=384"]
+    base = ["clip.steps=8"]                   # the tiny preset's head: text_proj=none
     cosines = {}
     for weight in (0.0, 2.0):
         summary = train_clip(_config(*base, f"clip.text_regression={weight}"), pairs,

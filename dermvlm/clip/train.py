@@ -23,8 +23,8 @@ from dermvlm.clip.data import (BatchOrder, PairsDataset, ShardPairs, collate_pai
 from dermvlm.clip.model import build_model, save_model
 from dermvlm.config import check_choice
 from dermvlm.errors import DermvlmError
-from dermvlm.training import (TrainingError, distributed, latest_checkpoint, log_metrics,
-                              truncate_metrics, warmup_cosine)
+from dermvlm.training import (TrainingError, all_ranks_sum, distributed, latest_checkpoint,
+                              log_metrics, truncate_metrics, warmup_cosine)
 from dermvlm.zeroshot import trim_padding
 
 
@@ -80,7 +80,8 @@ def _apply_text_mode(model, cfg):
     if cfg.text_regression and cfg.text_mode != "locked":
         # a trainable text side could meet the images by giving up its own space
         raise DermvlmError(f"clip.text_regression={cfg.text_regression} needs "
-                           f"clip.text_mode=locked, got {cfg.text_mode!r}")
+                           f"clip.text_mode=locked, got {cfg.text_mode!r} (set "
+                           f"clip.text_regression=0 to train the text tower)")
     if cfg.image_mode == "locked":
         model.lock_image_tower(unlocked_groups=0)
     if cfg.text_mode == "locked":
@@ -195,7 +196,7 @@ def train_clip(config, data, out_dir, val=None, max_steps=None, progress=True):
     started = time.perf_counter()
     while step < end_step:
         optimizer.zero_grad(set_to_none=True)
-        total = 0.0
+        total, pull = 0.0, 0.0      # pull: this rank's text-regression part of `total`
         for _ in range(cfg.grad_accum):
             images, captions, _, n_bad = next(batches)
             skipped += n_bad
@@ -211,7 +212,9 @@ def train_clip(config, data, out_dir, val=None, max_steps=None, progress=True):
                 loss = (loss_fn(img_f, txt_f, scale, bias) if siglip
                         else loss_fn(img_f, txt_f, scale))
                 if cfg.text_regression:
-                    loss = loss + cfg.text_regression * (1 - (img_f * txt_f).sum(-1)).mean()
+                    regression = cfg.text_regression * (1 - (img_f * txt_f).sum(-1)).mean()
+                    loss = loss + regression
+                    pull += regression.item() / cfg.grad_accum
                 loss = loss / cfg.grad_accum
             if not torch.isfinite(loss):
                 bar.close()
@@ -220,6 +223,11 @@ def train_clip(config, data, out_dir, val=None, max_steps=None, progress=True):
                                     f"without saving. Last good checkpoint: {where}")
             loss.backward()
             total += loss.item()
+        if cfg.text_regression and world > 1:
+            # the contrastive loss is over the gathered global batch, the same on every rank;
+            # the regression term is over this rank's images (DDP's gradient mean makes it
+            # the global mean), so the logged loss takes its mean over the ranks too
+            total += all_ranks_sum(pull, world, device) / world - pull
         optimizer.step()
         scheduler.step()
         with torch.no_grad():

@@ -16,8 +16,8 @@ from tqdm import tqdm
 
 from dermvlm.clip.data import BatchOrder
 from dermvlm.errors import DermvlmError
-from dermvlm.training import (TrainingError, distributed, latest_checkpoint, log_metrics,
-                              truncate_metrics, warmup_cosine)
+from dermvlm.training import (TrainingError, all_ranks_sum, distributed, latest_checkpoint,
+                              log_metrics, truncate_metrics, warmup_cosine)
 from dermvlm.vlm.build import apply_lora, build_vlm, load_vlm_folder
 from dermvlm.vlm.data import ConversationDataset, collate, load_conversations
 from dermvlm.vlm.model import target_mask
@@ -51,14 +51,6 @@ def _next_batch(batches, device):
     while batch is None:                    # every item of the micro-batch was unreadable
         batch = next(batches)
     return tuple(t.to(device) for t in batch)
-
-
-def _all_ranks_sum(value, world, device):
-    if world == 1:
-        return value
-    total = torch.tensor(float(value), dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(total)
-    return type(value)(total.item())
 
 
 def _save_checkpoint(out_dir, step, vlm, optimizer, scheduler, keep=2):
@@ -136,14 +128,14 @@ def train_vlm(config, data, out_dir, stage, init=None, max_steps=None, progress=
         # is the sum over this step's targets on every rank / their global count (a per-micro-
         # batch mean would weigh tokens of short batches more, and differ from one big batch).
         counts = [int(target_mask(labels).sum()) for _, _, labels, _ in micro_batches]
-        tokens = _all_ranks_sum(sum(counts), world, device)
+        tokens = all_ranks_sum(sum(counts), world, device)
         loss_sum = 0.0                                      # summed token loss, this rank
         for (ids, mask, labels, pixels), count in zip(micro_batches, counts):
             out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels)
             # every rank learns of a non-finite loss on any rank, so all stop here together
             # (one rank stopping alone would leave the others waiting in the gradient sync)
             finite = bool(torch.isfinite(out.loss))
-            bad_ranks = _all_ranks_sum(int(not finite), world, device)
+            bad_ranks = all_ranks_sum(int(not finite), world, device)
             if bad_ranks:
                 bar.close()
                 value = "non-finite" if finite else out.loss.item()
@@ -154,7 +146,7 @@ def train_vlm(config, data, out_dir, stage, init=None, max_steps=None, progress=
             # out.loss is the micro-batch mean; DDP averages gradients over ranks, hence world
             (out.loss * count * world / max(1, tokens)).backward()
             loss_sum += out.loss.item() * count
-        loss_sum = _all_ranks_sum(loss_sum, world, device) / max(1, tokens)
+        loss_sum = all_ranks_sum(loss_sum, world, device) / max(1, tokens)
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         scheduler.step()
