@@ -88,6 +88,8 @@ class VLMConfig:
     quantize_4bit: bool = False        # QLoRA: load the LM in 4 bit (bitsandbytes)
     gradient_checkpointing: bool = False
     max_length: int = 512              # tokens per conversation (longer: truncated, warned)
+    loss_weighting: str = "token"      # token | sample | square: how much each conversation's
+                                       # answer tokens weigh (see vlm.model.row_weights)
     stage1_steps: int = 300            # projector on captions
     stage2_steps: int = 600            # LoRA + projector on conversations
     lr_stage1: float = 1e-3
@@ -158,6 +160,7 @@ CHOICES = {
     "clip.text_proj": ("mlp", "linear", "none"),
     "clip.precision": ("auto", "fp32", "bf16"),
     "vlm.projector": ("mlp2x_gelu", "linear"),
+    "vlm.loss_weighting": ("token", "sample", "square"),
 }
 # counts and intervals that are divisors or sizes: 0 or less is a mistake, not "never"
 POSITIVE = ("synth.n", "synth.size", "clip.image_size", "clip.steps", "clip.batch_size",

@@ -210,6 +210,34 @@ def test_chunked_target_only_loss_equals_the_hf_loss():
                           atol=1e-5)
 
 
+def test_sample_weighting_counts_every_conversation_the_same():
+    """vlm.loss_weighting: `sample` is the mean of the per-conversation mean losses (a
+    one-token answer weighs as much as a long one), `square` lies between it and `token`."""
+    from dermvlm.vlm.model import chunked_lm_loss, target_weight
+    vlm = _vlm()
+    rows = []
+    for answer in ("A", "The lesion is a single red patch with blurred margins on the arm."):
+        conversation = [CONVERSATION[0], {"from": "gpt", "value": answer}]
+        rows.append(encode_conversation(vlm.tokenizer, to_messages(conversation),
+                                        vlm.num_image_tokens, 256))
+    length = max(len(ids) for ids, _ in rows)
+    ids = torch.tensor([i + [0] * (length - len(i)) for i, _ in rows])
+    labels = torch.tensor([lab + [-100] * (length - len(lab)) for _, lab in rows])
+    pixels = torch.randn(2, 3, 32, 32)
+    per_row = [vlm.lm(inputs_embeds=vlm.embed(ids[k:k + 1], pixels[k:k + 1]),
+                      labels=labels[k:k + 1]).loss for k in range(2)]
+    hidden = vlm.lm.model(inputs_embeds=vlm.embed(ids, pixels))[0]
+    loss = {w: chunked_lm_loss(hidden, labels, vlm.lm.lm_head, chunk=3, weighting=w)
+            for w in ("token", "sample", "square")}
+    assert torch.allclose(loss["sample"], (per_row[0] + per_row[1]) / 2, atol=1e-5)
+    assert min(loss["token"], loss["sample"]) < loss["square"] < max(loss["token"],
+                                                                     loss["sample"])
+    counts = [int((lab[1:] != -100).sum()) for lab in labels]
+    assert target_weight(labels, "token") == sum(counts)
+    assert target_weight(labels, "sample") == pytest.approx(2.0)
+    assert target_weight(labels, "square") == pytest.approx(sum(c ** 0.5 for c in counts))
+
+
 @pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
 def test_image_swap_ablation_asks_about_another_image(synth, monkeypatch):
     from dermvlm.vlm import evaluate
@@ -388,18 +416,21 @@ def test_open_questions_score_the_reply_against_the_shown_images_attributes(synt
     assert other["per_family"]["diagnosis"]["accuracy"] < 1.0
 
 
-def test_gradient_accumulation_matches_one_big_batch(synth, tmp_path):
-    """Every target token weighs the same: 2 micro-batches of 2 train like one batch of 4
-    (a mean per micro-batch would weigh the tokens of the shorter one more)."""
+@pytest.mark.parametrize("weighting", ["token", "sample"])
+def test_gradient_accumulation_matches_one_big_batch(synth, tmp_path, weighting):
+    """Every target token weighs the same (or, `sample`, every conversation): 2 micro-
+    batches of 2 train like one batch of 4 (a mean per micro-batch would weigh the tokens of
+    the shorter one more)."""
     def losses(accum):
         lm, tok, vision = _parts()
         config = get_config("tiny", SMALL + ["vlm.stage1_steps=4", "vlm.ckpt_every=4",
-                                             f"vlm.grad_accum={accum}"])
+                                             f"vlm.grad_accum={accum}",
+                                             f"vlm.loss_weighting={weighting}"])
         train_vlm(config, synth, tmp_path / f"a{accum}", stage=1, progress=False,
                   parts=(lm, tok, vision))
         rows = [json.loads(x) for x in (tmp_path / f"a{accum}" / "metrics.jsonl").read_text()
                 .splitlines()]
-        return [r["loss"] for r in rows], [r["target_tokens"] for r in rows]
+        return [r["loss"] for r in rows], [r["target_weight"] for r in rows]
     (one, one_tokens), (two, two_tokens) = losses(1), losses(2)
     assert one_tokens == two_tokens
     assert two == pytest.approx(one, abs=1e-4)
@@ -426,7 +457,7 @@ def test_ddp_two_cpu_processes_match_one_process(synth, tmp_path):
                                      tmp_path / "two")
     one, two = ([json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text()
                  .splitlines()] for run in ("one", "two"))
-    assert [r["target_tokens"] for r in two] == [r["target_tokens"] for r in one]
+    assert [r["target_weight"] for r in two] == [r["target_weight"] for r in one]
     assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], abs=1e-4)
 
 

@@ -68,8 +68,29 @@ def target_mask(labels):
     return labels[:, 1:] != -100
 
 
-def chunked_lm_loss(hidden, labels, lm_head, chunk=1024):
-    """Mean next-token cross-entropy over positions whose label is not -100.
+def row_weights(labels, weighting="token"):
+    """(B,) weight of each target token of each row (one conversation per row). `token`:
+    1, every token counts the same, so long answers (a 190-token JSON report) outweigh short
+    ones (a letter); `sample`: 1 / the row's target count, every conversation counts the
+    same; `square`: 1 / sqrt(count), between the two (InternVL 2.5's square averaging)."""
+    counts = target_mask(labels).sum(1).float()                                # (B,)
+    if weighting == "token":
+        return torch.ones_like(counts)
+    power = {"sample": 1.0, "square": 0.5}[weighting]
+    return torch.where(counts > 0, counts.clamp_min(1).pow(-power), torch.zeros_like(counts))
+
+
+def target_weight(labels, weighting="token"):
+    """The total weight of a batch's target tokens, the denominator of its weighted mean:
+    their count (an int) for `token`."""
+    if weighting == "token":
+        return int(target_mask(labels).sum())
+    return float((row_weights(labels, weighting) * target_mask(labels).sum(1)).sum())
+
+
+def chunked_lm_loss(hidden, labels, lm_head, chunk=1024, weighting="token"):
+    """Weighted mean next-token cross-entropy over positions whose label is not -100 (each
+    token weighs its row's `row_weights`; `token` is the plain mean).
 
     hidden (B, T, D), labels (B, T). Only target positions go through lm_head, `chunk` rows at
     a time, so memory is O(chunk x vocab) instead of O(B x T x vocab)."""
@@ -77,11 +98,13 @@ def chunked_lm_loss(hidden, labels, lm_head, chunk=1024):
     rows, ys = hidden[:, :-1][keep], labels[:, 1:][keep]                     # (M, D), (M,)
     if ys.numel() == 0:
         return hidden.sum() * 0.0
+    weights = row_weights(labels, weighting)[:, None].expand_as(keep)[keep]    # (M,)
     total = hidden.new_zeros((), dtype=torch.float32)
     for i in range(0, ys.numel(), chunk):
         logits = lm_head(rows[i:i + chunk]).float()                    # (<=chunk, V)
-        total = total + F.cross_entropy(logits, ys[i:i + chunk], reduction="sum")
-    return total / ys.numel()
+        losses = F.cross_entropy(logits, ys[i:i + chunk], reduction="none")
+        total = total + (losses * weights[i:i + chunk]).sum()
+    return total / weights.sum()
 
 
 class DermVLM(torch.nn.Module):
@@ -148,7 +171,8 @@ class DermVLM(torch.nn.Module):
             return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, **kw)
         base = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
         hidden = base.model(inputs_embeds=embeds, attention_mask=attention_mask)[0]  # (B,T,D)
-        loss = chunked_lm_loss(hidden, labels, base.lm_head)
+        loss = chunked_lm_loss(hidden, labels, base.lm_head,
+                               weighting=getattr(self.config, "loss_weighting", "token"))
         if self.config.image_norm_weight and images is not None:
             loss = loss + self.config.image_norm_weight * self.image_norm_penalty(images)
         return LossOutput(loss=loss)

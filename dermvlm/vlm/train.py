@@ -20,7 +20,7 @@ from dermvlm.training import (TrainingError, all_ranks_sum, distributed, latest_
                               log_metrics, truncate_metrics, warmup_cosine)
 from dermvlm.vlm.build import apply_lora, build_vlm, load_vlm_folder
 from dermvlm.vlm.data import ConversationDataset, collate, load_conversations
-from dermvlm.vlm.model import target_mask
+from dermvlm.vlm.model import target_weight
 
 
 def prepare_vlm(config, stage, init=None, device="cpu", parts=None):
@@ -125,9 +125,10 @@ def train_vlm(config, data, out_dir, stage, init=None, max_steps=None, progress=
         optimizer.zero_grad(set_to_none=True)
         micro_batches = [_next_batch(batches, device) for _ in range(cfg.grad_accum)]
         # Each target token weighs the same whatever micro-batch or rank it is in: the loss
-        # is the sum over this step's targets on every rank / their global count (a per-micro-
-        # batch mean would weigh tokens of short batches more, and differ from one big batch).
-        counts = [int(target_mask(labels).sum()) for _, _, labels, _ in micro_batches]
+        # is the (vlm.loss_weighting-weighted) sum over this step's targets on every rank /
+        # their global weight (a per-micro-batch mean would weigh tokens of short batches
+        # more, and differ from one big batch).
+        counts = [target_weight(labels, cfg.loss_weighting) for _, _, labels, _ in micro_batches]
         tokens = all_ranks_sum(sum(counts), world, device)
         loss_sum = 0.0                                      # summed token loss, this rank
         for (ids, mask, labels, pixels), count in zip(micro_batches, counts):
@@ -155,7 +156,7 @@ def train_vlm(config, data, out_dir, stage, init=None, max_steps=None, progress=
         bar.set_postfix(loss=f"{loss_sum:.3f}")
         if rank == 0 and (step % cfg.log_every == 0 or step == end):
             log_metrics(metrics, {"step": step, "stage": stage, "loss": round(loss_sum, 6),
-                                  "lr": scheduler.get_last_lr()[0], "target_tokens": tokens,
+                                  "lr": scheduler.get_last_lr()[0], "target_weight": tokens,
                                   "seconds": round(time.perf_counter() - started, 2)})
         if rank == 0 and (step % cfg.ckpt_every == 0 or step == end):
             last_ckpt = _save_checkpoint(out_dir, step, vlm, optimizer, scheduler)
