@@ -451,7 +451,7 @@ def _stage1_args_with_saved_parts(synth, tmp_path, steps, ckpt_every):
 
 def test_ddp_two_cpu_processes_match_one_process(synth, tmp_path):
     """torchrun, gloo: stage 1 with the global batch split over 2 ranks logs the
-    single-process loss and target-token count at every step."""
+    single-process loss and target weight (token count) at every step."""
     args = _stage1_args_with_saved_parts(synth, tmp_path, steps=3, ckpt_every=3)
     launch.run_one_and_two_processes(["-m", "train.vlm", *args], tmp_path / "one",
                                      tmp_path / "two")

@@ -196,7 +196,7 @@ def train_clip(config, data, out_dir, val=None, max_steps=None, progress=True):
     started = time.perf_counter()
     while step < end_step:
         optimizer.zero_grad(set_to_none=True)
-        total, pull = 0.0, 0.0      # pull: this rank's text-regression part of `total`
+        total, pull = 0.0, 0.0      # pull: this rank's text-regression part (DDP)
         for _ in range(cfg.grad_accum):
             images, captions, _, n_bad = next(batches)
             skipped += n_bad
@@ -214,7 +214,8 @@ def train_clip(config, data, out_dir, val=None, max_steps=None, progress=True):
                 if cfg.text_regression:
                     regression = cfg.text_regression * (1 - (img_f * txt_f).sum(-1)).mean()
                     loss = loss + regression
-                    pull += regression.item() / cfg.grad_accum
+                    if world > 1:       # only DDP's logged loss needs it (a sync per .item())
+                        pull += regression.item() / cfg.grad_accum
                 loss = loss / cfg.grad_accum
             if not torch.isfinite(loss):
                 bar.close()
