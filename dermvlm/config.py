@@ -54,6 +54,8 @@ class ClipConfig:
     text_regression: float = 0.0       # + weight * (1 - cos(image, its text)): the image lands
                                        # on its texts' embedding, not only nearer it than to
                                        # the batch's others (locked text tower only)
+    hard_negatives: int = 0            # + captions with one lesion-type or colour word swapped
+                                       # per pair, each image told from them (NegCLIP)
     text_mode: str = "locked"          # locked | lora | full
     image_mode: str = "train"          # train | locked (e.g. adapt only the text side later)
     text_lora_rank: int = 8
@@ -123,11 +125,12 @@ class Config:
 
 def _tiny():
     return Config(preset="tiny", synth=SynthConfig(n=64, size=96, vqa_per_image=2),
-                  # MiniLM's own space as the joint space, images pulled onto their texts:
-                  # measured best for lesion type (README, "Its CLIP recipe")
+                  # MiniLM's own space as the joint space, images pulled onto their texts
+                  # and told from swapped-word captions: measured best for lesion type
+                  # (README, "Its CLIP recipe")
                   clip=ClipConfig(image_size=96, vit_layers=4, vit_width=192, vit_patch=8,
                                   embed_dim=384, text_proj="none", text_regression=1.0,
-                                  text_sampling="sentences", lr=1e-3,
+                                  hard_negatives=1, text_sampling="sentences", lr=1e-3,
                                   warmup_steps=20, steps=300, batch_size=64, workers=1,
                                   ckpt_every=100, eval_every=100),
                   vlm=VLMConfig(max_length=384, stage1_steps=150, stage2_steps=300,

@@ -8,6 +8,10 @@ options in benchmark questions and of columns in concept tables.
 # Elementary (primary) lesion types, a subset of the SkinCon vocabulary that SynthDerm renders.
 LESION_TYPES = ("macule", "patch", "papule", "plaque", "nodule", "vesicle", "bulla",
                 "pustule", "wheal", "cyst", "comedo")
+LESION_PLURALS = {"patch": "patches", "bulla": "bullae", "macule": "macules",
+                  "papule": "papules", "plaque": "plaques", "nodule": "nodules",
+                  "vesicle": "vesicles", "pustule": "pustules", "wheal": "wheals",
+                  "cyst": "cysts", "comedo": "comedones"}
 RAISED_LESION_TYPES = frozenset({"papule", "plaque", "nodule", "vesicle", "bulla", "pustule",
                                  "wheal", "cyst"})
 COLOURS = ("red", "pink", "brown", "dark brown", "black", "blue-grey", "white", "yellow",

@@ -91,7 +91,8 @@ def test_validation_during_training_equals_eval_zeroshot_on_the_saved_model(pair
 
 
 def test_resume_reproduces_the_uninterrupted_loss_curve(pairs, tmp_path):
-    config = _config("clip.steps=6", "clip.ckpt_every=3")
+    # hard negatives are drawn by step: a resumed run draws the ones it would have
+    config = _config("clip.steps=6", "clip.ckpt_every=3", "clip.hard_negatives=2")
     train_clip(config, pairs, tmp_path / "full", progress=False)
     first = train_clip(config, pairs, tmp_path / "split", max_steps=3, progress=False)
     assert first["steps"] == 3 and "model" not in first
@@ -197,7 +198,8 @@ def test_text_regression_pulls_images_onto_their_texts(pairs, tmp_path):
     a locked text tower."""
     from dermvlm.clip.data import load_records
     records = load_records(pairs)
-    base = ["clip.steps=8"]                   # the tiny preset's head: text_proj=none
+    # the tiny preset's head (text_proj=none), the regression term alone
+    base = ["clip.steps=8", "clip.hard_negatives=0"]
     cosines = {}
     for weight in (0.0, 2.0):
         summary = train_clip(_config(*base, f"clip.text_regression={weight}"), pairs,
@@ -207,6 +209,70 @@ def test_text_regression_pulls_images_onto_their_texts(pairs, tmp_path):
     with pytest.raises(DermvlmError, match="needs clip.text_mode=locked"):
         train_clip(_config(*base, "clip.text_regression=1", "clip.text_mode=lora"), pairs,
                    tmp_path / "lora", progress=False)
+
+
+def test_hard_negative_swaps_one_attribute_word_for_another_of_its_family():
+    from dermvlm.clip.data import hard_negative
+    from dermvlm.vocab import COLOURS, LESION_PLURALS, LESION_TYPES
+    text = "Multiple well-defined red papules on the arm."
+    swaps = {hard_negative(text, key) for key in range(200)}
+    assert hard_negative(text, 7) == hard_negative(text, 7)           # keyed, not random
+    prefix, suffix = "Multiple well-defined ", " on the arm."
+    expected = ({f"{prefix}red {p}{suffix}" for p in LESION_PLURALS.values()} |
+                {f"{prefix}{c} papules{suffix}" for c in COLOURS}) - {text}
+    assert swaps == expected                  # a plural for a plural; never the text itself
+    # a colour the text already names is not a negative; capitals and hyphen words are kept
+    swaps = {hard_negative("Dark brown and brown macule", k) for k in range(1000)}
+    assert len(swaps) == 8 + 8 + 10 and "Dark brown and red macule" in swaps
+    assert not swaps & {"Brown and brown macule", "Dark brown and dark brown macule"}
+    assert {hard_negative("Papule.", k)[:-1] for k in range(100)} == \
+        {t.capitalize() for t in LESION_TYPES} - {"Papule"}
+    assert hard_negative("A jet-black lesion, tinea-like.", 0) is None
+    assert hard_negative("", 0) is None
+
+
+def test_negative_loss_is_the_cross_entropy_over_own_and_swapped_texts():
+    from dermvlm.clip.train import negative_loss
+    torch.manual_seed(0)
+    image, text, negatives = (torch.nn.functional.normalize(torch.randn(*s), dim=-1)
+                              for s in ((3, 4), (3, 4), (6, 4)))
+    has = torch.tensor([[True, True], [True, False], [False, False]])
+    scale = torch.tensor(10.0, requires_grad=True)
+    loss = negative_loss(image, text, negatives, has, scale)
+    rows = [[text[0], negatives[0], negatives[1]], [text[1], negatives[2]], [text[2]]]
+    reference = sum(-torch.log_softmax(10 * image[i] @ torch.stack(r).T, 0)[0]
+                    for i, r in enumerate(rows)) / 3
+    assert loss.item() == pytest.approx(reference.item(), abs=1e-6)
+    loss.backward()                            # masked entries give no nan to the scale
+    assert torch.isfinite(scale.grad)
+
+
+def test_hard_negatives_teach_images_their_own_attribute_words(pairs, tmp_path):
+    """With the same seed and steps, clip.hard_negatives=2 leaves more images nearer their
+    own caption than that caption with one lesion-type or colour word swapped."""
+    from dermvlm.clip.data import hard_negative, load_records
+    records = load_records(pairs)
+    wins = {}
+    for k in (0, 2):
+        summary = train_clip(_config("clip.steps=8", f"clip.hard_negatives={k}"), pairs,
+                             tmp_path / str(k), progress=False)
+        wins[k] = _own_over_swapped(summary["model"], records, hard_negative)
+    assert wins[2] > wins[0] + 0.1, wins
+
+
+def _own_over_swapped(model_dir, records, swap):
+    """Fraction of (image, swap) pairs where the image is nearer its own first caption."""
+    from dermvlm.clip.evaluate import encode_records
+    from dermvlm.zeroshot import ZeroShot
+    model, model_cfg, tokenizer = load_model(f"local-dir:{model_dir}")
+    zs = ZeroShot(model, tokenizer)
+    features, kept, _ = encode_records(zs, records, model_cfg["vision_cfg"]["image_size"])
+    own = zs.encode_texts([r.captions[0] for r in kept])
+    wins = []
+    for key in range(5):
+        swapped = zs.encode_texts([swap(r.captions[0], key) for r in kept])
+        wins += ((features * own).sum(-1) > (features * swapped).sum(-1)).tolist()
+    return sum(wins) / len(wins)
 
 
 def test_phrase_sampling_keeps_words_of_one_sentence_in_order(pairs):

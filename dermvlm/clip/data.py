@@ -19,7 +19,7 @@ from torchvision import transforms as T
 from dermvlm.clip.model import MEAN, STD
 from dermvlm.data.records import read_manifest
 from dermvlm.errors import DataError
-from dermvlm.vocab import fitzpatrick_group
+from dermvlm.vocab import COLOURS, LESION_PLURALS, LESION_TYPES, fitzpatrick_group
 
 
 def load_records(spec):
@@ -68,7 +68,7 @@ def eval_transform(image_size):
                       T.CenterCrop(image_size), T.ToTensor(), T.Normalize(MEAN, STD)])
 
 
-def _seed(*parts):
+def sample_key(*parts):
     return zlib.crc32(repr(parts).encode())
 
 
@@ -89,6 +89,31 @@ def drop_words(sentence, key, keep=0.5):
     kept = [w for w, k in zip(words, rng.random(len(words)) < keep) if k]
     kept = kept or [words[int(rng.integers(len(words)))]]
     return " ".join(kept) + "."
+
+
+# Words a hard negative may swap, each for another of its family (a plural for a plural).
+SWAP_FAMILIES = (LESION_TYPES, tuple(LESION_PLURALS.values()), COLOURS)
+_SWAP_FAMILY = {term: family for family in SWAP_FAMILIES for term in family}
+_SWAP_PATTERN = re.compile(r"(?<![\w-])(" + "|".join(
+    re.escape(t) for t in sorted(_SWAP_FAMILY, key=len, reverse=True)) + r")(?![\w-])", re.I)
+
+
+def hard_negative(text, key):
+    """`text` with one lesion-type or colour word swapped for another of its family that the
+    text does not name ("a red papule" -> "a red pustule"), chosen by the integer `key`; None
+    when it names none. The NegCLIP recipe (Yuksekgonul et al. 2023): a caption that differs
+    from the truth in one attribute word makes the image side attend to that attribute."""
+    found = list(_SWAP_PATTERN.finditer(text))
+    if not found:
+        return None
+    rng = np.random.default_rng(key)
+    match = found[int(rng.integers(len(found)))]
+    word = match.group(0)
+    named = {m.group(0).lower() for m in found}
+    others = [t for t in _SWAP_FAMILY[word.lower()] if t not in named]
+    new = others[int(rng.integers(len(others)))]
+    new = new[0].upper() + new[1:] if word[0].isupper() else new
+    return text[:match.start()] + new + text[match.end():]
 
 
 def pick_text(captions, key, sampling="captions"):
@@ -135,9 +160,9 @@ class PairsDataset(torch.utils.data.Dataset):
             print(f"warning: skipping unreadable image {record.image} ({record.row_id})",
                   file=sys.stderr)
             return None
-        torch.manual_seed(_seed(self.seed, epoch, index))      # augmentation for this sample
+        torch.manual_seed(sample_key(self.seed, epoch, index))  # augmentation for this sample
         caption = pick_text(record.captions or [record.label or ""],
-                            _seed(self.seed, epoch, index, "caption"), self.sampling)
+                            sample_key(self.seed, epoch, index, "caption"), self.sampling)
         return self.transform(image), caption, index
 
 
@@ -209,7 +234,7 @@ class ShardPairs(torch.utils.data.IterableDataset):
             image, caption, record = decode_sample(group)
         except (OSError, UnidentifiedImageError, DataError):
             return None
-        torch.manual_seed(_seed(self.seed, epoch, position))
+        torch.manual_seed(sample_key(self.seed, epoch, position))
         caption = pick_text(record.captions or [caption],
-                            _seed(self.seed, epoch, position, "caption"), self.sampling)
+                            sample_key(self.seed, epoch, position, "caption"), self.sampling)
         return self.transform(image), caption, position

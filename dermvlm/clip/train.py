@@ -19,7 +19,8 @@ from open_clip.loss import ClipLoss, SigLipLoss
 from tqdm import tqdm
 
 from dermvlm.clip.data import (BatchOrder, PairsDataset, ShardPairs, collate_pairs,
-                               eval_transform, load_records, train_transform)
+                               eval_transform, hard_negative, load_records, sample_key,
+                               train_transform)
 from dermvlm.clip.model import build_model, save_model
 from dermvlm.config import check_choice
 from dermvlm.errors import DermvlmError
@@ -29,7 +30,8 @@ from dermvlm.zeroshot import trim_padding
 
 
 class ClipTrainModule(torch.nn.Module):
-    """The forward DDP wraps: images + (tokens or cached pooled text) -> normalised features."""
+    """The forward DDP wraps: images (B, ...) + texts (T: B captions, then any hard
+    negatives) as tokens or cached pooled text -> normalised features (B, D), (T, D)."""
 
     def __init__(self, model):
         super().__init__()
@@ -40,7 +42,7 @@ class ClipTrainModule(torch.nn.Module):
         if pooled_text is not None:                                         # locked HF tower
             text_features = F.normalize(self.model.text.proj(pooled_text), dim=-1)
         else:
-            text_features = self.model.encode_text(tokens, normalize=True)  # (B, D)
+            text_features = self.model.encode_text(tokens, normalize=True)  # (T, D)
         return image_features, text_features
 
 
@@ -62,6 +64,34 @@ class TextCache:
             pooled = text.pooler(text.transformer(input_ids=tokens, attention_mask=mask), mask)
             self.store.update(zip(missing, pooled.float()))
         return torch.stack([self.store[c] for c in captions])
+
+
+def _hard_negatives(captions, indices, cfg, step):
+    """(B * K texts, (B, K) bool): K swapped captions per caption, image-major; a caption
+    with no word to swap stands in for itself and is masked out. Keyed by step and sample
+    index, so a resumed run, or one on another number of ranks, draws the same ones."""
+    k = cfg.hard_negatives
+    texts, mask = [], torch.zeros(len(captions), k, dtype=torch.bool)
+    for i, (caption, index) in enumerate(zip(captions, indices)):
+        for j in range(k):
+            swapped = hard_negative(caption, sample_key(cfg.seed, step, index, j))
+            texts.append(swapped or caption)
+            mask[i, j] = swapped is not None
+    return texts, mask
+
+
+def negative_loss(image_features, text_features, negative_features, has_negative, scale):
+    """Mean over images of the cross-entropy of each image's own text against its K swapped
+    ones: (B, D), (B, D), (B * K, D), (B, K) bool. An image with no swapped text adds 0."""
+    b, k = has_negative.shape
+    positive = (image_features * text_features).sum(-1, keepdim=True)            # (B, 1)
+    negative = torch.einsum("bd,bkd->bk", image_features,
+                            negative_features.view(b, k, -1))                     # (B, K)
+    logits = scale * torch.cat([positive, negative], dim=1)                         # (B, 1+K)
+    # masked after scaling: d(loss)/d(scale) would meet 0 * -inf = nan
+    keep = torch.cat([torch.ones_like(has_negative[:, :1]), has_negative], dim=1)
+    logits = logits.masked_fill(~keep.to(logits.device), float("-inf"))
+    return F.cross_entropy(logits, torch.zeros(b, dtype=torch.long, device=logits.device))
 
 
 def _optimizer(model, cfg):
@@ -196,26 +226,34 @@ def train_clip(config, data, out_dir, val=None, max_steps=None, progress=True):
     started = time.perf_counter()
     while step < end_step:
         optimizer.zero_grad(set_to_none=True)
-        total, pull = 0.0, 0.0      # pull: this rank's text-regression part (DDP)
+        total, local = 0.0, 0.0     # local: this rank's per-image terms (DDP logging)
         for _ in range(cfg.grad_accum):
-            images, captions, _, n_bad = next(batches)
+            images, captions, indices, n_bad = next(batches)
             skipped += n_bad
             images = images.to(device, non_blocking=True)
+            n = len(captions)
+            negatives, has_negative = _hard_negatives(captions, indices, cfg, step)
+            texts = captions + negatives
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 if text_cache is not None:
-                    img_f, txt_f = train_module(images, pooled_text=text_cache(captions))
+                    img_f, txt_f = train_module(images, pooled_text=text_cache(texts))
                 else:
-                    tokens = trim_padding(model, tokenizer(captions)).to(device)
+                    tokens = trim_padding(model, tokenizer(texts)).to(device)
                     img_f, txt_f = train_module(images, tokens=tokens)
+                txt_f, neg_f = txt_f[:n], txt_f[n:]           # (B, D), (B * K, D)
                 scale = model.logit_scale.exp()
                 bias = getattr(model, "logit_bias", None)
                 loss = (loss_fn(img_f, txt_f, scale, bias) if siglip
                         else loss_fn(img_f, txt_f, scale))
+                per_image = 0.0
                 if cfg.text_regression:
-                    regression = cfg.text_regression * (1 - (img_f * txt_f).sum(-1)).mean()
-                    loss = loss + regression
-                    if world > 1:       # only DDP's logged loss needs it (a sync per .item())
-                        pull += regression.item() / cfg.grad_accum
+                    per_image = cfg.text_regression * (1 - (img_f * txt_f).sum(-1)).mean()
+                if cfg.hard_negatives:
+                    per_image = per_image + negative_loss(img_f, txt_f, neg_f, has_negative,
+                                                          scale)
+                loss = loss + per_image
+                if world > 1 and torch.is_tensor(per_image):   # a sync per .item(): DDP only
+                    local += per_image.item() / cfg.grad_accum
                 loss = loss / cfg.grad_accum
             if not torch.isfinite(loss):
                 bar.close()
@@ -224,11 +262,11 @@ def train_clip(config, data, out_dir, val=None, max_steps=None, progress=True):
                                     f"without saving. Last good checkpoint: {where}")
             loss.backward()
             total += loss.item()
-        if cfg.text_regression and world > 1:
+        if (cfg.text_regression or cfg.hard_negatives) and world > 1:
             # the contrastive loss is over the gathered global batch, the same on every rank;
-            # the regression term is over this rank's images (DDP's gradient mean makes it
-            # the global mean), so the logged loss takes its mean over the ranks too
-            total += all_ranks_sum(pull, world, device) / world - pull
+            # the per-image terms are over this rank's images (DDP's gradient mean makes them
+            # the global mean), so the logged loss takes their mean over the ranks too
+            total += all_ranks_sum(local, world, device) / world - local
         optimizer.step()
         scheduler.step()
         with torch.no_grad():

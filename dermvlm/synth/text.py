@@ -19,9 +19,7 @@ COLOUR_WORDS = {
     "white": ("white", "depigmented", "porcelain-white"), "yellow": ("yellow", "yellowish"),
     "purple": ("purple", "violaceous"), "skin-coloured": ("skin-coloured", "flesh-coloured"),
 }
-PLURALS = {"patch": "patches", "bulla": "bullae", "macule": "macules", "papule": "papules",
-           "plaque": "plaques", "nodule": "nodules", "vesicle": "vesicles",
-           "pustule": "pustules", "wheal": "wheals", "cyst": "cysts", "comedo": "comedones"}
+PLURALS = vocab.LESION_PLURALS
 SURFACE_WORDS = {"smooth": ("smooth", "with a smooth surface"),
                  "scaly": ("scaly", "with overlying scale", "covered in silvery scale"),
                  "verrucous": ("verrucous", "warty", "papillomatous")}
