@@ -28,9 +28,11 @@ DEFAULT_DIR = Path(__file__).parent / "default"
 TRAIN_DATA = {"n": 16000, "seed": 0, "size": 96}
 TEST_DATA = {"n": 500, "seed": 1, "size": 96}
 # text_proj=none: the joint space is MiniLM's own (a learned head lost lesion-type words);
-# text_regression: images land on their captions' embeddings, where the lesion words are.
+# text_regression: images land on their captions' embeddings, where the lesion words are;
+# hard_negatives: each image also told from its caption with a lesion or colour word swapped.
 OVERRIDES = ("clip.vit_patch=8", "clip.text_sampling=sentences", "clip.text_proj=none",
-             "clip.embed_dim=384", "clip.text_regression=1", "clip.steps=2000",
+             "clip.embed_dim=384", "clip.text_regression=1", "clip.hard_negatives=1",
+             "clip.steps=2000",
              "clip.eval_every=500", "clip.ckpt_every=500",
              "vlm.token_pool=2", "vlm.batch_size=4", "vlm.stage1_steps=1000",
              "vlm.stage2_steps=400", "vlm.ckpt_every=40", "vlm.warmup_steps=10",
