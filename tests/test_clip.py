@@ -258,6 +258,8 @@ def test_hard_negatives_teach_images_their_own_attribute_words(pairs, tmp_path):
                              tmp_path / str(k), progress=False)
         wins[k] = _own_over_swapped(summary["model"], records, hard_negative)
     assert wins[2] > wins[0] + 0.1, wins
+    with pytest.raises(DermvlmError, match="clip.hard_negatives must be 0"):
+        train_clip(_config("clip.hard_negatives=-1"), pairs, tmp_path / "bad", progress=False)
 
 
 def _own_over_swapped(model_dir, records, swap):

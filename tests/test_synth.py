@@ -142,7 +142,8 @@ def test_captions_read_as_sentences():
     """Prepositional border words follow the noun ('a single red patch with blurred margins',
     not 'a single with blurred margins red patch') and no full stop is left hanging."""
     import re
-    from dermvlm.synth.text import COUNT_WORDS, PLURALS, caption
+    from dermvlm.synth.text import COUNT_WORDS, caption
+    from dermvlm.vocab import LESION_PLURALS as PLURALS
     counts = "|".join(w for words in COUNT_WORDS.values() for w in words)
     seen_border_phrase = 0
     for index in range(400):

@@ -107,6 +107,9 @@ def _optimizer(model, cfg):
 def _apply_text_mode(model, cfg):
     check_choice("clip.image_mode", cfg.image_mode)
     check_choice("clip.text_mode", cfg.text_mode)
+    if cfg.hard_negatives < 0:
+        raise DermvlmError(f"clip.hard_negatives must be 0 (off) or more swapped captions "
+                           f"per pair, got {cfg.hard_negatives}")
     if cfg.text_regression and cfg.text_mode != "locked":
         # a trainable text side could meet the images by giving up its own space
         raise DermvlmError(f"clip.text_regression={cfg.text_regression} needs "

@@ -19,7 +19,6 @@ COLOUR_WORDS = {
     "white": ("white", "depigmented", "porcelain-white"), "yellow": ("yellow", "yellowish"),
     "purple": ("purple", "violaceous"), "skin-coloured": ("skin-coloured", "flesh-coloured"),
 }
-PLURALS = vocab.LESION_PLURALS
 SURFACE_WORDS = {"smooth": ("smooth", "with a smooth surface"),
                  "scaly": ("scaly", "with overlying scale", "covered in silvery scale"),
                  "verrucous": ("verrucous", "warty", "papillomatous")}
@@ -45,7 +44,7 @@ def _pick(rng, options):
 def lesion_phrase(attrs, rng):
     """'multiple well-defined erythematous scaly plaques' with random synonyms and omissions."""
     plural = attrs.count != "single"
-    noun = PLURALS[attrs.lesion_type] if plural else attrs.lesion_type
+    noun = vocab.LESION_PLURALS[attrs.lesion_type] if plural else attrs.lesion_type
     colours = " and ".join(_pick(rng, COLOUR_WORDS[c]) for c in attrs.colours)
     parts = [_pick(rng, COUNT_WORDS[attrs.count])]
     border = _pick(rng, BORDER_WORDS[attrs.border_definition]) if rng.random() < 0.7 else ""
