@@ -82,6 +82,8 @@ class VLMConfig:
     lm: str = "smollm2"                # HF causal LM folder or hub name; "smollm2" = the wheel
     projector: str = "mlp2x_gelu"      # mlp2x_gelu | linear
     token_pool: int = 1                # average-pool image tokens f x f (1 = keep all)
+    class_token: bool = True           # also pass the tower's class token (the one CLIP
+                                       # aligned with text) as the first image token
     image_norm_weight: float = 0.0     # pull image-token norms to the LM's embedding norm
     lora_rank: int = 8
     lora_alpha: int = 16

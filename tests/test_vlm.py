@@ -38,9 +38,10 @@ def _parts(seed=0):
     return tiny_lm(tok, seed), tok, tiny_vision(seed)
 
 
-def _vlm(seed=0):
+def _vlm(seed=0, overrides=()):
     lm, tok, vision = _parts(seed)
-    return build_vlm(get_config("tiny", SMALL).vlm, lm=lm, tokenizer=tok, vision=vision)
+    return build_vlm(get_config("tiny", SMALL + list(overrides)).vlm, lm=lm, tokenizer=tok,
+                     vision=vision)
 
 
 CONVERSATION = [{"from": "human", "value": "<image>\nDescribe the image."},
@@ -48,16 +49,22 @@ CONVERSATION = [{"from": "human", "value": "<image>\nDescribe the image."},
                 {"from": "human", "value": "Diagnosis?"}, {"from": "gpt", "value": "Psoriasis."}]
 
 
-def test_image_positions_get_the_projected_embeddings():
-    vlm = _vlm()
+@pytest.mark.parametrize("class_token", [True, False])
+def test_image_positions_get_the_projected_embeddings(class_token):
+    vlm = _vlm(overrides=[f"vlm.class_token={str(class_token).lower()}"])
     ids, _ = encode_conversation(vlm.tokenizer, to_messages(CONVERSATION),
                                  vlm.num_image_tokens, 256)
     ids = torch.tensor([ids])
     pixels = torch.randn(1, 3, 32, 32)
     embeds = vlm.embed(ids, pixels)
     mask = ids[0] == vlm.image_token_id
-    assert int(mask.sum()) == vlm.num_image_tokens == 16
+    assert int(mask.sum()) == vlm.num_image_tokens == 16 + class_token   # 4 x 4 patches
     assert torch.equal(embeds[0, mask], vlm.image_embeddings(pixels)[0])
+    visual = vlm.vision.visual          # the first image token is the projected class token
+    with torch.no_grad():
+        cls = visual.transformer(visual._embeds(pixels))[:, 0]
+        first = vlm.projector(cls)[0]
+    assert torch.allclose(embeds[0, mask][0], first, atol=1e-6) == class_token
     text = vlm.lm.get_input_embeddings()(ids)[0, ~mask]
     assert torch.equal(embeds[0, ~mask], text)
 
@@ -174,12 +181,14 @@ def test_over_long_prompts_warn_and_drop_history(synth):
     assert IMAGE_TOKEN == "<image>"
 
 
-def test_merge_export_gives_a_llava_checkpoint_with_equal_logits(tmp_path):
+@pytest.mark.parametrize("class_token", [True, False])
+def test_merge_export_gives_a_llava_checkpoint_with_equal_logits(tmp_path, class_token):
+    from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from dermvlm.vlm.build import apply_lora
     from dermvlm.vlm.export import export_llava, logits_match
-    vlm = _vlm()
+    vlm = _vlm(overrides=[f"vlm.class_token={str(class_token).lower()}"])
     vlm.lm = apply_lora(vlm.lm, get_config("tiny", SMALL).vlm)
     torch.manual_seed(1)
     for name, p in vlm.lm.named_parameters():
@@ -189,7 +198,11 @@ def test_merge_export_gives_a_llava_checkpoint_with_equal_logits(tmp_path):
     export_llava(vlm, tmp_path / "llava")
     llava = AutoModelForImageTextToText.from_pretrained(tmp_path / "llava").eval()
     assert type(llava).__name__ == "LlavaForConditionalGeneration"
-    assert type(AutoProcessor.from_pretrained(tmp_path / "llava")).__name__ == "LlavaProcessor"
+    processor = AutoProcessor.from_pretrained(tmp_path / "llava")
+    assert type(processor).__name__ == "LlavaProcessor"
+    inputs = processor(images=Image.new("RGB", (40, 40)), text=f"{IMAGE_TOKEN}\nHi",
+                       return_tensors="pt")                 # expands <image> as we do
+    assert int((inputs["input_ids"] == vlm.image_token_id).sum()) == vlm.num_image_tokens
     ids, _ = encode_conversation(vlm.tokenizer, to_messages(CONVERSATION),
                                  vlm.num_image_tokens, 256)
     assert logits_match(vlm, llava, torch.tensor([ids]), torch.randn(1, 3, 32, 32)) < 1e-4

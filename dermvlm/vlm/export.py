@@ -4,7 +4,8 @@ The result loads with `AutoModelForImageTextToText.from_pretrained(out)` and no 
 (so vLLM or TGI can serve it): the open_clip ViT becomes a CLIPVisionModel, the projector the
 LLaVA projector, the LoRA adapter is merged into the LM. Possible when the tower is an open_clip
 ViT (no attention pooling), the projector is mlp2x_gelu and image tokens are not pooled —
-DermVLM's features are exactly LLaVA's vision_feature_layer=-1 / "default" selection.
+DermVLM's features are exactly LLaVA's vision_feature_layer=-1 with the "full" selection
+(class token first; vlm.class_token) or the "default" one (patch tokens alone).
 """
 from pathlib import Path
 
@@ -81,11 +82,12 @@ def export_llava(vlm, out_dir):
     _check_exportable(vlm)
     visual = vlm.vision.visual
     lm = merged_lm(vlm)
+    select = feature_selection(vlm)
     config = LlavaConfig(
         vision_config=clip_vision_config(visual, vlm.vision_cfg["vision_cfg"]).to_dict(),
         text_config=lm.config.to_dict(), image_token_index=vlm.image_token_id,
         image_seq_length=vlm.num_image_tokens, projector_hidden_act="gelu",
-        vision_feature_select_strategy="default", vision_feature_layer=-1,
+        vision_feature_select_strategy=select, vision_feature_layer=-1,
         multimodal_projector_bias=True, tie_word_embeddings=lm.config.tie_word_embeddings)
     llava = LlavaForConditionalGeneration(config).eval()
     inner = llava.model
@@ -105,6 +107,11 @@ def export_llava(vlm, out_dir):
     return out_dir
 
 
+def feature_selection(vlm):
+    """LLaVA's name for the image tokens the VLM passes: "full" keeps the class token."""
+    return "full" if vlm.config.class_token else "default"
+
+
 def _save_processor(vlm, out_dir):
     """A LlavaProcessor, so `AutoProcessor.from_pretrained(out)` prepares inputs too."""
     from transformers import CLIPImageProcessor, LlavaProcessor
@@ -115,7 +122,7 @@ def _save_processor(vlm, out_dir):
                                          image_mean=list(MEAN), image_std=list(STD))
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=vlm.tokenizer,
                                patch_size=vlm.vision.visual.patch_size[0],
-                               vision_feature_select_strategy="default",
+                               vision_feature_select_strategy=feature_selection(vlm),
                                num_additional_image_tokens=1)
     processor.save_pretrained(out_dir)
 
