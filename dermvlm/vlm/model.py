@@ -9,8 +9,9 @@
 
 Why the class token: with CLS pooling, CLIP's loss reads only the class token of the last
 layer, so that layer's patch outputs are never trained directly. On the default's tower a
-linear probe on the class token reads lesion type at 86.6 % and diagnosis at 67.2 % (held-out
-SynthDerm); on the 4x4-pooled patch tokens, 77.8 % and 56.2 %.
+linear probe (3,000 training images, 500 held out) on the class token as passed (before
+ln_post) reads lesion type at 86.2 % and diagnosis at 68.0 %; on the 4x4-pooled patch tokens,
+77.8 % and 56.2 %.
 
 A saved VLM folder holds dermvlm_vlm.json (config + references to the bases), vision and
 projector safetensors, the tokenizer (with <image> added) and the LoRA adapter; the base LM is
