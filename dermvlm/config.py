@@ -30,6 +30,8 @@ class SynthConfig:
     conditions: tuple = ()             # restrict to these condition names; () = all
     jpeg_quality: int = 90             # JPEG quality of written images
     vqa_per_image: int = 3             # LLaVA conversations per image
+    letter_answers: str = "letter"     # lettered questions answered "D" (or "D. plaque") |
+                                       # option_first: "Plaque (D)." (see README, the VLM)
     workers: int = 1                   # processes used to render
 
 
@@ -158,6 +160,7 @@ PRESETS = {"tiny": _tiny, "default": _default, "base": _base}
 CHOICES = {
     "synth.split": ("train", "val", "test"),
     "synth.holdout": ("none", "compositional"),
+    "synth.letter_answers": ("letter", "option_first"),
     "clip.loss": ("clip", "siglip"),
     "clip.text_mode": ("locked", "lora", "full"),
     "clip.image_mode": ("train", "locked"),

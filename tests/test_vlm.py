@@ -515,3 +515,23 @@ def test_eval_vqa_names_a_missing_data_file_before_loading_the_model(tmp_path, c
                         "by `dermvlm synth`") and len(err.splitlines()) == 1
     assert eval_vqa(args + ["--limit", "0"]) == 2
     assert "attributes.jsonl: not found" in capsys.readouterr().err
+
+
+def test_option_first_answers_name_the_option_then_its_letter(tmp_path):
+    from dermvlm.vlm.evaluate import OPTION, choice_items
+    overrides = ["synth.n=12", "synth.size=32", "synth.seed=5"]
+    generate(get_config("tiny", overrides).synth, tmp_path / "letter", progress=False)
+    generate(get_config("tiny", overrides + ["synth.letter_answers=option_first"]).synth,
+             tmp_path / "first", progress=False)
+    plain, first = choice_items(tmp_path / "letter"), choice_items(tmp_path / "first")
+    assert len(first) == len(plain) > 0
+    records = {r["id"]: r for r in json.loads((tmp_path / "first/vqa_llava.json").read_text())}
+    for (_, question, letter, family), (_, question2, letter2, family2) in zip(plain, first):
+        assert (letter, family) == (letter2, family2)        # same draws, same truth
+        assert question2 == question.replace("Answer with the option's letter.",
+                                             "Answer with the option and its letter.")
+    for record in records.values():
+        question, reply = (t["value"] for t in record["conversations"][:2])
+        if "its letter" in question:
+            letter = reply[-3]
+            assert reply == f"{dict(OPTION.findall(question))[letter].capitalize()} ({letter})."

@@ -171,7 +171,8 @@ _OPEN_QA = (
 )
 
 
-def vqa_conversations(attrs, image_rel, rng, n_conversations, report_json):
+def vqa_conversations(attrs, image_rel, rng, n_conversations, report_json,
+                      letter_answers="letter"):
     """LLaVA-format records: open multi-turn Q&A, a lettered multiple-choice question, a report."""
     records = []
     for k in range(n_conversations):
@@ -182,7 +183,7 @@ def vqa_conversations(attrs, image_rel, rng, n_conversations, report_json):
                 questions, answer = _OPEN_QA[qi]
                 turns += [_pick(rng, questions), answer(attrs, rng)]
         elif kind == "choice":
-            turns += list(_multiple_choice(attrs, rng))
+            turns += list(_multiple_choice(attrs, rng, letter_answers))
         else:
             turns += [_pick(rng, ("Describe this lesion as a structured JSON report.",
                                   "Write the structured lesion report for this image.")),
@@ -197,7 +198,14 @@ def vqa_conversations(attrs, image_rel, rng, n_conversations, report_json):
     return records
 
 
-def _multiple_choice(attrs, rng):
+LETTER_INSTRUCTION = {"letter": "Answer with the option's letter.",
+                      "option_first": "Answer with the option and its letter."}
+
+
+def _multiple_choice(attrs, rng, letter_answers="letter"):
+    """(question with lettered options, answer). `option_first` answers "Plaque (D).": the
+    option is read off the image first, then its letter copied, which SmolLM2-135M learns
+    (held-out letters 73.0 vs 28.5 % for "D" alone, same stage 2)."""
     family = _pick(rng, ("diagnosis", "lesion_type", "colour", "malignancy"))
     truth, pool = {
         "diagnosis": (attrs.condition, [c.name for c in CONDITIONS]),
@@ -212,12 +220,15 @@ def _multiple_choice(attrs, rng):
                 "lesion is shown?", "colour": "What is the main colour of the lesion?",
                 "malignancy": "Is the lesion benign, premalignant or malignant?"}[family]
     lines = [question] + [f"{letters[i]}. {o}" for i, o in enumerate(options)]
-    lines.append("Answer with the option's letter.")
+    lines.append(LETTER_INSTRUCTION[letter_answers])
     answer = letters[options.index(truth)]
-    return "\n".join(lines), _pick(rng, (f"{answer}", f"{answer}. {truth}"))
+    reply = _pick(rng, (f"{answer}", f"{answer}. {truth}"))   # drawn either way: same stream
+    if letter_answers == "option_first":
+        reply = f"{truth.capitalize()} ({answer})."
+    return "\n".join(lines), reply
 
 
-def texts_for(attrs, image_rel, vqa_per_image):
+def texts_for(attrs, image_rel, vqa_per_image, letter_answers="letter"):
     """Every text output of one image, from a generator seeded by the image alone."""
     from dermvlm.synth.sample import sample_seed  # local: sample imports nothing from here
     rng = np.random.default_rng(sample_seed(attrs.seed, attrs.index) ^ 0x7E47)
@@ -232,5 +243,6 @@ def texts_for(attrs, image_rel, vqa_per_image):
         "differential": diff,
         "report": report,
         "answers": benchmark_answers(attrs, diff, description),
-        "vqa": vqa_conversations(attrs, image_rel, rng, vqa_per_image, report_json),
+        "vqa": vqa_conversations(attrs, image_rel, rng, vqa_per_image, report_json,
+                                 letter_answers),
     }

@@ -20,6 +20,7 @@ FAMILIES = {"Which diagnosis fits best?": "diagnosis", "Which primary lesion is 
             "Is the lesion benign, premalignant or malignant?": "malignancy"}
 LETTER = re.compile(r"\b([A-D])\b")
 OPTION = re.compile(r"^([A-D])\. (.+)$", re.MULTILINE)
+OPTION_FIRST = re.compile(r"\(([A-D])\)\.?$")             # "Plaque (D).": synth.letter_answers
 
 
 def require_files(folder, *names):
@@ -39,7 +40,8 @@ def choice_items(folder, limit=None):
         question = record["conversations"][0]["value"].replace("<image>\n", "")
         family = FAMILIES.get(question.split("\n")[0])
         if family:
-            answer = record["conversations"][1]["value"].strip()[0]
+            reply = record["conversations"][1]["value"].strip()
+            answer = (OPTION_FIRST.search(reply) or LETTER.match(reply)).group(1)
             items.append((str(folder / record["image"]), question, answer, family))
     return items[:limit]
 
@@ -56,7 +58,8 @@ def closed_accuracy(vlm, folder, limit=200, progress=True, image_shift=0):
                                                                disable=not progress)):
         if image_shift:
             image = _other_image(images, k, image_shift)
-        reply = generate(vlm, image, [{"role": "user", "content": question}], max_new_tokens=6)
+        reply = generate(vlm, image, [{"role": "user", "content": question}],
+                         max_new_tokens=16)        # room for "Seborrhoeic keratosis (B)."
         match = LETTER.search(reply)
         unparsed += match is None
         hits[family].append(bool(match) and match.group(1) == answer)
