@@ -535,3 +535,14 @@ def test_option_first_answers_name_the_option_then_its_letter(tmp_path):
         if "its letter" in question:
             letter = reply[-3]
             assert reply == f"{dict(OPTION.findall(question))[letter].capitalize()} ({letter})."
+
+
+def test_a_lettered_answer_without_a_letter_is_named(tmp_path):
+    from dermvlm.vlm.evaluate import choice_items
+    record = {"id": "x_c1", "image": "images/x.jpg", "conversations": [
+        {"from": "human", "value": "<image>\nWhich primary lesion is shown?\nA. papule\n"
+                                   "B. plaque\nAnswer with the option's letter."},
+        {"from": "gpt", "value": "Plaque"}]}
+    (tmp_path / "vqa_llava.json").write_text(json.dumps([record]))
+    with pytest.raises(DermvlmError, match=r"record 'x_c1' answers .*'Plaque'"):
+        choice_items(tmp_path)

@@ -41,7 +41,12 @@ def choice_items(folder, limit=None):
         family = FAMILIES.get(question.split("\n")[0])
         if family:
             reply = record["conversations"][1]["value"].strip()
-            answer = (OPTION_FIRST.search(reply) or LETTER.match(reply)).group(1)
+            match = OPTION_FIRST.search(reply) or LETTER.match(reply)
+            if match is None:
+                raise DermvlmError(f"{folder / 'vqa_llava.json'}: record {record.get('id')!r} "
+                                   f"answers a lettered question with {reply[:40]!r}; "
+                                   "expected 'D', 'D. plaque' or 'Plaque (D).'")
+            answer = match.group(1)
             items.append((str(folder / record["image"]), question, answer, family))
     return items[:limit]
 
