@@ -156,6 +156,34 @@ def test_report_always_validates_even_from_an_untrained_model(synth):
     assert repaired   # a random model's text is not a valid report: fields were chosen
 
 
+@pytest.mark.parametrize("differential, given, expected", [
+    # melanoma ranked first: a "low, monitor" report is raised to high concern and biopsy
+    ([("melanoma", 0.6), ("melanocytic nevus", 0.2)],
+     ("low", "reassurance and routine monitoring"), ("high", "urgent referral for biopsy")),
+    # ranked second but likely enough (>= FLOOR_LIKELIHOOD) to set the floor too
+    ([("melanocytic nevus", 0.5), ("melanoma", 0.3)],
+     ("low", "reassurance and routine monitoring"), ("high", "urgent referral for biopsy")),
+    # an unlikely melanoma in third place does not; a premalignant top sets a moderate floor
+    ([("actinic keratosis", 0.6), ("psoriasis", 0.2), ("melanoma", 0.1)],
+     ("low", "reassurance and routine monitoring"),
+     ("moderate", "dermatology review within weeks")),
+    # never lowered: a more cautious report than its differential stays as it is
+    ([("psoriasis", 0.7)], ("high", "urgent referral for biopsy"),
+     ("high", "urgent referral for biopsy")),
+])
+def test_report_concern_and_next_step_follow_its_own_differential(differential, given,
+                                                                   expected):
+    from dermvlm.synth.ontology import CONDITIONS
+    from dermvlm.vlm.infer import _follow_differential
+    fixed = {"differential": [{"diagnosis": d, "likelihood": p} for d, p in differential],
+             "malignancy_concern": given[0], "suggested_next_step": given[1]}
+    repaired = []
+    _follow_differential(fixed, {c.name: c for c in CONDITIONS}, repaired)
+    assert (fixed["malignancy_concern"], fixed["suggested_next_step"]) == expected
+    assert repaired == [f for f, g, e in zip(("malignancy_concern", "suggested_next_step"),
+                                             given, expected) if g != e]
+
+
 @pytest.mark.parametrize("turns, fragment", [
     ([{"from": "human", "value": "no image here"}, {"from": "gpt", "value": "ok"}], "found 0"),
     ([{"from": "human", "value": "<image><image>"}, {"from": "gpt", "value": "ok"}], "found 2"),
@@ -520,9 +548,9 @@ def test_eval_vqa_names_a_missing_data_file_before_loading_the_model(tmp_path, c
 def test_option_first_answers_name_the_option_then_its_letter(tmp_path):
     from dermvlm.vlm.evaluate import OPTION, choice_items
     overrides = ["synth.n=12", "synth.size=32", "synth.seed=5"]
-    generate(get_config("tiny", overrides).synth, tmp_path / "letter", progress=False)
-    generate(get_config("tiny", overrides + ["synth.letter_answers=option_first"]).synth,
-             tmp_path / "first", progress=False)
+    generate(get_config("tiny", overrides + ["synth.letter_answers=letter"]).synth,
+             tmp_path / "letter", progress=False)
+    generate(get_config("tiny", overrides).synth, tmp_path / "first", progress=False)
     plain, first = choice_items(tmp_path / "letter"), choice_items(tmp_path / "first")
     assert len(first) == len(plain) > 0
     records = {r["id"]: r for r in json.loads((tmp_path / "first/vqa_llava.json").read_text())}

@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from dermvlm import vocab
 from dermvlm.errors import DermvlmError
+from dermvlm.report import MALIGNANCY_CONCERN
 from dermvlm.synth.ontology import CONDITIONS
 from dermvlm.synth.text import MALIGNANCY_ANSWERS
 from dermvlm.vlm.infer import describe, generate
@@ -240,12 +241,16 @@ def report_validity(vlm, folder, limit=20, progress=True):
     """Share of images whose report validated (always 1.0 by construction) and how many came
     out valid without repair; diagnosis agreement with the ground truth."""
     attributes = _attributes(folder, limit)
-    valid = unrepaired = top_dx = 0
+    valid = unrepaired = top_dx = concern = step = 0
     for attrs in tqdm(attributes, desc="reports", disable=not progress):
         report, _, repaired = describe(vlm, _image_of(folder, attrs))
         valid += 1
         unrepaired += not repaired
         top_dx += report.differential[0].diagnosis == attrs["condition"]
+        concern += report.malignancy_concern == MALIGNANCY_CONCERN[attrs["malignancy"]]
+        step += report.suggested_next_step == vocab.URGENCY_NEXT_STEP[attrs["urgency"]]
     n = max(1, len(attributes))
     return {"n": len(attributes), "validity": valid / n, "valid_without_repair": unrepaired / n,
-            "top_diagnosis_accuracy": round(top_dx / n, 4)}
+            "top_diagnosis_accuracy": round(top_dx / n, 4),
+            "malignancy_concern_accuracy": round(concern / n, 4),
+            "next_step_accuracy": round(step / n, 4)}

@@ -16,7 +16,7 @@ import torch
 from dermvlm import vocab
 from dermvlm.clip.data import eval_transform, open_rgb
 from dermvlm.errors import DermvlmError
-from dermvlm.report import DISCLAIMER, LesionReport
+from dermvlm.report import DISCLAIMER, MALIGNANCY_CONCERN, LesionReport
 from dermvlm.vlm.data import to_messages
 from dermvlm.vlm.model import IMAGE_TOKEN
 
@@ -199,8 +199,31 @@ def describe(vlm, image, max_new_tokens=400):
         fixed["size_mm_estimate"] = float(size)
     fixed["differential"] = _differential(vlm, image, messages, data.get("differential"),
                                           [c.name for c in CONDITIONS], repaired)
+    _follow_differential(fixed, {c.name: c for c in CONDITIONS}, repaired)
     fixed["disclaimer"] = DISCLAIMER
     return LesionReport.model_validate(fixed), raw, repaired
+
+
+# A diagnosis ranked first, or given at least this likelihood, sets the report's floor.
+FLOOR_LIKELIHOOD = 0.25
+CONCERN_ORDER = ("low", "moderate", "high")
+
+
+def _follow_differential(fixed, conditions, repaired):
+    """Raise malignancy_concern and suggested_next_step to what the report's own differential
+    implies (a melanoma ranked first is never "low" concern with routine monitoring). Only
+    ever raised: the model may be more cautious than its differential, never less."""
+    named = [conditions[d["diagnosis"]] for k, d in enumerate(fixed["differential"])
+             if d["diagnosis"] in conditions and (k == 0 or d["likelihood"] >= FLOOR_LIKELIHOOD)]
+    if not named:
+        return
+    concern = max((MALIGNANCY_CONCERN[c.malignancy] for c in named), key=CONCERN_ORDER.index)
+    step = max((vocab.URGENCY_NEXT_STEP[c.urgency] for c in named), key=vocab.NEXT_STEPS.index)
+    for field, floor, order in (("malignancy_concern", concern, CONCERN_ORDER),
+                                ("suggested_next_step", step, vocab.NEXT_STEPS)):
+        if order.index(fixed[field]) < order.index(floor):
+            fixed[field] = floor
+            repaired.append(field)
 
 
 def _differential(vlm, image, messages, value, names, repaired):
