@@ -30,8 +30,9 @@ class SynthConfig:
     conditions: tuple = ()             # restrict to these condition names; () = all
     jpeg_quality: int = 90             # JPEG quality of written images
     vqa_per_image: int = 3             # LLaVA conversations per image
-    letter_answers: str = "letter"     # lettered questions answered "D" (or "D. plaque") |
-                                       # option_first: "Plaque (D)." (see README, the VLM)
+    letter_answers: str = "option_first"  # lettered questions answered "Plaque (D).", or
+                                       # "letter": "D" (SmolLM2 then answers a position;
+                                       # see README, the VLM)
     workers: int = 1                   # processes used to render
 
 

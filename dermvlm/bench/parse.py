@@ -4,6 +4,8 @@ runner, never dropped)."""
 import json
 import re
 
+from dermvlm.synth.text import LETTER_INSTRUCTION
+
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -17,7 +19,9 @@ def lettered_prompt(question):
     if question.type == "open":
         return question.prompt
     lines = [question.prompt] + [f"{option_label(i)}. {o}" for i, o in enumerate(question.options)]
-    how = ("Answer with the option's letter." if question.type == "single" else
+    # the instruction SynthDerm trains (synth.letter_answers=option_first); the parser reads
+    # a reply that gives only the letter, or only the option, as well
+    how = (LETTER_INSTRUCTION["option_first"] if question.type == "single" else
            "Answer with all letters that apply, separated by commas.")
     return "\n".join(lines + [how])
 

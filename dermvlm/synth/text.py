@@ -172,7 +172,7 @@ _OPEN_QA = (
 
 
 def vqa_conversations(attrs, image_rel, rng, n_conversations, report_json,
-                      letter_answers="letter"):
+                      letter_answers="option_first"):
     """LLaVA-format records: open multi-turn Q&A, a lettered multiple-choice question, a report."""
     records = []
     for k in range(n_conversations):
@@ -202,7 +202,7 @@ LETTER_INSTRUCTION = {"letter": "Answer with the option's letter.",
                       "option_first": "Answer with the option and its letter."}
 
 
-def _multiple_choice(attrs, rng, letter_answers="letter"):
+def _multiple_choice(attrs, rng, letter_answers="option_first"):
     """(question with lettered options, answer). `option_first` answers "Plaque (D).": the
     option is read off the image first, then its letter copied, which SmolLM2-135M learns
     (held-out letters 73.0 vs 28.5 % for "D" alone, same stage 2)."""
@@ -228,7 +228,7 @@ def _multiple_choice(attrs, rng, letter_answers="letter"):
     return "\n".join(lines), reply
 
 
-def texts_for(attrs, image_rel, vqa_per_image, letter_answers="letter"):
+def texts_for(attrs, image_rel, vqa_per_image, letter_answers="option_first"):
     """Every text output of one image, from a generator seeded by the image alone."""
     from dermvlm.synth.sample import sample_seed  # local: sample imports nothing from here
     rng = np.random.default_rng(sample_seed(attrs.seed, attrs.index) ^ 0x7E47)
