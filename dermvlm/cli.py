@@ -198,7 +198,7 @@ def cmd_describe(args):
         print()
         print(render_report_text(report))
         if repaired:
-            print(f"(fields chosen by constrained scoring: {', '.join(repaired)})")
+            print(f"(fields not taken as the model wrote them: {', '.join(repaired)})")
     return 0
 
 

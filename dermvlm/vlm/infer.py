@@ -3,8 +3,10 @@ the structured lesion report that always validates.
 
 The report is generated as JSON and validated against `LesionReport`; any field that is
 missing or invalid is repaired by constrained choice: the model scores every allowed value
-(log-likelihood of the continuation) and the best one is used. The result is a schema object,
-never a raw string passed off as JSON; `repaired_fields` says what was chosen that way.
+(log-likelihood of the continuation) and the best one is used; the malignancy concern and
+next step are raised to what the report's own differential implies. The result is a schema
+object, never a raw string passed off as JSON; the repaired field names say what was not taken
+as the model wrote it.
 """
 import json
 import math
