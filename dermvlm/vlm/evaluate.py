@@ -238,8 +238,9 @@ def open_accuracy(vlm, folder, limit=100, progress=True, image_shift=0):
 
 
 def report_validity(vlm, folder, limit=20, progress=True):
-    """Share of images whose report validated (always 1.0 by construction) and how many came
-    out valid without repair; diagnosis agreement with the ground truth."""
+    """Share of images whose report validated (always 1.0 by construction) and how many had
+    every field taken as the model wrote it; top diagnosis, malignancy concern and next step
+    agreement with the ground truth."""
     attributes = _attributes(folder, limit)
     valid = unrepaired = top_dx = concern = step = 0
     for attrs in tqdm(attributes, desc="reports", disable=not progress):
