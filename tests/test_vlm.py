@@ -187,6 +187,18 @@ def test_report_concern_and_next_step_follow_its_own_differential(differential, 
                                              given, expected) if g != e]
 
 
+def test_a_diagnosis_named_twice_in_the_differential_keeps_its_first_place():
+    from dermvlm.vlm.infer import _differential
+    repaired = []
+    value = [{"diagnosis": "melanoma", "likelihood": 0.67},
+             {"diagnosis": "seborrhoeic keratosis", "likelihood": 0.22},
+             {"diagnosis": "Seborrhoeic keratosis ", "likelihood": 0.08}]
+    items = _differential(None, None, None, value, [], repaired)
+    assert items == [{"diagnosis": "melanoma", "likelihood": 0.67},
+                     {"diagnosis": "seborrhoeic keratosis", "likelihood": 0.22}]
+    assert repaired == ["differential"]
+
+
 def test_the_consistency_rule_leaves_synthderm_truth_reports_as_they_are(tmp_path):
     from dermvlm.synth.ontology import CONDITIONS
     from dermvlm.vlm.infer import _follow_differential

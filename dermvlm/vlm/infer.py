@@ -229,9 +229,15 @@ def _follow_differential(fixed, conditions, repaired):
 def _differential(vlm, image, messages, value, names, repaired):
     try:
         items = [(str(d["diagnosis"]), float(d["likelihood"])) for d in value]
-        items = [(n, p) for n, p in items if n.strip() and 0.0 <= p <= 1.0][:5]
+        items = [(n.strip(), p) for n, p in items if n.strip() and 0.0 <= p <= 1.0]
     except (TypeError, KeyError, ValueError):
         items = []
+    first = {}                      # a diagnosis named twice keeps its first (higher) place
+    for n, p in items:
+        first.setdefault(n.lower(), (n, p))
+    if len(first) < len(items):
+        repaired.append("differential")
+    items = list(first.values())[:5]
     if not items:
         scores = torch.tensor(score_options(vlm, image, messages,
                                             '{"differential":[{"diagnosis":"', names))
