@@ -39,7 +39,7 @@ class LesionReport(BaseModel):
     body_site: Literal[vocab.BODY_SITES]
     image_quality: Literal[vocab.IMAGE_QUALITY]
     differential: List[DifferentialItem] = Field(min_length=1, max_length=5)
-    malignancy_concern: Literal["low", "moderate", "high"]
+    malignancy_concern: Literal[vocab.MALIGNANCY_CONCERNS]
     suggested_next_step: Literal[vocab.NEXT_STEPS]
     disclaimer: str = DISCLAIMER
 

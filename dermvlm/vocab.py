@@ -42,7 +42,8 @@ IMAGE_QUALITY = ("good", "acceptable", "poor")
 CATEGORIES = ("inflammatory", "neoplastic", "infectious", "pigmentary")
 MALIGNANCY = ("benign", "malignant", "premalignant")
 URGENCY = ("routine", "soon", "urgent")
-NEXT_STEPS = ("reassurance and routine monitoring", "topical treatment and review",
+MALIGNANCY_CONCERNS = ("low", "moderate", "high")    # in rising order
+NEXT_STEPS = ("reassurance and routine monitoring", "topical treatment and review",  # rising
               "dermatology review within weeks", "urgent referral for biopsy")
 URGENCY_NEXT_STEP = {"routine": NEXT_STEPS[0], "soon": NEXT_STEPS[2], "urgent": NEXT_STEPS[3]}
 

@@ -176,12 +176,11 @@ def test_report_always_validates_even_from_an_untrained_model(synth):
 ])
 def test_report_concern_and_next_step_follow_its_own_differential(differential, given,
                                                                    expected):
-    from dermvlm.synth.ontology import CONDITIONS
     from dermvlm.vlm.infer import _follow_differential
     fixed = {"differential": [{"diagnosis": d, "likelihood": p} for d, p in differential],
              "malignancy_concern": given[0], "suggested_next_step": given[1]}
     repaired = []
-    _follow_differential(fixed, {c.name: c for c in CONDITIONS}, repaired)
+    _follow_differential(fixed, repaired)
     assert (fixed["malignancy_concern"], fixed["suggested_next_step"]) == expected
     assert repaired == [f for f, g, e in zip(("malignancy_concern", "suggested_next_step"),
                                              given, expected) if g != e]
@@ -200,7 +199,6 @@ def test_a_diagnosis_named_twice_in_the_differential_keeps_its_first_place():
 
 
 def test_the_consistency_rule_leaves_synthderm_truth_reports_as_they_are(tmp_path):
-    from dermvlm.synth.ontology import CONDITIONS
     from dermvlm.vlm.infer import _follow_differential
     # 200 reports: a rule reading past the top diagnosis (>= 25 %) changes about 13 % of them
     generate(get_config("tiny", ["synth.n=200", "synth.size=32"]).synth, tmp_path,
@@ -210,7 +208,7 @@ def test_the_consistency_rule_leaves_synthderm_truth_reports_as_they_are(tmp_pat
     assert len(reports) == 200
     for report in reports:
         fixed, repaired = dict(report), []
-        _follow_differential(fixed, {c.name: c for c in CONDITIONS}, repaired)
+        _follow_differential(fixed, repaired)
         assert fixed == report and repaired == []
 
 

@@ -161,7 +161,7 @@ _CHOICES = {   # field -> (allowed values, is a list)
     "distribution": (vocab.DISTRIBUTIONS, False), "surface_features": (vocab.SURFACES, True),
     "secondary_changes": (vocab.SECONDARY_CHANGES, True), "body_site": (vocab.BODY_SITES, False),
     "image_quality": (vocab.IMAGE_QUALITY, False),
-    "malignancy_concern": (("low", "moderate", "high"), False),
+    "malignancy_concern": (vocab.MALIGNANCY_CONCERNS, False),
     "suggested_next_step": (vocab.NEXT_STEPS, False),
 }
 
@@ -201,25 +201,23 @@ def describe(vlm, image, max_new_tokens=400):
         fixed["size_mm_estimate"] = float(size)
     fixed["differential"] = _differential(vlm, image, messages, data.get("differential"),
                                           [c.name for c in CONDITIONS], repaired)
-    _follow_differential(fixed, {c.name: c for c in CONDITIONS}, repaired)
+    _follow_differential(fixed, repaired)
     fixed["disclaimer"] = DISCLAIMER
     return LesionReport.model_validate(fixed), raw, repaired
 
 
-CONCERN_ORDER = ("low", "moderate", "high")
-
-
-def _follow_differential(fixed, conditions, repaired):
+def _follow_differential(fixed, repaired):
     """Raise malignancy_concern and suggested_next_step to what the report's top diagnosis
     implies (a melanoma ranked first is never "low" concern with routine monitoring). Only
     ever raised: the model may be more cautious than its differential, never less. The top
     diagnosis alone, as SynthDerm's reports set them: counting any diagnosis given >= 25 %
     would contradict 13 % of its held-out ground-truth reports."""
-    top = conditions.get(fixed["differential"][0]["diagnosis"])
+    from dermvlm.synth.ontology import CONDITIONS_BY_NAME
+    top = CONDITIONS_BY_NAME.get(fixed["differential"][0]["diagnosis"])
     if top is None:
         return
     concern, step = MALIGNANCY_CONCERN[top.malignancy], vocab.URGENCY_NEXT_STEP[top.urgency]
-    for field, floor, order in (("malignancy_concern", concern, CONCERN_ORDER),
+    for field, floor, order in (("malignancy_concern", concern, vocab.MALIGNANCY_CONCERNS),
                                 ("suggested_next_step", step, vocab.NEXT_STEPS)):
         if order.index(fixed[field]) < order.index(floor):
             fixed[field] = floor
