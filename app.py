@@ -19,7 +19,9 @@ import gradio as gr
 import pandas as pd
 
 from dermvlm.errors import DermvlmError
-from dermvlm.serve import DISCLAIMER, Assistant, UploadError, open_upload
+from dermvlm.imaging import ImageError, open_image
+from dermvlm.report import DISCLAIMER
+from dermvlm.serve import Assistant
 
 EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / "docs" / "examples").glob("*.jpg"))
 DEFAULT_MODEL = "embedded default"
@@ -67,9 +69,9 @@ def build_app(default_pair=(None, None), examples=EXAMPLES):
         if path is None:
             return None, {}, empty, "Upload an image to start."
         try:
-            image = open_upload(path)
+            image = open_image(path)
             diagnoses, concepts = get_assistant(model_choice, default_pair).classify(image)
-        except UploadError as exc:
+        except ImageError as exc:
             return None, {}, empty, f"⚠️ {exc}"
         except DermvlmError as exc:
             return None, {}, empty, f"⚠️ model error: {exc}"
@@ -86,7 +88,7 @@ def build_app(default_pair=(None, None), examples=EXAMPLES):
             return
         history.append({"role": "user", "content": message})
         try:
-            image = open_upload(path)
+            image = open_image(path)
             assistant = get_assistant(model_choice, default_pair)
             history.append({"role": "assistant", "content": ""})
             for text in assistant.chat(image, history[:-2], message):
@@ -98,7 +100,7 @@ def build_app(default_pair=(None, None), examples=EXAMPLES):
 
     def report(path, model_choice, state):
         try:
-            image = open_upload(path)
+            image = open_image(path)
             lesion_report, text = get_assistant(model_choice, default_pair).report(image)
         except DermvlmError as exc:
             return f"⚠️ {exc}", None, None, state
@@ -112,7 +114,7 @@ def build_app(default_pair=(None, None), examples=EXAMPLES):
         gr.Markdown("# dermvlm — skin image assistant\n**" + DISCLAIMER + "**")
         with gr.Row():
             with gr.Column(scale=2):
-                # a File, not an Image: the upload reaches open_upload() untouched, so a
+                # a File, not an Image: the upload reaches open_image() untouched, so a
                 # corrupt or hostile file gets our message instead of a component error
                 image = gr.File(label="Upload a skin image (JPEG, PNG, …)", type="filepath",
                                 file_types=["image"], height=120, elem_id="upload")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from dermvlm.serve import Assistant, open_upload
+from dermvlm.imaging import open_image
+from dermvlm.serve import Assistant
 
 # the last one makes the model write its long JSON report as a chat reply: a steady-state
 # decoding rate (short answers are a few words, where the streamer's word pieces dominate)
@@ -32,7 +33,7 @@ def main(argv=None):
     started = time.perf_counter()
     assistant = Assistant(args.vlm, args.clip)
     load = time.perf_counter() - started
-    images = [open_upload(p) for p in sorted(Path(args.images).glob("*.jpg"))]
+    images = [open_image(p) for p in sorted(Path(args.images).glob("*.jpg"))]
     classify = []
     for image in images:
         t0 = time.perf_counter()

@@ -19,7 +19,7 @@ from open_clip.loss import ClipLoss
 
 from benchmarks.timing import seconds_per_call
 from dermvlm.clip.model import build_model
-from dermvlm.clip.train import ClipTrainModule, TextCache, _apply_text_mode, _optimizer
+from dermvlm.clip.train import ClipTrainModule, TextCache, apply_text_mode, make_optimizer
 from dermvlm.config import get_config
 from dermvlm.zeroshot import trim_padding
 
@@ -36,7 +36,7 @@ def main(argv=None):
     cfg = config.clip
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, model_cfg, tokenizer = build_model(cfg)
-    _apply_text_mode(model, cfg)
+    apply_text_mode(model, cfg)
     model.to(device).train()
     size = cfg.image_size
     images = torch.randn(args.batch, 3, size, size, device=device)
@@ -44,7 +44,7 @@ def main(argv=None):
     tokens = tokenizer(captions).to(device)
     loss_fn = ClipLoss()
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    optimizer = _optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg)
     module = ClipTrainModule(model)
     raw_model = torch.compile(model) if args.compile else model
     our_module = torch.compile(module) if args.compile else module

@@ -16,7 +16,7 @@ from pathlib import Path
 from dermvlm.config import SynthConfig
 from dermvlm.synth.sample import sample_attributes
 from dermvlm.synth.text import texts_for
-from dermvlm.synth.writer import DERM1M_COLUMNS, _derm1m_row
+from dermvlm.synth.writer import DERM1M_COLUMNS, derm1m_row
 
 TARGET_ROWS_PER_SECOND, TARGET_RSS_MB = 50_000, 1024
 
@@ -27,7 +27,7 @@ def write_csv(path, rows):
     templates = []
     for i in range(500):
         attrs = sample_attributes(config, i)
-        templates.append(_derm1m_row(attrs, "", texts_for(attrs, "", 0)))
+        templates.append(derm1m_row(attrs, "", texts_for(attrs, "", 0)))
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=DERM1M_COLUMNS)
         writer.writeheader()

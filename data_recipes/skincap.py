@@ -7,7 +7,7 @@ Rows marked `Do not consider this image` = 1 are rejected with that reason.
 import os
 from pathlib import Path
 
-from data_recipes.derm1m import clean
+from dermvlm.data.derm1m import clean
 from dermvlm.data.recipe_cli import recipe_parser, run
 from dermvlm.data.records import Record
 from dermvlm.data.tables import convert_table

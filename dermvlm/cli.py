@@ -9,32 +9,9 @@ import argparse
 import json
 import sys
 
+from dermvlm.cliargs import OneLineParser, add_config_args, positive_int
 from dermvlm.errors import DermvlmError
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad argument as one line (no usage dump) and exits 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def add_config_args(parser):
-    parser.add_argument("--preset", default="default",
-                        help="config preset: tiny | default | base (default: default)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a config field, e.g. synth.size=128"
-                        " (repeatable)")
+from dermvlm.bench.command import add_dermabench_args, run_dermabench
 
 
 def _synth_parser(sub):
@@ -183,9 +160,8 @@ def _load_vlm_folder(spec):
 
 
 def _load_vlm(args):
-    from dermvlm.clip.data import open_rgb
-    if open_rgb(args.image) is None:
-        raise DermvlmError(f"{args.image}: not a readable image")
+    from dermvlm.imaging import open_image
+    open_image(args.image)                  # a bad file fails before the model loads
     return _load_vlm_folder(args.model)
 
 
@@ -211,6 +187,7 @@ def cmd_merge_export(args):
 
 
 def cmd_chat(args):
+    from dermvlm.vlm.infer import generate
     vlm = _load_vlm(args)
     print("dermvlm chat: research tool, not a diagnosis. Empty line or /quit to stop.")
     messages = []
@@ -224,43 +201,12 @@ def cmd_chat(args):
         messages.append({"role": "user", "content": question})
         print("dermvlm> ", end="", flush=True)
         reply = ""
-        for piece in vlm.chat(args.image, messages, stream=True,
+        for piece in generate(vlm, args.image, messages, stream=True,
                               max_new_tokens=args.max_new_tokens):
             reply += piece
             print(piece, end="", flush=True)
         print()
         messages.append({"role": "assistant", "content": reply.strip()})
-    return 0
-
-
-def add_dermabench_args(parser):
-    parser.add_argument("--questions", required=True, help="questions file (JSON schema)")
-    parser.add_argument("--answers", required=True,
-                        help="answers JSONL: image, question_id, answer, fitzpatrick")
-    parser.add_argument("--images", help="folder the answer rows' image paths are relative "
-                        "to (default: the answers file's folder)")
-    parser.add_argument("--model", required=True, help="reference | random[:SEED] | clip:SPEC"
-                        " | vlm:FOLDER | openai:URL#MODEL | default | default:clip")
-    parser.add_argument("--out", required=True, help="output folder (resumable)")
-    parser.add_argument("--limit", type=positive_int, help="score only the first N answers")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def run_dermabench(args, prog="dermvlm eval dermabench"):
-    from dermvlm.bench import run_benchmark
-    try:
-        results = run_benchmark(args.questions, args.answers, args.model, args.out,
-                                images_dir=args.images, limit=args.limit, seed=args.seed,
-                                progress=not args.quiet)
-    except DermvlmError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({"model": results["model"], "n_items": results["n_items"],
-                      "left_out": results["left_out"], "unparsed": results["unparsed"],
-                      "by_type": results["by_type"],
-                      "fitzpatrick_gap": results["by_fitzpatrick"]["best_minus_worst"],
-                      "report": f"{args.out}/report.md"}, indent=1))
     return 0
 
 
@@ -273,23 +219,18 @@ def _eval_parser(sub):
 
 
 def _build_default_parser(sub):
-    p = sub.add_parser("build-default", help="train the embedded default model on SynthDerm "
-                       "(CPU: about an hour) and write dermvlm/default/ with its manifest")
-    p.add_argument("--work", default="runs/build_default",
-                   help="work folder for data, checkpoints (resumable)")
-    p.add_argument("--out", help="where to write the artefacts (default: dermvlm/default)")
-    p.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="KEY=VALUE", help="override a field of the build recipe")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_build_default)
+    # listed for --help; main() hands its arguments to train.build_default before parsing
+    sub.add_parser("build-default", help="train the embedded default model on SynthDerm "
+                   "(CPU: about an hour) and write dermvlm/default/ with its manifest; the "
+                   "same as python -m train.build_default (see its --help)")
 
 
-def cmd_build_default(args):
-    from dermvlm import embedded
-    manifest = embedded.build_default(args.work, args.out or embedded.DEFAULT_DIR,
-                                      args.overrides, progress=not args.quiet)
-    print(json.dumps(manifest["heldout"], indent=1))
-    return 0
+def build_default(argv):
+    """The entry point train.build_default, looked up by name at run time: the library does
+    not import entry points (tests/test_layers.py)."""
+    import importlib
+    return importlib.import_module("train.build_default").main(argv,
+                                                                prog="dermvlm build-default")
 
 
 def build_parser():
@@ -306,6 +247,9 @@ def build_parser():
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["build-default"]:
+        return build_default(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

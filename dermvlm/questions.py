@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dermvlm import vocab
 from dermvlm.errors import DataError
-from dermvlm.synth.ontology import CONDITIONS
+from dermvlm.ontology import CONDITIONS
 
 QUESTION_TYPES = ("single", "multi", "open")
 

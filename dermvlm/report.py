@@ -1,7 +1,7 @@
 """The structured lesion report: one pydantic schema, used for SynthDerm's ground truth, for the
 VLM's `describe` output (validated, never a raw string passed off as JSON) and for evaluation.
 """
-from typing import List, Literal
+from typing import List, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -55,6 +55,19 @@ class LesionReport(BaseModel):
 
 
 MALIGNANCY_CONCERN = {"benign": "low", "premalignant": "moderate", "malignant": "high"}
+
+
+def field_choices():
+    """{field: (allowed values, is a list)} for every LesionReport field whose values come
+    from a closed vocabulary, in schema order, read off the schema itself."""
+    choices = {}
+    for name, field in LesionReport.model_fields.items():
+        annotation, is_list = field.annotation, get_origin(field.annotation) in (list, List)
+        if is_list:
+            annotation = get_args(annotation)[0]
+        if get_origin(annotation) is Literal:
+            choices[name] = (get_args(annotation), is_list)
+    return choices
 
 
 def report_from_attributes(attrs, differential):

@@ -3,6 +3,7 @@ checkpoint discovery, the JSONL metrics log, and the error raised when training 
 import json
 import math
 import os
+import shutil
 
 import torch
 import torch.distributed as dist
@@ -41,6 +42,27 @@ def warmup_cosine(warmup_steps, total_steps):
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return factor
+
+
+def save_checkpoint(out_dir, step, write_model, train_state, keep=2):
+    """Write checkpoints/step_N atomically: `write_model(folder)` fills a temporary folder,
+    `train_state` (optimizer, scheduler, step, ...) goes beside it as train_state.pt, and only
+    then is it renamed into place and named by checkpoints/latest. A crash at any point leaves
+    the previous checkpoint as the one a rerun resumes from. The newest `keep` are kept."""
+    root = out_dir / "checkpoints"
+    folder = root / f"step_{step:07d}"
+    tmp = root / f"step_{step:07d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write_model(tmp)
+    torch.save(train_state, tmp / "train_state.pt")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    (root / "latest.tmp").write_text(folder.name)
+    os.replace(root / "latest.tmp", root / "latest")
+    for old in sorted(p for p in root.glob("step_*") if not p.name.endswith(".tmp"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
 
 
 def latest_checkpoint(out_dir):

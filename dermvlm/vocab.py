@@ -45,9 +45,14 @@ URGENCY = ("routine", "soon", "urgent")
 MALIGNANCY_CONCERNS = ("low", "moderate", "high")    # in rising order
 NEXT_STEPS = ("reassurance and routine monitoring", "topical treatment and review",  # rising
               "dermatology review within weeks", "urgent referral for biopsy")
+# how SynthDerm's conversations answer "Is this lesion malignant?" (and the cloze scorer reads)
+MALIGNANCY_ANSWERS = {"benign": "It appears benign.",
+                      "premalignant": "It looks premalignant and should be reviewed.",
+                      "malignant": "Features suggest a malignant lesion; urgent review is "
+                      "advised."}
 URGENCY_NEXT_STEP = {"routine": NEXT_STEPS[0], "soon": NEXT_STEPS[2], "urgent": NEXT_STEPS[3]}
 
-# The 48 SkinCon concepts in their published column order (DESIGN.md section 4).
+# The 48 SkinCon concepts in their published column order (Daneshjou et al. 2022).
 SKINCON_CONCEPTS = (
     "Vesicle", "Papule", "Macule", "Plaque", "Abscess", "Pustule", "Bulla", "Patch", "Nodule",
     "Ulcer", "Crust", "Erosion", "Excoriation", "Atrophy", "Exudate", "Purpura/Petechiae",

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# DermLIP's prompt ensemble (DESIGN.md section 5).
+# DermLIP's prompt ensemble (its zero-shot evaluation code).
 DERMLIP_TEMPLATES = (
     "This is a skin image of {c}", "This is a skin image of {c}.", "A skin image of {c}.",
     "An image of {c}, a skin condition.", "{c}, a skin disorder, is shown in this image.",

@@ -11,7 +11,8 @@ default:clip. Rerunning with the same --out continues from its predictions.jsonl
 """
 import sys
 
-from dermvlm.cli import OneLineParser, add_dermabench_args, run_dermabench
+from dermvlm.bench.command import add_dermabench_args, run_dermabench
+from dermvlm.cliargs import OneLineParser
 
 
 def main(argv=None):

@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from dermvlm.cli import OneLineParser
+from dermvlm.cliargs import OneLineParser
 from dermvlm.errors import DermvlmError
 
 
@@ -44,25 +44,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         from dermvlm.vlm.build import untuned_baseline
-        from dermvlm.vlm.evaluate import (closed_accuracy, cloze_accuracy, open_accuracy,
-                                          report_validity, require_files)
+        from dermvlm.vlm.evaluate import evaluate_vlm, require_eval_files
         from dermvlm.vlm.model import DermVLM
-        require_files(args.data, *(["vqa_llava.json"] if args.limit > 0 else []),
-                      *(["attributes.jsonl"] if args.open > 0 or args.reports > 0 else []))
+        require_eval_files(args.data, args.limit > 0, args.open > 0 or args.reports > 0)
         vlm = (untuned_baseline(args.model) if args.untuned
                else DermVLM.from_pretrained(args.model))
-        result = {"model": args.model, "untuned": args.untuned, "data": args.data}
-        scorers = (("closed", closed_accuracy, args.limit),
-                   ("closed_cloze", cloze_accuracy, args.limit),
-                   ("open", open_accuracy, args.open))
-        for name, score, n in scorers:
-            if n > 0:                              # 0 skips a score
-                result[name] = score(vlm, args.data, n)
-                if args.swap_images:
-                    result[f"{name}_other_image"] = score(vlm, args.data, n,
-                                                          image_shift=args.swap_images)
-        if args.reports > 0:
-            result["reports"] = report_validity(vlm, args.data, args.reports)
+        result = {"model": args.model, "untuned": args.untuned, "data": args.data,
+                  **evaluate_vlm(vlm, args.data, closed=args.limit, cloze=args.limit,
+                                 open_images=args.open, reports=args.reports,
+                                 swap_images=args.swap_images)}
     except DermvlmError as exc:
         print(f"eval.vqa: error: {exc}", file=sys.stderr)
         return 2

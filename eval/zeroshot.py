@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from dermvlm.cli import OneLineParser
+from dermvlm.cliargs import OneLineParser
 from dermvlm.errors import DermvlmError
 
 

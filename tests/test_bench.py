@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import f1_score, jaccard_score
 from sklearn.preprocessing import MultiLabelBinarizer
 
-from dermvlm.bench import metrics
+import dermvlm.bench.metrics as metrics
 from dermvlm.bench.adapters import ClipAdapter, OpenAIAdapter, VLMAdapter
 from dermvlm.bench.parse import lettered_prompt, parse_answer
 from dermvlm.bench.run import load_items, run_benchmark

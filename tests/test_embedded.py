@@ -28,7 +28,22 @@ def test_shipped_default_matches_its_manifest():
     if not (embedded.DEFAULT_DIR / "manifest.json").is_file():
         pytest.skip("no embedded default in this checkout")
     manifest = embedded.check_default()
-    assert manifest["heldout"]["reports"]["validity"] == 1.0
+    assert manifest["heldout"]["vqa"]["stage2"]["reports"]["validity"] == 1.0
+
+
+def test_shipped_default_stores_its_image_tower_once():
+    """The VLM folder has no tower of its own: it reads the CLIP folder's weights."""
+    if not (embedded.DEFAULT_DIR / "manifest.json").is_file():
+        pytest.skip("no embedded default in this checkout")
+    from pathlib import Path
+
+    from dermvlm.vlm.model import VISION_FILE, vision_weights_file
+    vlm = Path(embedded.vlm_folder())
+    assert not (vlm / VISION_FILE).exists()
+    assert vision_weights_file(vlm) == (Path(embedded.clip_spec()) /
+                                        "clip_weights.safetensors").resolve()
+    adapter = (vlm / "adapter" / "adapter_config.json").read_text()
+    assert not (vlm / "adapter" / "README.md").exists() and "/root" not in adapter
 
 
 def test_shipped_default_classifies_chats_and_reports():
@@ -37,9 +52,11 @@ def test_shipped_default_classifies_chats_and_reports():
         pytest.skip("no embedded default in this checkout")
     from pathlib import Path
 
-    from dermvlm.serve import Assistant, open_upload
+    from dermvlm.imaging import open_image
+    from dermvlm.serve import Assistant
     assistant = Assistant()
-    image = open_upload(next((Path(__file__).parent.parent / "docs" / "examples")
+    assert assistant.vlm.vision.visual is assistant.zeroshot.model.visual   # loaded once
+    image = open_image(next((Path(__file__).parent.parent / "docs" / "examples")
                              .glob("*.jpg")))
     diagnoses, concepts = assistant.classify(image)
     assert len(diagnoses) == 5 and 0 < sum(diagnoses.values()) <= 1 + 1e-6

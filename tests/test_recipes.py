@@ -11,7 +11,7 @@ from data_recipes import (dermabench, ddi, derm1m, fitzpatrick17k, image_folder,
                           skincap, skincon)
 from dermvlm.config import SynthConfig
 from dermvlm.data.records import read_manifest
-from dermvlm.data.streaming import ShardDataset
+from dermvlm.data.shards import decode_sample, iter_shard_samples, shard_paths
 from dermvlm.questions import load_questions
 from dermvlm.synth.render import render
 from dermvlm.synth.sample import sample_attributes
@@ -191,7 +191,8 @@ def test_synthderm_round_trips_into_shards(synth_dir, tmp_path):
     assert sum(sizes.values()) == 40 and len(sizes) == 3
     with open(synth_dir / "derm1m.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    samples = list(ShardDataset(out / "shards"))
+    shards = shard_paths(out / "shards")
+    samples = [decode_sample(group) for _, group in iter_shard_samples(shards)]
     assert [s[1] for s in samples] == [r["caption"] for r in rows]
     assert [s[2].label for s in samples] == [r["disease_label"] for r in rows]
     assert samples[0][0].size == (96, 96)
@@ -238,7 +239,7 @@ def test_truncated_file(tmp_path, capsys):
 
 def test_parallel_byte_ranges_match_a_serial_run(tmp_path, monkeypatch):
     """Quoted commas and newlines inside captions never split a row between ranges."""
-    from dermvlm.data import tables
+    import dermvlm.data.tables as tables
     table = tmp_path / "big.csv"
     lines = ["filename,caption,disease_label"]
     for i in range(300):

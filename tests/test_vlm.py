@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dermvlm.choices import options_of
 from dermvlm.config import get_config
 from dermvlm.errors import DataError, DermvlmError
 from dermvlm.report import LesionReport
@@ -232,7 +233,7 @@ def test_over_long_prompts_warn_and_drop_history(synth):
         vlm_generate(vlm, image, long_history, max_new_tokens=4)
     with pytest.raises(DermvlmError, match="does not fit"):
         vlm_generate(vlm, image, [{"role": "user", "content": "word " * 400}], max_new_tokens=4)
-    with pytest.raises(DermvlmError, match="not a readable image"):
+    with pytest.raises(DermvlmError, match="derm1m.csv: not an image dermvlm can read"):
         vlm_generate(vlm, synth / "derm1m.csv", long_history[:1], max_new_tokens=4)
     assert IMAGE_TOKEN == "<image>"
 
@@ -323,7 +324,7 @@ def test_image_swap_ablation_asks_about_another_image(synth, monkeypatch):
     assert plain["accuracy"] == round(expected, 4) and plain["n"] == len(items)
     from sklearn.metrics import balanced_accuracy_score
     for family in plain["per_family"]:                  # "A" every time: recall of A's text
-        rows = [dict(evaluate.OPTION.findall(q)) | {"_": a} for _, q, a, f in items
+        rows = [dict(options_of(q)) | {"_": a} for _, q, a, f in items
                 if f == family]
         reference = balanced_accuracy_score([r[r["_"]] for r in rows], [r["A"] for r in rows])
         assert plain["balanced"][family] == pytest.approx(reference, abs=1e-4)
@@ -377,11 +378,11 @@ def test_cloze_scoring_asks_the_open_question_and_ranks_the_options_answers(synt
     right = evaluate.cloze_accuracy(None, synth, progress=False)
     assert right["n"] == len(items) and right["accuracy"] == 1.0
     for family in right["per_family"]:                   # the always-most-common baseline
-        answers = [dict(evaluate.OPTION.findall(q))[a] for _, q, a, f in items if f == family]
+        answers = [dict(options_of(q))[a] for _, q, a, f in items if f == family]
         top = max(answers.count(v) for v in answers) / len(answers)
         assert right["majority"][family] == pytest.approx(top, abs=1e-4)
     for (_, question, _, family), replies in zip(items, asked):
-        options = [text for _, text in evaluate.OPTION.findall(question)]
+        options = [text for _, text in options_of(question)]
         assert replies == [evaluate.cloze_answer(family, o) for o in options]
     assert evaluate.cloze_answer("lesion_type", "papule") == "Papule."
     assert evaluate.cloze_answer("malignancy", "benign") == "It appears benign."
@@ -402,7 +403,7 @@ def test_cloze_balanced_accuracy_equals_sklearn_and_flattens_a_prior(synth, monk
     def chosen_and_truth(scorer):
         out = {}
         for image, question, answer, family in items:
-            options = evaluate.OPTION.findall(question)
+            options = options_of(question)
             scores = scorer(None, image, None, [evaluate.cloze_answer(family, t)
                                                 for _, t in options])
             best = max(zip(scores, (letter for letter, _ in options)))[1]
@@ -574,7 +575,7 @@ def test_eval_vqa_names_a_missing_data_file_before_loading_the_model(tmp_path, c
 
 
 def test_option_first_answers_name_the_option_then_its_letter(tmp_path):
-    from dermvlm.vlm.evaluate import OPTION, choice_items
+    from dermvlm.vlm.evaluate import choice_items
     overrides = ["synth.n=12", "synth.size=32", "synth.seed=5"]
     generate(get_config("tiny", overrides + ["synth.letter_answers=letter"]).synth,
              tmp_path / "letter", progress=False)
@@ -590,7 +591,7 @@ def test_option_first_answers_name_the_option_then_its_letter(tmp_path):
         question, reply = (t["value"] for t in record["conversations"][:2])
         if "its letter" in question:
             letter = reply[-3]
-            assert reply == f"{dict(OPTION.findall(question))[letter].capitalize()} ({letter})."
+            assert reply == f"{dict(options_of(question))[letter].capitalize()} ({letter})."
 
 
 def test_a_lettered_answer_without_a_letter_is_named(tmp_path):

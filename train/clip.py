@@ -15,7 +15,7 @@ shards. Rerunning with the same --out resumes from its latest checkpoint.
 import json
 import sys
 
-from dermvlm.cli import OneLineParser, add_config_args
+from dermvlm.cliargs import OneLineParser, add_config_args
 from dermvlm.config import get_config
 from dermvlm.errors import DermvlmError
 

@@ -17,7 +17,7 @@ JSON file, or a manifest. Rerunning with the same --out resumes from its latest 
 import json
 import sys
 
-from dermvlm.cli import OneLineParser, add_config_args
+from dermvlm.cliargs import OneLineParser, add_config_args
 from dermvlm.config import get_config
 from dermvlm.errors import DermvlmError
 

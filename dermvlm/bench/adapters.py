@@ -63,7 +63,7 @@ class ClipAdapter:
     name = "clip"
 
     def __init__(self, spec):
-        from dermvlm.clip.data import eval_transform
+        from dermvlm.imaging import eval_transform
         from dermvlm.clip.model import load_model
         from dermvlm.zeroshot import ZeroShot
         model, model_cfg, tokenizer = load_model(spec)
@@ -72,11 +72,9 @@ class ClipAdapter:
         self._features = {}
 
     def _image(self, path):
-        from dermvlm.clip.data import open_rgb
+        from dermvlm.imaging import open_image
         if path not in self._features:
-            image = open_rgb(path)
-            if image is None:
-                raise DermvlmError(f"{path}: not a readable image")
+            image = open_image(path)
             self._features = {path: self.zs.encode_images(self.transform(image)[None])}
         return self._features[path]
 
@@ -105,11 +103,12 @@ class VLMAdapter:
         self.vlm, self.max_new_tokens = vlm, max_new_tokens
 
     def answer(self, item, question):
+        from dermvlm.vlm.infer import generate
         try:
-            reply = self.vlm.chat(item["image"], [{"role": "user",
-                                                   "content": lettered_prompt(question)}],
-                                  max_new_tokens=self.max_new_tokens
-                                  if question.type == "open" else 24)
+            reply = generate(self.vlm, item["image"],
+                             [{"role": "user", "content": lettered_prompt(question)}],
+                             max_new_tokens=self.max_new_tokens
+                             if question.type == "open" else 24)
         except DermvlmError as exc:     # e.g. a prompt longer than vlm.max_length
             print(f"warning: {item['image_id']} {question.id}: {exc}; scored wrong",
                   file=sys.stderr)

@@ -4,14 +4,7 @@ runner, never dropped)."""
 import json
 import re
 
-from dermvlm.synth.text import LETTER_INSTRUCTION
-
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-
-
-def option_label(i):
-    """A, B, ..., Z, then AA, AB, ... (the diagnosis questions have more than 26 options)."""
-    return LETTERS[i] if i < 26 else LETTERS[i // 26 - 1] + LETTERS[i % 26]
+from dermvlm.choices import LETTER_INSTRUCTION, option_label
 
 
 def lettered_prompt(question):

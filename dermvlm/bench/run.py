@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dermvlm.bench import metrics
+import dermvlm.bench.metrics as metrics
 from dermvlm.bench.adapters import EndpointError
 from dermvlm.bench.parse import parse_answer
 from dermvlm.errors import DataError, DermvlmError

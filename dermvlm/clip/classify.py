@@ -3,9 +3,9 @@ import csv
 import sys
 from pathlib import Path
 
-from dermvlm.clip.data import eval_transform, open_rgb
 from dermvlm.clip.model import load_model
 from dermvlm.errors import DermvlmError
+from dermvlm.imaging import ImageError, eval_transform, open_image
 from dermvlm.vocab import SKINCON_CONCEPTS
 from dermvlm.zeroshot import DERMLIP_TEMPLATES, ZeroShot
 
@@ -50,9 +50,10 @@ def classify(inputs, model_spec, labels=None, concepts=False, top_k=5, templates
     names = list(SKINCON_CONCEPTS) if concepts else labels
     results = []
     for path in collect_images(inputs):
-        image = open_rgb(path)
-        if image is None:
-            print(f"skipped: {path} (not a readable image)", file=sys.stderr)
+        try:
+            image = open_image(path)
+        except ImageError as exc:
+            print(f"skipped: {path} ({exc})", file=sys.stderr)
             continue
         features = zs.encode_images(transform(image)[None])
         if concepts:

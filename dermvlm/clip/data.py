@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torchvision import transforms as T
 
-from dermvlm.clip.model import MEAN, STD
 from dermvlm.data.records import read_manifest
 from dermvlm.errors import DataError
+from dermvlm.imaging import MEAN, STD, try_open_image
 from dermvlm.vocab import COLOURS, LESION_PLURALS, LESION_TYPES, fitzpatrick_group
 
 
@@ -38,7 +37,7 @@ def load_records(spec):
 
 def synth_records(folder):
     """Records from a SynthDerm folder, with every ground-truth attribute in `meta`."""
-    from data_recipes.derm1m import ontology_paths, record_from_row
+    from dermvlm.data.derm1m import ontology_paths, record_from_row
     from dermvlm.data.tables import read_table
     folder = Path(folder)
     attrs = [json.loads(line) for line in open(folder / "attributes.jsonl")]
@@ -61,11 +60,6 @@ def train_transform(image_size):
         T.RandomResizedCrop(image_size, scale=(0.7, 1.0), ratio=(0.9, 1.1),
                             interpolation=T.InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(), T.RandomVerticalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
-
-
-def eval_transform(image_size):
-    return T.Compose([T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC),
-                      T.CenterCrop(image_size), T.ToTensor(), T.Normalize(MEAN, STD)])
 
 
 def sample_key(*parts):
@@ -132,15 +126,6 @@ def pick_text(captions, key, sampling="captions"):
     return sentence if choice == 1 else drop_words(sentence, key >> 12)
 
 
-def open_rgb(path):
-    """An RGB image, or None for an unreadable or non-image file (reported by the caller)."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError):
-        return None
-
-
 class PairsDataset(torch.utils.data.Dataset):
     """Indexed by (epoch, index): returns (image tensor, caption, index); a sample whose image
     cannot be read yields None (skipped by `collate_pairs`, counted and reported)."""
@@ -155,7 +140,7 @@ class PairsDataset(torch.utils.data.Dataset):
     def __getitem__(self, key):
         epoch, index = key
         record = self.records[index]
-        image = open_rgb(record.image)
+        image = try_open_image(record.image)
         if image is None:
             print(f"warning: skipping unreadable image {record.image} ({record.row_id})",
                   file=sys.stderr)
@@ -232,7 +217,7 @@ class ShardPairs(torch.utils.data.IterableDataset):
     def _decode(self, epoch, position, group, decode_sample):
         try:
             image, caption, record = decode_sample(group)
-        except (OSError, UnidentifiedImageError, DataError):
+        except DataError:                   # ImageError included: a bad image is skipped
             return None
         torch.manual_seed(sample_key(self.seed, epoch, position))
         caption = pick_text(record.captions or [caption],

@@ -8,7 +8,7 @@ attribute is known there.
 import torch
 
 from dermvlm import vocab
-from dermvlm.clip.data import eval_transform, open_rgb
+from dermvlm.imaging import eval_transform, try_open_image
 from dermvlm.zeroshot import (ZeroShot, binary_auroc, macro_auroc, retrieval_recall,
                               topk_accuracy)
 
@@ -39,7 +39,7 @@ def encode_records(zs, records, image_size):
     transform = eval_transform(image_size)
     kept, tensors, skipped = [], [], []
     for record in records:
-        image = open_rgb(record.image)
+        image = try_open_image(record.image)
         if image is None:
             skipped.append(record.image)
             continue

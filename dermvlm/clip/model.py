@@ -21,11 +21,11 @@ from safetensors.torch import load_file, save_file
 from dermvlm.config import check_choice
 from dermvlm.errors import DermvlmError
 from dermvlm.hub import check_hub
+from dermvlm.imaging import MEAN, STD
 
 HF_TEXT_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
                  "special_tokens_map.json", "merges.txt", "vocab.json", "sentencepiece.bpe.model",
                  "spiece.model")
-MEAN, STD = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
 
 
 def minilm_path():
@@ -215,7 +215,3 @@ def _load_folder(folder, device):
     hf_tokenizer = "hf_tokenizer_name" in text_cfg
     return model.to(device).eval(), model_cfg, tokenizer_for(model_cfg,
                                                             folder if hf_tokenizer else None)
-
-
-def image_transform(image_size, train=False):
-    return open_clip.image_transform(image_size, is_train=train, mean=MEAN, std=STD)

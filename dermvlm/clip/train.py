@@ -7,8 +7,6 @@ loss curve of an uninterrupted run. A non-finite loss stops training and leaves 
 checkpoint as it was.
 """
 import math
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -19,13 +17,13 @@ from open_clip.loss import ClipLoss, SigLipLoss
 from tqdm import tqdm
 
 from dermvlm.clip.data import (BatchOrder, PairsDataset, ShardPairs, collate_pairs,
-                               eval_transform, hard_negative, load_records, sample_key,
-                               train_transform)
+                               hard_negative, load_records, sample_key, train_transform)
 from dermvlm.clip.model import build_model, save_model
 from dermvlm.config import check_choice
 from dermvlm.errors import DermvlmError
+from dermvlm.imaging import eval_transform, try_open_image
 from dermvlm.training import (TrainingError, all_ranks_sum, distributed, latest_checkpoint,
-                              log_metrics, truncate_metrics, warmup_cosine)
+                              log_metrics, save_checkpoint, truncate_metrics, warmup_cosine)
 from dermvlm.zeroshot import trim_padding
 
 
@@ -94,7 +92,7 @@ def negative_loss(image_features, text_features, negative_features, has_negative
     return F.cross_entropy(logits, torch.zeros(b, dtype=torch.long, device=logits.device))
 
 
-def _optimizer(model, cfg):
+def make_optimizer(model, cfg):
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -104,7 +102,7 @@ def _optimizer(model, cfg):
                              betas=(0.9, 0.98), eps=1e-6)
 
 
-def _apply_text_mode(model, cfg):
+def apply_text_mode(model, cfg):
     check_choice("clip.image_mode", cfg.image_mode)
     check_choice("clip.text_mode", cfg.text_mode)
     if cfg.hard_negatives < 0:
@@ -130,21 +128,13 @@ def _apply_text_mode(model, cfg):
 
 
 def _save_checkpoint(out_dir, step, module, model_cfg, config, optimizer, scheduler, keep=2):
-    root = out_dir / "checkpoints"
-    folder = root / f"step_{step:07d}"
     model = module.model
     state = {"step": step, "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict()}
     if _has_lora(model):   # the folder gets merged weights; resuming needs the adapter itself
         state["lora_model"] = model.state_dict()
-    save_model(export_model(model), model_cfg, folder, extra_config=config.to_dict())
-    torch.save(state, folder / "train_state.tmp")
-    os.replace(folder / "train_state.tmp", folder / "train_state.pt")
-    (root / "latest.tmp").write_text(folder.name)
-    os.replace(root / "latest.tmp", root / "latest")
-    for old in sorted(root.glob("step_*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return folder
+    return save_checkpoint(out_dir, step, lambda folder: save_model(
+        export_model(model), model_cfg, folder, extra_config=config.to_dict()), state, keep)
 
 
 def _has_lora(model):
@@ -188,7 +178,7 @@ def train_clip(config, data, out_dir, val=None, max_steps=None, progress=True):
         raise DermvlmError(f"clip.batch_size {cfg.batch_size} must divide by world size "
                            f"{world} x grad_accum {cfg.grad_accum}")
     model, model_cfg, tokenizer = build_model(cfg)
-    _apply_text_mode(model, cfg)
+    apply_text_mode(model, cfg)
     resume_from = latest_checkpoint(out_dir)
     start_step, state = 0, None
     if resume_from is not None:
@@ -199,7 +189,7 @@ def train_clip(config, data, out_dir, val=None, max_steps=None, progress=True):
                               load_file(resume_from / "open_clip_model.safetensors"))
     model.to(device)
     module = ClipTrainModule(model)
-    optimizer = _optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
                                                   warmup_cosine(cfg.warmup_steps, cfg.steps))
     if state is not None:
@@ -305,8 +295,7 @@ def train_clip(config, data, out_dir, val=None, max_steps=None, progress=True):
 def _load_val(val, cfg):
     records = load_records(val)
     transform = eval_transform(cfg.image_size)
-    from dermvlm.clip.data import open_rgb
-    kept = [(r, open_rgb(r.image)) for r in records]
+    kept = [(r, try_open_image(r.image)) for r in records]
     kept = [(r, img) for r, img in kept if img is not None]
     images = torch.stack([transform(img) for _, img in kept])
     return [r for r, _ in kept], images

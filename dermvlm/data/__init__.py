@@ -1,4 +1,2 @@
-"""Common records, manifests, webdataset shards and the converter that data recipes share."""
-from dermvlm.data.records import ManifestWriter, Record, read_manifest
-
-__all__ = ["ManifestWriter", "Record", "read_manifest"]
+"""Common records (`records`), manifests, webdataset shards (`shards`), table reading
+(`tables`) and the converter (`convert`) that the data recipes share."""

@@ -2,7 +2,7 @@
 import argparse
 import sys
 
-from dermvlm.cli import OneLineParser
+from dermvlm.cliargs import OneLineParser
 from dermvlm.data.convert import Converter
 from dermvlm.errors import DermvlmError
 

@@ -2,18 +2,17 @@
 
 The layout open_clip's `--dataset-type webdataset` reads, plus `sizes.json` ({shard: count}).
 Writing uses the standard library; reading streams members one at a time, so a corpus of any
-size goes through in bounded memory. `dermvlm.data.streaming.ShardDataset` splits shards across
-DDP ranks and loader workers.
+size goes through in bounded memory. `dermvlm.clip.data.ShardPairs` streams them to the
+trainer, split across DDP ranks.
 """
 import io
 import json
 import tarfile
 from pathlib import Path
 
-from PIL import Image
-
 from dermvlm.data.records import Record
 from dermvlm.errors import DataError
+from dermvlm.imaging import open_image
 
 
 class ShardWriter:
@@ -97,7 +96,7 @@ def decode_sample(group):
     ext = next((e for e in ("jpg", "jpeg", "png", "webp") if e in group), None)
     if ext is None:
         raise DataError(f"shard sample without an image (has {sorted(group)})")
-    image = Image.open(io.BytesIO(group[ext])).convert("RGB")
+    image = open_image(group[ext], name=f"shard sample {group.get('__key__', '')}".strip())
     caption = group.get("txt", b"").decode("utf-8")
     record = Record.from_dict(json.loads(group["json"])) if "json" in group else Record(
         image=ext, captions=[caption])

@@ -110,11 +110,6 @@ def _check_header(path, header, required, sep):
                     f"(found: {', '.join(header)})")
 
 
-def missing_columns(row, columns):
-    """Columns a short (truncated) row has no value for."""
-    return [c for c in columns if row.get(c) is None]
-
-
 def byte_ranges(path, chunk_bytes=None):
     """[(start, end, first line)] covering the data rows, cut only at newlines that lie outside
     quoted fields. One sequential pass; quotes and newlines are counted in C, block by block."""

@@ -10,7 +10,7 @@ borders), so every attribute maps onto a few array operations and a 224 px image
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from dermvlm.synth.ontology import CONDITIONS_BY_NAME
+from dermvlm.ontology import CONDITIONS_BY_NAME
 from dermvlm.synth.sample import MM_ACROSS_IMAGE, sample_seed
 from dermvlm.vocab import RAISED_LESION_TYPES
 

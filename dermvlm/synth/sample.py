@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dermvlm import vocab
-from dermvlm.synth.ontology import CONDITIONS, CONDITIONS_BY_NAME
+from dermvlm.ontology import CONDITIONS, CONDITIONS_BY_NAME
 
 # Field of view in mm, for size -> pixels. A single lesion is photographed closer up.
 MM_ACROSS_IMAGE = {"clinical": 50.0, "clinical single": 25.0, "dermoscopic": 20.0}

@@ -8,8 +8,9 @@ import json
 import numpy as np
 
 from dermvlm import vocab
+from dermvlm.choices import LETTER_INSTRUCTION, option_label
+from dermvlm.ontology import CONDITIONS, CONDITIONS_BY_NAME
 from dermvlm.report import report_from_attributes
-from dermvlm.synth.ontology import CONDITIONS, CONDITIONS_BY_NAME
 
 COLOUR_WORDS = {
     "red": ("red", "erythematous", "bright red"), "pink": ("pink", "pinkish", "salmon-pink"),
@@ -138,10 +139,6 @@ def benchmark_answers(attrs, diff, description):
     }
 
 
-MALIGNANCY_ANSWERS = {"benign": "It appears benign.",
-                      "premalignant": "It looks premalignant and should be reviewed.",
-                      "malignant": "Features suggest a malignant lesion; urgent review is "
-                      "advised."}
 # (question variants, answer function) for open VQA turns; answers vary in wording too.
 _OPEN_QA = (
     (("What colour is the lesion?", "Describe the colour of the lesion.",
@@ -160,7 +157,7 @@ _OPEN_QA = (
      lambda a, r: _pick(r, ("The most likely diagnosis is {}.", "This is most consistent with "
                             "{}.", "{}.")).format(a.condition).capitalize()),
     (("Is this lesion malignant?", "Should I worry that this is cancer?"),
-     lambda a, r: MALIGNANCY_ANSWERS[a.malignancy]),
+     lambda a, r: vocab.MALIGNANCY_ANSWERS[a.malignancy]),
     (("Is the border regular?", "Describe the border."),
      lambda a, r: f"The border is {a.border_regularity} and {a.border_definition}."),
     (("What is the surface like?", "Describe the surface."),
@@ -198,14 +195,10 @@ def vqa_conversations(attrs, image_rel, rng, n_conversations, report_json,
     return records
 
 
-LETTER_INSTRUCTION = {"letter": "Answer with the option's letter.",
-                      "option_first": "Answer with the option and its letter."}
-
-
 def _multiple_choice(attrs, rng, letter_answers="option_first"):
     """(question with lettered options, answer). `option_first` answers "Plaque (D).": the
-    option is read off the image first, then its letter copied, which SmolLM2-135M learns
-    (held-out letters 73.0 vs 28.5 % for "D" alone, same stage 2)."""
+    option is read off the image first, then its letter copied, which a 135M LM learns where
+    it does not learn the letter alone (docs/EXPERIMENTS.md)."""
     family = _pick(rng, ("diagnosis", "lesion_type", "colour", "malignancy"))
     truth, pool = {
         "diagnosis": (attrs.condition, [c.name for c in CONDITIONS]),
@@ -215,7 +208,7 @@ def _multiple_choice(attrs, rng, letter_answers="option_first"):
     }[family]
     distractors = rng.permutation([p for p in pool if p != truth])[:3].tolist()
     options = rng.permutation([truth] + distractors).tolist()
-    letters = "ABCD"
+    letters = [option_label(i) for i in range(4)]
     question = {"diagnosis": "Which diagnosis fits best?", "lesion_type": "Which primary "
                 "lesion is shown?", "colour": "What is the main colour of the lesion?",
                 "malignancy": "Is the lesion benign, premalignant or malignant?"}[family]

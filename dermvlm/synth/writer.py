@@ -1,4 +1,4 @@
-"""Generate a SynthDerm set on disk, in the real formats (DESIGN.md section 4).
+"""Generate a SynthDerm set on disk, in the real formats.
 
     out/
       images/<image_id>.jpg            rendered RGB images
@@ -24,7 +24,7 @@ from tqdm import tqdm
 from dermvlm import vocab
 from dermvlm.errors import DermvlmError
 from dermvlm.questions import DEFAULT_QUESTIONS, questions_to_json
-from dermvlm.synth.ontology import ontology_tree
+from dermvlm.ontology import ontology_tree
 from dermvlm.synth.render import render
 from dermvlm.synth.sample import SampleAttributes, sample_attributes
 from dermvlm.synth.text import texts_for
@@ -56,7 +56,7 @@ def _make_one(job):
     return attrs.to_dict(), image_rel, texts
 
 
-def _derm1m_row(attrs, image_rel, texts):
+def derm1m_row(attrs, image_rel, texts):
     concepts = skincon_concepts(attrs)
     hidden_site = attrs.index % 10 == 7  # some rows lack a site, as in the real data
     return {
@@ -116,7 +116,7 @@ def _write_tables(out_dir, results):
         writer = csv.DictWriter(f, fieldnames=DERM1M_COLUMNS)
         writer.writeheader()
         for attrs, image_rel, texts in results:
-            writer.writerow(_derm1m_row(attrs, image_rel, texts))
+            writer.writerow(derm1m_row(attrs, image_rel, texts))
     (out_dir / "ontology.json").write_text(json.dumps(ontology_tree(), indent=1))
     with open(out_dir / "skincon.csv", "w", newline="") as f:
         writer = csv.writer(f)

@@ -1,29 +1,9 @@
-"""Assemble a DermVLM from its parts: a CLIP folder's image tower, a causal LM (+ LoRA), a
-tokenizer with <image> added; and load a saved VLM folder back."""
-import json
-from pathlib import Path
-
+"""Assemble a DermVLM for training from its parts: a CLIP folder's image tower, a causal LM
+(+ LoRA), a tokenizer with <image> added; and the untuned baseline of a saved folder."""
 import torch
-from safetensors.torch import load_file
 
 from dermvlm.errors import DermvlmError
-from dermvlm.vlm.model import IMAGE_TOKEN, DermVLM, VisionTower, vlm_config_from
-
-
-def add_image_token(lm, tokenizer):
-    """Add <image> to the tokenizer and a zero embedding row to the LM (deterministic: the
-    row is never read as input, since image embeddings replace it)."""
-    if IMAGE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
-    old = lm.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > old:
-        lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        with torch.no_grad():
-            lm.get_input_embeddings().weight[old:] = 0
-            output = lm.get_output_embeddings()
-            if output is not None and output.weight.data_ptr() != \
-                    lm.get_input_embeddings().weight.data_ptr():
-                output.weight[old:] = 0
+from dermvlm.vlm.model import DermVLM, VisionTower, add_image_token, load_vlm_folder
 
 
 def vision_from_clip(spec):
@@ -72,42 +52,6 @@ def build_vlm(config, device="cpu", lm=None, tokenizer=None, vision=None):
     vlm.projector.to(device)
     vlm.vision.to(device)
     return vlm
-
-
-def load_vlm_folder(folder, device="cpu", dtype=torch.float32, lm=None, merge_lora=False):
-    """Load a saved VLM folder (base LM by reference, adapter, projector, vision).
-    merge_lora=True folds the adapter into the LM weights: same outputs, faster decoding."""
-    import open_clip
-    from transformers import AutoTokenizer
-
-    from dermvlm.vlm.lm import load_lm
-    folder = Path(folder)
-    meta_file = folder / "dermvlm_vlm.json"
-    if not meta_file.is_file():
-        raise DermvlmError(f"{folder}: not a dermvlm VLM folder (no dermvlm_vlm.json)")
-    meta = json.loads(meta_file.read_text())
-    config = vlm_config_from(meta)
-    if lm is None:
-        try:
-            lm, _ = load_lm(config.lm, dtype=dtype, device=device)
-        except OSError as exc:
-            raise DermvlmError(f"{folder}: cannot load the base LM {config.lm!r}: {exc}")
-    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
-    add_image_token(lm, tokenizer)
-    if (folder / "adapter").is_dir():
-        from peft import PeftModel
-        lm = PeftModel.from_pretrained(lm, folder / "adapter")
-        if merge_lora:
-            lm = lm.merge_and_unload()
-    elif meta.get("has_adapter"):
-        raise DermvlmError(f"{folder}: the LoRA adapter folder {folder / 'adapter'} is missing")
-    visual_cfg = meta["vision_cfg"]["vision_cfg"]
-    visual = open_clip.model._build_vision_tower(meta["vision_cfg"]["embed_dim"], visual_cfg)
-    tower = VisionTower(visual)
-    tower.load_state_dict(load_file(folder / "vision.safetensors"))
-    vlm = DermVLM(config, tower.eval(), lm, tokenizer, meta["vision_cfg"])
-    vlm.projector.load_state_dict(load_file(folder / "projector.safetensors"))
-    return vlm.to(device).eval()
 
 
 def untuned_baseline(folder, device="cpu", lm=None):

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
-from dermvlm.clip.data import eval_transform, open_rgb, train_transform
+from dermvlm.clip.data import train_transform
 from dermvlm.errors import DataError
+from dermvlm.imaging import eval_transform, try_open_image
 from dermvlm.vlm.model import IMAGE_TOKEN
 
 ROLES = {"human": "user", "gpt": "assistant", "user": "user", "assistant": "assistant",
@@ -103,7 +104,7 @@ class ConversationDataset(torch.utils.data.Dataset):
     def __getitem__(self, key):
         epoch, index = key
         image_path, conversation = self.items[index]
-        image = open_rgb(image_path)
+        image = try_open_image(image_path)
         if image is None:
             print(f"warning: skipping unreadable image {image_path}", file=sys.stderr)
             return None

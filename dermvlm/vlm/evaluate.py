@@ -11,17 +11,14 @@ from tqdm import tqdm
 from dermvlm import vocab
 from dermvlm.errors import DermvlmError
 from dermvlm.report import MALIGNANCY_CONCERN
-from dermvlm.synth.ontology import CONDITIONS
-from dermvlm.synth.text import MALIGNANCY_ANSWERS
+from dermvlm.choices import options_of, reply_letter
+from dermvlm.ontology import CONDITIONS
 from dermvlm.vlm.infer import describe, generate
 from dermvlm.vlm.model import IMAGE_TOKEN, target_mask
 
 FAMILIES = {"Which diagnosis fits best?": "diagnosis", "Which primary lesion is shown?":
             "lesion_type", "What is the main colour of the lesion?": "colour",
             "Is the lesion benign, premalignant or malignant?": "malignancy"}
-LETTER = re.compile(r"\b([A-D])\b")
-OPTION = re.compile(r"^([A-D])\. (.+)$", re.MULTILINE)
-OPTION_FIRST = re.compile(r"\(([A-D])\)\.?$")             # "Plaque (D).": synth.letter_answers
 
 
 def require_files(folder, *names):
@@ -30,6 +27,13 @@ def require_files(folder, *names):
         if not (Path(folder) / name).is_file():
             raise DermvlmError(f"{Path(folder) / name}: not found; --data must be a SynthDerm "
                                "folder written by `dermvlm synth`")
+
+
+def require_eval_files(folder, questions, attributes):
+    """The files evaluate_vlm reads for multiple-choice `questions` and for the open questions
+    and reports (`attributes`), checked before any model is loaded."""
+    require_files(folder, *(["vqa_llava.json"] if questions else []),
+                  *(["attributes.jsonl"] if attributes else []))
 
 
 def choice_items(folder, limit=None):
@@ -42,12 +46,12 @@ def choice_items(folder, limit=None):
         family = FAMILIES.get(question.split("\n")[0])
         if family:
             reply = record["conversations"][1]["value"].strip()
-            match = OPTION_FIRST.search(reply) or LETTER.match(reply)
-            if match is None:
+            options = dict(options_of(question))
+            answer = reply_letter(reply, options)
+            if answer is None:
                 raise DermvlmError(f"{folder / 'vqa_llava.json'}: record {record.get('id')!r} "
                                    f"answers a lettered question with {reply[:40]!r}; "
                                    "expected 'D', 'D. plaque' or 'Plaque (D).'")
-            answer = match.group(1)
             items.append((str(folder / record["image"]), question, answer, family))
     return items[:limit]
 
@@ -66,12 +70,12 @@ def closed_accuracy(vlm, folder, limit=200, progress=True, image_shift=0):
             image = _other_image(images, k, image_shift)
         reply = generate(vlm, image, [{"role": "user", "content": question}],
                          max_new_tokens=16)        # room for "Seborrhoeic keratosis (B)."
-        match = LETTER.search(reply)
-        unparsed += match is None
-        hits[family].append(bool(match) and match.group(1) == answer)
-        options = dict(OPTION.findall(question))
+        options = dict(options_of(question))
+        letter = reply_letter(reply, options)
+        unparsed += letter is None
+        hits[family].append(letter == answer)
         truths[family].append(options[answer])
-        chosen[family].append(options.get(match.group(1)) if match else None)
+        chosen[family].append(options.get(letter))
     return {**_family_scores(hits, truths, chosen), "unparsed_answers": unparsed,
             "chance": 0.25}
 
@@ -114,7 +118,7 @@ def reply_scores(vlm, image, question, replies):
 def cloze_answer(family, value):
     """The answer a SynthDerm conversation gives when `value` is the truth, in one of its
     trained wordings: "Papule.", "Tinea corporis.", "It appears benign."."""
-    return MALIGNANCY_ANSWERS[value] if family == "malignancy" else f"{value}.".capitalize()
+    return vocab.MALIGNANCY_ANSWERS[value] if family == "malignancy" else f"{value}.".capitalize()
 
 
 def cloze_accuracy(vlm, folder, limit=200, progress=True, image_shift=0):
@@ -134,7 +138,7 @@ def cloze_accuracy(vlm, folder, limit=200, progress=True, image_shift=0):
                                                                disable=not progress)):
         if image_shift:
             image = _other_image(images, k, image_shift)
-        options = OPTION.findall(question)
+        options = options_of(question)
         scores = reply_scores(vlm, image, OPEN_QUESTIONS[family][0],
                               [cloze_answer(family, text) for _, text in options])
         best = max(zip(scores, (letter for letter, _ in options)))[1]
@@ -255,3 +259,24 @@ def report_validity(vlm, folder, limit=20, progress=True):
             "top_diagnosis_accuracy": round(top_dx / n, 4),
             "malignancy_concern_accuracy": round(concern / n, 4),
             "next_step_accuracy": round(step / n, 4)}
+
+
+def evaluate_vlm(vlm, folder, closed=200, cloze=200, open_images=100, reports=20,
+                 swap_images=0, progress=True):
+    """The held-out VQA evaluation `eval.vqa` and the embedded default's build both run:
+    {"closed", "closed_cloze", "open", "reports"} for the counts that are > 0 (0 skips a
+    score), and with swap_images=K each of the first three again as "<name>_other_image",
+    every question asked about the image K questions on (does the model read the image?)."""
+    require_eval_files(folder, closed or cloze, open_images or reports)
+    result = {}
+    for name, score, n in (("closed", closed_accuracy, closed),
+                           ("closed_cloze", cloze_accuracy, cloze),
+                           ("open", open_accuracy, open_images)):
+        if n > 0:
+            result[name] = score(vlm, folder, n, progress)
+            if swap_images:
+                result[f"{name}_other_image"] = score(vlm, folder, n, progress,
+                                                      image_shift=swap_images)
+    if reports > 0:
+        result["reports"] = report_validity(vlm, folder, reports, progress)
+    return result

@@ -16,9 +16,9 @@ import warnings
 import torch
 
 from dermvlm import vocab
-from dermvlm.clip.data import eval_transform, open_rgb
 from dermvlm.errors import DermvlmError
-from dermvlm.report import DISCLAIMER, MALIGNANCY_CONCERN, LesionReport
+from dermvlm.imaging import eval_transform, open_image
+from dermvlm.report import DISCLAIMER, MALIGNANCY_CONCERN, LesionReport, field_choices
 from dermvlm.vlm.data import to_messages
 from dermvlm.vlm.model import IMAGE_TOKEN
 
@@ -27,12 +27,7 @@ REPORT_PROMPT = "Write the structured lesion report for this image."
 
 def load_image(vlm, image):
     """A PIL image or a path -> (1, 3, S, S) pixels; unreadable files are a clear error."""
-    if not hasattr(image, "convert"):
-        path = image
-        image = open_rgb(path)
-        if image is None:
-            raise DermvlmError(f"{path}: not a readable image")
-    return eval_transform(vlm.vision.image_size)(image.convert("RGB"))[None]
+    return eval_transform(vlm.vision.image_size)(open_image(image))[None]
 
 
 def _as_messages(messages):
@@ -153,17 +148,7 @@ def parse_json_object(text):
     return value if isinstance(value, dict) else {}
 
 
-_CHOICES = {   # field -> (allowed values, is a list)
-    "elementary_lesions": (vocab.LESION_TYPES, True), "colours": (vocab.COLOURS, True),
-    "border_regularity": (vocab.BORDER_REGULARITY, False),
-    "border_definition": (vocab.BORDER_DEFINITION, False), "shape": (vocab.SHAPES, False),
-    "size": (vocab.SIZES, False), "count": (vocab.COUNTS, False),
-    "distribution": (vocab.DISTRIBUTIONS, False), "surface_features": (vocab.SURFACES, True),
-    "secondary_changes": (vocab.SECONDARY_CHANGES, True), "body_site": (vocab.BODY_SITES, False),
-    "image_quality": (vocab.IMAGE_QUALITY, False),
-    "malignancy_concern": (vocab.MALIGNANCY_CONCERNS, False),
-    "suggested_next_step": (vocab.NEXT_STEPS, False),
-}
+_CHOICES = field_choices()       # field -> (allowed values, is a list)
 
 
 def _field_ok(field, value):
@@ -175,7 +160,7 @@ def _field_ok(field, value):
 
 def describe(vlm, image, max_new_tokens=400):
     """(LesionReport, raw generated text, repaired field names)."""
-    from dermvlm.synth.ontology import CONDITIONS
+    from dermvlm.ontology import CONDITIONS
     messages = [{"role": "user", "content": REPORT_PROMPT}]
     prompt_length = len(prompt_ids(vlm, _as_messages(messages), 0))
     budget = min(max_new_tokens, vlm.config.max_length - prompt_length)  # what fits
@@ -210,9 +195,9 @@ def _follow_differential(fixed, repaired):
     """Raise malignancy_concern and suggested_next_step to what the report's top diagnosis
     implies (a melanoma ranked first is never "low" concern with routine monitoring). Only
     ever raised: the model may be more cautious than its differential, never less. The top
-    diagnosis alone, as SynthDerm's reports set them: counting any diagnosis given >= 25 %
-    would contradict 13 % of its held-out ground-truth reports."""
-    from dermvlm.synth.ontology import CONDITIONS_BY_NAME
+    diagnosis alone, as SynthDerm's ground-truth reports set them (a rule that also counted
+    lower-ranked diagnoses would contradict the truth it is trained on)."""
+    from dermvlm.ontology import CONDITIONS_BY_NAME
     top = CONDITIONS_BY_NAME.get(fixed["differential"][0]["diagnosis"])
     if top is None:
         return

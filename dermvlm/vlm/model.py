@@ -8,10 +8,8 @@
       -> written into the LM's input embeddings where input_ids == <image> (N' per image)
 
 Why the class token: with CLS pooling, CLIP's loss reads only the class token of the last
-layer, so that layer's patch outputs are never trained directly. On the default's tower a
-linear probe (3,000 training images, 500 held out) on the class token as passed (before
-ln_post) reads lesion type at 86.2 % and diagnosis at 68.0 %; on the 4x4-pooled patch tokens,
-77.8 % and 56.2 %.
+layer, so that layer's patch outputs are never trained directly and carry less of what the
+contrastive loss learnt (the probe figures are in docs/EXPERIMENTS.md).
 
 A saved VLM folder holds dermvlm_vlm.json (config + references to the bases), vision and
 projector safetensors, the tokenizer (with <image> added) and the LoRA adapter; the base LM is
@@ -24,12 +22,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from dermvlm.config import VLMConfig, check_choice
 from dermvlm.errors import DermvlmError
 
 IMAGE_TOKEN = "<image>"
+VISION_FILE = "vision.safetensors"
 
 
 class VisionTower(torch.nn.Module):
@@ -163,10 +162,8 @@ class DermVLM(torch.nn.Module):
 
     def image_norm_penalty(self, images):
         """Mean squared log-ratio of each image token's norm to the LM's mean input-embedding
-        norm. Without it stage 1 inflates image tokens ~40x past text tokens (139 vs 3.2 for
-        SmolLM2). On SynthDerm at CPU scale (300 + 240 steps, weight 0.1) it made the caption
-        loss depend more on the image but did not raise VQA accuracy: an option to try, off
-        by default."""
+        norm: without it stage 1 lets image tokens grow far past the norm of text tokens. An
+        option to try, off by default (docs/EXPERIMENTS.md has what it did)."""
         weight = self.lm.get_input_embeddings().weight
         target = weight.detach().float().norm(dim=-1).mean()
         ratio = images.float().norm(dim=-1) / target                   # (B, N')
@@ -186,17 +183,6 @@ class DermVLM(torch.nn.Module):
             loss = loss + self.config.image_norm_weight * self.image_norm_penalty(images)
         return LossOutput(loss=loss)
 
-    # ---- inference (dermvlm.vlm.infer has the details)
-    def chat(self, image, messages, stream=False, **kwargs):
-        """The reply to a chat about `image`; a generator of text pieces if stream=True."""
-        from dermvlm.vlm.infer import generate
-        return generate(self, image, messages, stream=stream, **kwargs)
-
-    def describe(self, image):
-        """A validated LesionReport for `image` (see infer.describe)."""
-        from dermvlm.vlm.infer import describe
-        return describe(self, image)[0]
-
     # ---- saving and loading
     def save_pretrained(self, folder):
         folder = Path(folder)
@@ -207,7 +193,7 @@ class DermVLM(torch.nn.Module):
                 "has_adapter": hasattr(self.lm, "peft_config")}
         (folder / "dermvlm_vlm.json").write_text(json.dumps(meta, indent=1))
         save_file({k: v.contiguous() for k, v in self.vision.state_dict().items()},
-                  folder / "vision.safetensors")
+                  folder / VISION_FILE)
         save_file({k: v.contiguous() for k, v in self.projector.state_dict().items()},
                   folder / "projector.safetensors")
         self.tokenizer.save_pretrained(folder / "tokenizer")
@@ -218,12 +204,83 @@ class DermVLM(torch.nn.Module):
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder, device="cpu", dtype=torch.float32, merge_lora=True):
-        """A VLM for inference (LoRA merged by default; merge_lora=False keeps the adapter)."""
-        from dermvlm.vlm.build import load_vlm_folder
-        return load_vlm_folder(folder, device=device, dtype=dtype, merge_lora=merge_lora)
+    def from_pretrained(cls, folder, device="cpu", dtype=torch.float32, merge_lora=True,
+                        vision=None):
+        """A VLM for inference (LoRA merged by default; merge_lora=False keeps the adapter).
+        `vision`: see load_vlm_folder."""
+        return load_vlm_folder(folder, device=device, dtype=dtype, merge_lora=merge_lora,
+                               vision=vision)
 
 
 def vlm_config_from(meta):
     # folders saved before vlm.class_token existed passed the patch tokens alone
     return VLMConfig(**{"class_token": False, **meta["vlm"]})
+
+
+def add_image_token(lm, tokenizer):
+    """Add <image> to the tokenizer and a zero embedding row to the LM (deterministic: the
+    row is never read as input, since image embeddings replace it)."""
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    old = lm.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > old:
+        lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            lm.get_input_embeddings().weight[old:] = 0
+            output = lm.get_output_embeddings()
+            if output is not None and output.weight.data_ptr() != \
+                    lm.get_input_embeddings().weight.data_ptr():
+                output.weight[old:] = 0
+
+
+def vision_weights_file(folder):
+    """The safetensors file holding a VLM folder's image tower ("visual.*" tensors): its own
+    vision.safetensors, or the file its dermvlm_vlm.json names by relative path (the embedded
+    default's VLM reads the tower from ../clip/clip_weights.safetensors, stored once)."""
+    folder = Path(folder)
+    meta = json.loads((folder / "dermvlm_vlm.json").read_text())
+    path = (folder / meta.get("vision_weights", VISION_FILE)).resolve()
+    if not path.is_file():
+        raise DermvlmError(f"{folder}: the image tower's weights {path} are missing")
+    return path
+
+
+def load_vlm_folder(folder, device="cpu", dtype=torch.float32, lm=None, merge_lora=False,
+                    vision=None):
+    """Load a saved VLM folder (base LM by reference, adapter, projector, vision).
+    merge_lora=True folds the adapter into the LM weights: same outputs, faster decoding.
+    `vision`: an already loaded open_clip image tower with the same weights (the app passes
+    its zero-shot model's, so the tower is in memory once)."""
+    import open_clip
+    from transformers import AutoTokenizer
+
+    from dermvlm.vlm.lm import load_lm
+    folder = Path(folder)
+    meta_file = folder / "dermvlm_vlm.json"
+    if not meta_file.is_file():
+        raise DermvlmError(f"{folder}: not a dermvlm VLM folder (no dermvlm_vlm.json)")
+    meta = json.loads(meta_file.read_text())
+    config = vlm_config_from(meta)
+    if vision is None:
+        weights = load_file(vision_weights_file(folder))
+        vision = open_clip.model._build_vision_tower(meta["vision_cfg"]["embed_dim"],
+                                                     meta["vision_cfg"]["vision_cfg"])
+        VisionTower(vision).load_state_dict(
+            {k: v for k, v in weights.items() if k.startswith("visual.")})
+    if lm is None:
+        try:
+            lm, _ = load_lm(config.lm, dtype=dtype, device=device)
+        except OSError as exc:
+            raise DermvlmError(f"{folder}: cannot load the base LM {config.lm!r}: {exc}")
+    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    add_image_token(lm, tokenizer)
+    if (folder / "adapter").is_dir():
+        from peft import PeftModel
+        lm = PeftModel.from_pretrained(lm, folder / "adapter")
+        if merge_lora:
+            lm = lm.merge_and_unload()
+    elif meta.get("has_adapter"):
+        raise DermvlmError(f"{folder}: the LoRA adapter folder {folder / 'adapter'} is missing")
+    vlm = DermVLM(config, VisionTower(vision).eval(), lm, tokenizer, meta["vision_cfg"])
+    vlm.projector.load_state_dict(load_file(folder / "projector.safetensors"))
+    return vlm.to(device).eval()

@@ -6,8 +6,6 @@ checkpoints (a VLM folder + train_state.pt), JSONL metrics, DDP under torchrun, 
 with a message on a non-finite loss.
 """
 import functools
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from tqdm import tqdm
 from dermvlm.clip.data import BatchOrder
 from dermvlm.errors import DermvlmError
 from dermvlm.training import (TrainingError, all_ranks_sum, distributed, latest_checkpoint,
-                              log_metrics, truncate_metrics, warmup_cosine)
+                              log_metrics, save_checkpoint, truncate_metrics, warmup_cosine)
 from dermvlm.vlm.build import apply_lora, build_vlm, load_vlm_folder
 from dermvlm.vlm.data import ConversationDataset, collate, load_conversations
 from dermvlm.vlm.model import target_weight
@@ -54,20 +52,9 @@ def _next_batch(batches, device):
 
 
 def _save_checkpoint(out_dir, step, vlm, optimizer, scheduler, keep=2):
-    root = out_dir / "checkpoints"
-    folder = root / f"step_{step:07d}"
-    tmp = root / f"step_{step:07d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    vlm.save_pretrained(tmp)
-    torch.save({"step": step, "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict()}, tmp / "train_state.pt")
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-    (root / "latest.tmp").write_text(folder.name)
-    os.replace(root / "latest.tmp", root / "latest")
-    for old in sorted(p for p in root.glob("step_*") if not p.name.endswith(".tmp"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return folder
+    return save_checkpoint(out_dir, step, vlm.save_pretrained,
+                           {"step": step, "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict()}, keep)
 
 
 def _restore(vlm, folder):

@@ -1,4 +1,4 @@
-"""SynthDerm's disease ontology: 29 conditions in a 3-4 level hierarchy, each a distribution over
+"""The disease ontology: 29 conditions in a 3-4 level hierarchy, each a distribution over
 the visual attributes of `dermvlm.vocab`.
 
 Weights are relative (they need not sum to 1). A condition leaves out what it does not constrain,

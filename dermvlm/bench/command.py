@@ -1,0 +1,38 @@
+"""The DermaBench-style evaluation as a command: its arguments and the call that runs it and
+prints a summary. `dermvlm eval dermabench` and `python -m eval.dermabench` share both."""
+import json
+import sys
+
+from dermvlm.cliargs import positive_int
+from dermvlm.errors import DermvlmError
+
+
+def add_dermabench_args(parser):
+    parser.add_argument("--questions", required=True, help="questions file (JSON schema)")
+    parser.add_argument("--answers", required=True,
+                        help="answers JSONL: image, question_id, answer, fitzpatrick")
+    parser.add_argument("--images", help="folder the answer rows' image paths are relative "
+                        "to (default: the answers file's folder)")
+    parser.add_argument("--model", required=True, help="reference | random[:SEED] | clip:SPEC"
+                        " | vlm:FOLDER | openai:URL#MODEL | default | default:clip")
+    parser.add_argument("--out", required=True, help="output folder (resumable)")
+    parser.add_argument("--limit", type=positive_int, help="score only the first N answers")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_dermabench(args, prog="dermvlm eval dermabench"):
+    from dermvlm.bench.run import run_benchmark
+    try:
+        results = run_benchmark(args.questions, args.answers, args.model, args.out,
+                                images_dir=args.images, limit=args.limit, seed=args.seed,
+                                progress=not args.quiet)
+    except DermvlmError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"model": results["model"], "n_items": results["n_items"],
+                      "left_out": results["left_out"], "unparsed": results["unparsed"],
+                      "by_type": results["by_type"],
+                      "fitzpatrick_gap": results["by_fitzpatrick"]["best_minus_worst"],
+                      "report": f"{args.out}/report.md"}, indent=1))
+    return 0

