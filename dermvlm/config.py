@@ -15,6 +15,7 @@ import typing
 from dataclasses import dataclass, field
 
 from dermvlm.errors import ConfigError
+from dermvlm.ontology import CONDITIONS
 
 
 @dataclass
@@ -176,6 +177,9 @@ POSITIVE = ("synth.n", "synth.size", "clip.image_size", "clip.steps", "clip.batc
             "clip.grad_accum", "clip.ckpt_every", "clip.eval_every", "clip.log_every",
             "vlm.token_pool", "vlm.max_length", "vlm.batch_size", "vlm.grad_accum",
             "vlm.ckpt_every", "vlm.log_every")
+# list fields whose every member must be one of these
+MEMBERS = {"synth.conditions": tuple(c.name for c in CONDITIONS),
+           "synth.skin_types": (1, 2, 3, 4, 5, 6)}
 
 
 def get_config(preset="default", overrides=()):
@@ -217,6 +221,10 @@ def check_choice(key, value):
         raise ConfigError(f"{key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
     if key in POSITIVE and value < 1:
         raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+    unknown = [v for v in value if v not in MEMBERS[key]] if key in MEMBERS else []
+    if unknown:
+        allowed = ", ".join(map(str, MEMBERS[key]))
+        raise ConfigError(f"{key}: {unknown[0]!r} is not one of the allowed values ({allowed})")
     return value
 
 
@@ -251,6 +259,9 @@ def _coerce(value, hint, key):
             raise ConfigError(f"{key}: expected a JSON object for a section")
         return _from_dict(hint, value, key + ".")
     if hint in (tuple, list) or origin in (tuple, list):
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            raise ConfigError(f"{key}: {value!r} is not a JSON list; write "
+                              '\'["a", "b"]\' (quoted items) or the shorthand a,b')
         if isinstance(value, str):  # "a,b" shorthand for a list of strings
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):

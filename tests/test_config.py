@@ -59,3 +59,35 @@ def test_every_preset_uses_allowed_choices_and_saved_configs_are_checked():
             assert data[section][name] in allowed, (preset, key)
     with pytest.raises(ConfigError, match="clip.text_mode must be one of locked, lora, full"):
         Config.from_dict({"clip": {"text_mode": "frozen"}})
+
+
+BAD_SET_VALUES = [
+    ("synth.conditions=[melanoma]", "is not a JSON list"),         # unquoted items
+    ('synth.conditions=["melanomaX"]', "'melanomaX' is not one of the allowed values"),
+    ("synth.skin_types=[7]", "7 is not one of the allowed values"),
+    ("clip.steps=many", "expected an integer"),                      # wrong type
+]
+
+
+@pytest.mark.parametrize("value, fragment", BAD_SET_VALUES)
+@pytest.mark.parametrize("command", ["synth", "train.clip", "train.vlm", "build-default"])
+def test_bad_set_values_are_one_line_for_every_command(command, value, fragment, tmp_path,
+                                                       capsys):
+    """Every command that takes --set names the key, the value and what is allowed in one
+    line and exits 2, before any work (no traceback)."""
+    import importlib
+
+    from dermvlm.cli import main as dermvlm_main
+    out = str(tmp_path / "out")
+    if command == "synth":
+        code = dermvlm_main(["synth", "--out", out, "--n", "2", "--set", value])
+    elif command == "build-default":
+        code = dermvlm_main(["build-default", "--work", out, "--set", value])
+    else:
+        argv = ["--data", str(tmp_path), "--out", out, "--set", value]
+        argv += ["--stage", "1"] if command == "train.vlm" else []
+        code = importlib.import_module(command).main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and fragment in err
+    assert value.split("=")[0] in err
+    assert not (tmp_path / "out").exists()
