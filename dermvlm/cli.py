@@ -108,16 +108,23 @@ def cmd_classify(args):
     check_model_spec(args.model)
     from dermvlm.clip.classify import classify, read_labels, write_predictions
     labels = None if args.concepts else read_labels(args.labels, args.labels_file)
+    failures = []
     results = classify(args.images, args.model, labels=labels, concepts=bool(args.concepts),
-                       top_k=args.top_k)
+                       top_k=args.top_k, failures=failures)
     for path, ranked in results:
         print(path)
         for label, score in ranked:
             print(f"  {score:7.3f}  {label}")
+    for path, reason in failures:
+        print(f"skipped: {path} ({reason})", file=sys.stderr)
     if args.out:
         write_predictions(results, args.out)
     if not results:
         raise DermvlmError("no readable images among the inputs")
+    if failures:
+        print(f"dermvlm classify: {len(results)} image(s) classified, {len(failures)} could "
+              "not be read (listed above)", file=sys.stderr)
+        return 1
     return 0
 
 

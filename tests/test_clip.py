@@ -312,11 +312,42 @@ def test_classify_with_a_vanilla_open_clip_checkpoint(pairs, tmp_path, capsys):
                          f"local-dir:{folder}", "--labels", "melanoma,nevus,psoriasis",
                          "--top-k", "2", "--out", str(tmp_path / "preds.csv")])
     captured = capsys.readouterr()
-    assert code == 0 and "skipped:" in captured.err and "junk.jpg" in captured.err
+    assert code == 1 and "skipped:" in captured.err and "junk.jpg" in captured.err
     rows = (tmp_path / "preds.csv").read_text().splitlines()
     assert rows[0] == "image,rank,label,score" and len(rows) == 3
     probs = [float(r.split(",")[-1]) for r in rows[1:]]
     assert probs[0] >= probs[1]
+
+
+def test_classify_a_folder_with_bad_files_goes_on(pairs, tmp_path, capsys):
+    """A decompression bomb, a truncated JPEG and a text file named .jpg among good images:
+    a result for every good image, one reason line for every bad one, exit code 1."""
+    import io
+    import shutil
+
+    from PIL import Image
+    from test_imaging import _png_header_only
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    good = sorted((pairs / "images").iterdir())[:2]
+    for path in good:
+        shutil.copy(path, folder / path.name)
+    (folder / "bomb.png").write_bytes(_png_header_only(50_000, 50_000))
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (120, 30, 30)).save(buffer, "JPEG")
+    (folder / "truncated.jpg").write_bytes(buffer.getvalue()[:200])
+    (folder / "notes.jpg").write_text("not a picture")
+    code = dermvlm_main(["classify", str(folder), "--model",
+                         f"local-dir:{vanilla_open_clip_folder(tmp_path / 'vanilla')}",
+                         "--labels", "melanoma,nevus", "--top-k", "1"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "Traceback" not in err
+    assert [line for line in out.splitlines() if not line.startswith(" ")] == [
+        str(folder / p.name) for p in good]
+    reasons = [line for line in err.splitlines() if line.startswith("skipped:")]
+    assert len(reasons) == 3 and all(name in err for name in ("bomb.png", "truncated.jpg",
+                                                              "notes.jpg"))
+    assert "megapixels" in err and "2 image(s) classified, 3 could not be read" in err
 
 
 @pytest.mark.parametrize("argv, fragment", [

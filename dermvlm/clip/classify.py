@@ -1,6 +1,5 @@
 """`dermvlm classify`: zero-shot labels or SkinCon concept scores for image files."""
 import csv
-import sys
 from pathlib import Path
 
 from dermvlm.clip.model import load_model
@@ -12,8 +11,9 @@ from dermvlm.zeroshot import DERMLIP_TEMPLATES, ZeroShot
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
 
-def collect_images(inputs):
-    """Files named directly, plus image files under named folders (sorted)."""
+def collect_images(inputs, failures):
+    """Files named directly, plus image files under named folders (sorted); a name that does
+    not exist is added to `failures` as (path, reason)."""
     paths = []
     for item in inputs:
         path = Path(item)
@@ -22,7 +22,7 @@ def collect_images(inputs):
         elif path.exists():
             paths.append(path)
         else:
-            print(f"skipped: {path} (no such file)", file=sys.stderr)
+            failures.append((str(path), "no such file"))
     return paths
 
 
@@ -41,19 +41,21 @@ def read_labels(labels=None, labels_file=None):
     return items
 
 
-def classify(inputs, model_spec, labels=None, concepts=False, top_k=5, templates=None):
-    """[(image path, [(label, score), ...] best first)]; unreadable files are reported and
-    skipped, never fatal."""
+def classify(inputs, model_spec, labels=None, concepts=False, top_k=5, templates=None,
+             failures=None):
+    """[(image path, [(label, score), ...] best first)]. A file that is not a usable image is
+    appended to `failures` as (path, reason) and the batch goes on; never fatal."""
+    failures = [] if failures is None else failures
     model, model_cfg, tokenizer = load_model(model_spec)
     zs = ZeroShot(model, tokenizer)
     transform = eval_transform(model_cfg["vision_cfg"]["image_size"])
     names = list(SKINCON_CONCEPTS) if concepts else labels
     results = []
-    for path in collect_images(inputs):
+    for path in collect_images(inputs, failures):
         try:
             image = open_image(path)
         except ImageError as exc:
-            print(f"skipped: {path} ({exc})", file=sys.stderr)
+            failures.append((str(path), str(exc).partition(": ")[2] or str(exc)))
             continue
         features = zs.encode_images(transform(image)[None])
         if concepts:
