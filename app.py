@@ -4,6 +4,11 @@ scores and zero-shot diagnoses, and get a structured lesion report.
     python app.py                       # embedded default model, http://127.0.0.1:7860
     GRADIO_SERVER_PORT=8080 python app.py
     python app.py --vlm runs/vlm2/model --clip runs/clip/model
+    python app.py --model mine=runs/vlm2/model --model other=runs/b/vlm|runs/b/clip
+
+The model selector lists only what the operator configured here: the default (the embedded
+model, or --vlm/--clip) and each --model NAME=VLM_FOLDER[|CLIP_SPEC]. A value a request sends
+that is not on the list is refused with one neutral line, and nothing is loaded.
 
 Research tool, not a diagnosis. Uploads live in a per-session temporary folder that is
 deleted when the session ends.
@@ -22,24 +27,50 @@ from dermvlm.errors import DermvlmError
 from dermvlm.imaging import ImageError, open_image
 from dermvlm.report import DISCLAIMER
 from dermvlm.serve import Assistant
+from dermvlm.trust import ABSTAIN_MESSAGE
 
 EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / "docs" / "examples").glob("*.jpg"))
 DEFAULT_MODEL = "embedded default"
+NOT_OFFERED = "This model is not available on this server."
 _assistants, _assistants_lock = {}, threading.Lock()
 
 
-def get_assistant(choice, default_pair=(None, None)):
-    """The Assistant for a model choice: 'embedded default' or 'VLM_FOLDER[|CLIP_SPEC]'
-    (the CLIP spec defaults to the embedded zero-shot model). Loaded once, shared."""
-    if choice in (None, "", DEFAULT_MODEL):
-        key = default_pair
-    else:
-        vlm, _, clip = choice.partition("|")
-        key = (vlm.strip(), clip.strip() or default_pair[1])
+class NotOffered(DermvlmError):
+    """A model value from a request that the operator did not configure."""
+
+
+def model_table(default_pair=(None, None), named=()):
+    """{selector name: (VLM folder, CLIP spec)}: the default and each 'NAME=VLM[|CLIP]'
+    (the CLIP spec defaults to the default's)."""
+    table = {DEFAULT_MODEL: tuple(default_pair)}
+    for entry in named:
+        name, sep, spec = entry.partition("=")
+        if not sep or not name.strip() or not spec.strip():
+            raise DermvlmError(f"--model {entry!r}: expected NAME=VLM_FOLDER[|CLIP_SPEC]")
+        vlm, _, clip = spec.partition("|")
+        table[name.strip()] = (vlm.strip(), clip.strip() or default_pair[1])
+    return table
+
+
+def get_assistant(choice, models):
+    """The Assistant for a selector value, loaded once and shared; a value that is not in
+    `models` (the operator's table) raises NotOffered before anything is loaded."""
+    if choice in (None, ""):
+        choice = DEFAULT_MODEL
+    if not isinstance(choice, str) or choice not in models:
+        raise NotOffered(NOT_OFFERED)
+    key = models[choice]
     with _assistants_lock:
         if key not in _assistants:
             _assistants[key] = Assistant(*key)
         return _assistants[key]
+
+
+def status_line(verdict):
+    if verdict and verdict["abstained"]:
+        return (f"⚠️ {ABSTAIN_MESSAGE} (out-of-distribution score {verdict['ood_score']:.2f}, "
+                f"threshold {verdict['threshold']:.2f})")
+    return "Image loaded. Ask a question in the chat."
 
 
 def message_text(content):
@@ -61,7 +92,9 @@ def _delete_session(state):
         shutil.rmtree(state["dir"], ignore_errors=True)
 
 
-def build_app(default_pair=(None, None), examples=EXAMPLES):
+def build_app(default_pair=(None, None), examples=EXAMPLES, models=None):
+    models = models or model_table(default_pair)
+
     def classify(path, model_choice):
         """The upright image as the model sees it, top diagnoses, the concept chart and a
         status line (a friendly message for a bad upload)."""
@@ -70,13 +103,13 @@ def build_app(default_pair=(None, None), examples=EXAMPLES):
             return None, {}, empty, "Upload an image to start."
         try:
             image = open_image(path)
-            diagnoses, concepts = get_assistant(model_choice, default_pair).classify(image)
-        except ImageError as exc:
+            diagnoses, concepts, verdict = get_assistant(model_choice, models).classify(image)
+        except (ImageError, NotOffered) as exc:
             return None, {}, empty, f"⚠️ {exc}"
         except DermvlmError as exc:
             return None, {}, empty, f"⚠️ model error: {exc}"
         frame = pd.DataFrame({"concept": list(concepts), "score": list(concepts.values())})
-        return image, diagnoses, frame, "Image loaded. Ask a question in the chat."
+        return image, diagnoses, frame, status_line(verdict)
 
     def chat(path, message, history, model_choice):
         """Stream the assistant's reply into the chat history."""
@@ -89,7 +122,7 @@ def build_app(default_pair=(None, None), examples=EXAMPLES):
         history.append({"role": "user", "content": message})
         try:
             image = open_image(path)
-            assistant = get_assistant(model_choice, default_pair)
+            assistant = get_assistant(model_choice, models)
             history.append({"role": "assistant", "content": ""})
             for text in assistant.chat(image, history[:-2], message):
                 history[-1] = {"role": "assistant", "content": text}
@@ -101,7 +134,7 @@ def build_app(default_pair=(None, None), examples=EXAMPLES):
     def report(path, model_choice, state):
         try:
             image = open_image(path)
-            lesion_report, text = get_assistant(model_choice, default_pair).report(image)
+            lesion_report, text = get_assistant(model_choice, models).report(image)
         except DermvlmError as exc:
             return f"⚠️ {exc}", None, None, state
         data = lesion_report.model_dump(mode="json")
@@ -122,9 +155,11 @@ def build_app(default_pair=(None, None), examples=EXAMPLES):
                                    interactive=False, elem_id="preview")
                 if examples:
                     gr.Examples(examples, inputs=image, label="SynthDerm examples")
-                model = gr.Dropdown([DEFAULT_MODEL], value=DEFAULT_MODEL,
-                                    allow_custom_value=True, label="Model",
-                                    info="or a path: VLM_FOLDER|CLIP_SPEC")
+                # the choices are the operator's list; custom values pass Gradio's own check
+                # only so that get_assistant refuses them with one neutral line (Gradio's
+                # refusal would echo the value back)
+                model = gr.Dropdown(list(models), value=DEFAULT_MODEL, allow_custom_value=True,
+                                    label="Model")
                 status = gr.Markdown("Upload an image to start.", elem_id="status")
             with gr.Column(scale=3):
                 with gr.Tab("Chat"):
@@ -159,15 +194,19 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vlm", help="VLM folder (default: the embedded default)")
     parser.add_argument("--clip", help="zero-shot CLIP spec (default: the embedded default)")
+    parser.add_argument("--model", dest="models", action="append", default=[],
+                        metavar="NAME=VLM_FOLDER[|CLIP_SPEC]",
+                        help="another model the selector offers (repeatable)")
     args = parser.parse_args(argv)
     try:
-        assistant = get_assistant(DEFAULT_MODEL, (args.vlm, args.clip))
+        models = model_table((args.vlm, args.clip), args.models)
+        assistant = get_assistant(DEFAULT_MODEL, models)
     except DermvlmError as exc:
         raise SystemExit(f"app.py: error: {exc}")
     print(f"models loaded in {assistant.load_seconds:.1f} s")
     # server name and port: Gradio reads GRADIO_SERVER_NAME / GRADIO_SERVER_PORT
     # (default 127.0.0.1:7860)
-    build_app((args.vlm, args.clip)).launch(show_error=True)
+    build_app((args.vlm, args.clip), models=models).launch(show_error=True)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,8 @@ def _classify_parser(sub):
     group.add_argument("--concepts", choices=("skincon",), help="score the 48 SkinCon concepts")
     p.add_argument("--top-k", type=positive_int, default=5, help="results per image")
     p.add_argument("--out", help="also write predictions as CSV")
+    p.add_argument("--ignore-ood", action="store_true", help="give scores for images the "
+                   "model would otherwise refuse as unlike its training images")
     p.set_defaults(func=cmd_classify)
 
 
@@ -106,15 +108,13 @@ def cmd_classify(args):
     from dermvlm.hub import check_model_spec
     args.model = embedded_or(args.model, "clip")
     check_model_spec(args.model)
-    from dermvlm.clip.classify import classify, read_labels, write_predictions
+    from dermvlm.clip.classify import classify, read_labels, result_lines, write_predictions
     labels = None if args.concepts else read_labels(args.labels, args.labels_file)
     failures = []
     results = classify(args.images, args.model, labels=labels, concepts=bool(args.concepts),
-                       top_k=args.top_k, failures=failures)
-    for path, ranked in results:
-        print(path)
-        for label, score in ranked:
-            print(f"  {score:7.3f}  {label}")
+                       top_k=args.top_k, failures=failures, ignore_ood=args.ignore_ood)
+    for result in results:
+        print("\n".join(result_lines(*result)))
     for path, reason in failures:
         print(f"skipped: {path} ({reason})", file=sys.stderr)
     if args.out:
@@ -129,6 +129,9 @@ def cmd_classify(args):
 
 
 VLM_HELP = "VLM folder from train.vlm, or 'default' (the embedded model; the default)"
+CLIP_HELP = ("CLIP folder whose trust file (train.fit_trust) decides whether the image is "
+             "too unlike the training images to answer (default: the embedded model's, for "
+             "--model default; none otherwise)")
 
 
 def _vlm_parsers(sub):
@@ -138,6 +141,7 @@ def _vlm_parsers(sub):
     p.add_argument("image", help="image file")
     p.add_argument("--model", default="default", help=VLM_HELP)
     p.add_argument("--json-only", action="store_true", help="print only the JSON")
+    p.add_argument("--clip", help=CLIP_HELP)
     p.set_defaults(func=cmd_describe)
     c = sub.add_parser("chat", help="terminal chat about an image",
                        description="Chat about an image with a trained VLM (streamed). "
@@ -145,6 +149,7 @@ def _vlm_parsers(sub):
     c.add_argument("image", help="image file")
     c.add_argument("--model", default="default", help=VLM_HELP)
     c.add_argument("--max-new-tokens", type=positive_int, default=160)
+    c.add_argument("--clip", help=CLIP_HELP)
     c.set_defaults(func=cmd_chat)
     e = sub.add_parser("merge-export", help="write a standard transformers LLaVA checkpoint",
                        description="Merge the LoRA adapter and write a LLaVA checkpoint that "
@@ -172,10 +177,26 @@ def _load_vlm(args):
     return _load_vlm_folder(args.model)
 
 
+def ood_verdict(args):
+    """The image's out-of-distribution verdict from the trust file of --clip (default: the
+    embedded model's for --model default), or None when there is none to ask."""
+    clip = args.clip or (embedded_or("default", "clip") if args.model == "default" else None)
+    from dermvlm.trust import TrustModel
+    trust = TrustModel.load(clip) if clip else None
+    if trust is None:
+        return None
+    from dermvlm.clip.model import load_model
+    from dermvlm.imaging import eval_transform, open_image
+    from dermvlm.zeroshot import ZeroShot
+    model, cfg, tokenizer = load_model(clip)
+    return trust.inspect(ZeroShot(model, tokenizer), eval_transform(
+        cfg["vision_cfg"]["image_size"]), open_image(args.image))[1]
+
+
 def cmd_describe(args):
     from dermvlm.report import render_report_text
     from dermvlm.vlm.infer import describe
-    report, _, repaired = describe(_load_vlm(args), args.image)
+    report, _, repaired = describe(_load_vlm(args), args.image, ood=ood_verdict(args))
     print(report.model_dump_json(indent=1))
     if not args.json_only:
         print()
@@ -194,9 +215,14 @@ def cmd_merge_export(args):
 
 
 def cmd_chat(args):
+    from dermvlm.trust import ABSTAIN_MESSAGE
     from dermvlm.vlm.infer import generate
-    vlm = _load_vlm(args)
+    vlm, verdict = _load_vlm(args), ood_verdict(args)
     print("dermvlm chat: research tool, not a diagnosis. Empty line or /quit to stop.")
+    if verdict and verdict["abstained"]:
+        print(f"dermvlm> {ABSTAIN_MESSAGE} (out-of-distribution score "
+              f"{verdict['ood_score']:.2f}, threshold {verdict['threshold']:.2f})")
+        return 0
     messages = []
     while True:
         try:

@@ -1,9 +1,9 @@
 """The structured lesion report: one pydantic schema, used for SynthDerm's ground truth, for the
 VLM's `describe` output (validated, never a raw string passed off as JSON) and for evaluation.
 """
-from typing import List, Literal, get_args, get_origin
+from typing import List, Literal, Optional, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dermvlm import vocab
 
@@ -22,26 +22,56 @@ class DifferentialItem(BaseModel):
     likelihood: float = Field(ge=0.0, le=1.0)
 
 
-class LesionReport(BaseModel):
-    """What a dermatologist writes about one image, field by field."""
+class OutOfDistribution(BaseModel):
+    """How far the image is from what the model was trained on (dermvlm.trust); above the
+    threshold the report gives no differential, concern or next step."""
     model_config = ConfigDict(extra="forbid")
-    elementary_lesions: List[LesionType] = Field(min_length=1)
-    colours: List[Colour] = Field(min_length=1)
-    border_regularity: Literal[vocab.BORDER_REGULARITY]
-    border_definition: Literal[vocab.BORDER_DEFINITION]
-    shape: Literal[vocab.SHAPES]
-    size: Literal[vocab.SIZES]
-    size_mm_estimate: float = Field(gt=0.0, le=200.0)
-    count: Literal[vocab.COUNTS]
-    distribution: Literal[vocab.DISTRIBUTIONS]
-    surface_features: List[Surface] = Field(min_length=1)
-    secondary_changes: List[Secondary] = Field(min_length=1)
-    body_site: Literal[vocab.BODY_SITES]
-    image_quality: Literal[vocab.IMAGE_QUALITY]
-    differential: List[DifferentialItem] = Field(min_length=1, max_length=5)
-    malignancy_concern: Literal[vocab.MALIGNANCY_CONCERNS]
-    suggested_next_step: Literal[vocab.NEXT_STEPS]
+    ood_score: float
+    threshold: float
+    abstained: bool
+    message: str = ""
+
+
+class LesionReport(BaseModel):
+    """What a dermatologist writes about one image, field by field. Every field is given,
+    unless the model abstained (out_of_distribution.abstained): then every finding is None
+    and the differential empty, since nothing about the image can be trusted."""
+    model_config = ConfigDict(extra="forbid")
+    elementary_lesions: Optional[List[LesionType]] = Field(min_length=1)
+    colours: Optional[List[Colour]] = Field(min_length=1)
+    border_regularity: Optional[Literal[vocab.BORDER_REGULARITY]]
+    border_definition: Optional[Literal[vocab.BORDER_DEFINITION]]
+    shape: Optional[Literal[vocab.SHAPES]]
+    size: Optional[Literal[vocab.SIZES]]
+    size_mm_estimate: Optional[float] = Field(gt=0.0, le=200.0)
+    count: Optional[Literal[vocab.COUNTS]]
+    distribution: Optional[Literal[vocab.DISTRIBUTIONS]]
+    surface_features: Optional[List[Surface]] = Field(min_length=1)
+    secondary_changes: Optional[List[Secondary]] = Field(min_length=1)
+    body_site: Optional[Literal[vocab.BODY_SITES]]
+    image_quality: Optional[Literal[vocab.IMAGE_QUALITY]]
+    differential: List[DifferentialItem] = Field(max_length=5)
+    malignancy_concern: Optional[Literal[vocab.MALIGNANCY_CONCERNS]]
+    suggested_next_step: Optional[Literal[vocab.NEXT_STEPS]]
     disclaimer: str = DISCLAIMER
+    # absent in ground truth; set by describe when the model has an OOD reference
+    out_of_distribution: Optional[OutOfDistribution] = None
+
+    @model_validator(mode="after")
+    def _answered_unless_abstained(self):
+        abstained = self.out_of_distribution is not None and self.out_of_distribution.abstained
+        findings = [getattr(self, name) for name in self.model_fields
+                    if name not in ("disclaimer", "out_of_distribution")]
+        given = [bool(v) if name == "differential" else v is not None
+                 for name, v in zip(self.model_fields, findings)]
+        if abstained and any(given):
+            raise ValueError("an abstained report gives no findings, differential, concern "
+                             "or next step")
+        if not abstained and not all(given):
+            missing = [n for n, g in zip(self.model_fields, given) if not g]
+            raise ValueError(f"a report needs every field (missing: {', '.join(missing)}); "
+                             "the differential has 1-5 items")
+        return self
 
     @field_validator("differential")
     @classmethod
@@ -62,12 +92,23 @@ def field_choices():
     from a closed vocabulary, in schema order, read off the schema itself."""
     choices = {}
     for name, field in LesionReport.model_fields.items():
-        annotation, is_list = field.annotation, get_origin(field.annotation) in (list, List)
+        annotation = field.annotation
+        if type(None) in get_args(annotation):                      # Optional[...]
+            annotation = next(a for a in get_args(annotation) if a is not type(None))
+        is_list = get_origin(annotation) in (list, List)
         if is_list:
             annotation = get_args(annotation)[0]
         if get_origin(annotation) is Literal:
             choices[name] = (get_args(annotation), is_list)
     return choices
+
+
+def abstained_report(verdict, message):
+    """The report for an image the model abstains on: no findings, the reason."""
+    empty = {name: None for name in LesionReport.model_fields
+             if name not in ("differential", "disclaimer", "out_of_distribution")}
+    return LesionReport(**empty, differential=[], out_of_distribution=OutOfDistribution(
+        **verdict, message=message))
 
 
 def report_from_attributes(attrs, differential):
@@ -87,6 +128,10 @@ def report_from_attributes(attrs, differential):
 
 def render_report_text(report):
     """A short readable rendering of a report for terminals and the app."""
+    ood = report.out_of_distribution
+    if ood is not None and ood.abstained:
+        return (f"{ood.message} (out-of-distribution score {ood.ood_score:.2f}, threshold "
+                f"{ood.threshold:.2f})\n{report.disclaimer}")
     top = report.differential[0]
     lines = [
         f"Lesions: {', '.join(report.elementary_lesions)} ({report.count}, {report.distribution})",

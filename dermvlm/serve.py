@@ -11,6 +11,7 @@ from PIL import Image
 from dermvlm import embedded
 from dermvlm.clip.model import load_model
 from dermvlm.imaging import eval_transform
+from dermvlm.trust import ABSTAIN_MESSAGE, TrustModel
 from dermvlm.vlm.infer import describe, generate
 from dermvlm.vlm.model import DermVLM, vision_weights_file
 from dermvlm.zeroshot import ZeroShot
@@ -29,6 +30,7 @@ class Assistant:
         model, model_cfg, tokenizer = load_model(self.clip_spec)
         self.zeroshot = ZeroShot(model, tokenizer)
         self.transform = eval_transform(model_cfg["vision_cfg"]["image_size"])
+        self.trust = TrustModel.load(self.clip_spec)        # None: no OOD check, raw softmax
         self.vlm = DermVLM.from_pretrained(self.vlm_folder, vision=self._shared_tower(model))
         self._clip_lock, self._vlm_lock = threading.Lock(), threading.Lock()
         self.warm_up()
@@ -49,16 +51,26 @@ class Assistant:
         self.concepts = list(SKINCON_CONCEPTS)
         self.classify(Image.new("RGB", (64, 64), (200, 160, 140)))
 
-    def classify(self, image, top_k=5, top_concepts=8):
-        """({diagnosis: probability} top-k, {concept: MONET score} top concepts)."""
+    def inspect(self, image):
+        """(CLIP features (1, D), OOD verdict or None when the model has no reference)."""
         with self._clip_lock:
-            features = self.zeroshot.encode_images(self.transform(image)[None])
-            probs = self.zeroshot.logits(features, self.labels).softmax(1)[0]
+            if self.trust is None:
+                return self.zeroshot.encode_images(self.transform(image)[None]), None
+            return self.trust.inspect(self.zeroshot, self.transform, image)
+
+    def classify(self, image, top_k=5, top_concepts=8):
+        """({diagnosis: calibrated probability} top-k, {concept: MONET score} top concepts,
+        OOD verdict or None). An abstained image gets no diagnoses."""
+        features, verdict = self.inspect(image)
+        with self._clip_lock:
+            logits = self.zeroshot.logits(features, self.labels)
+            probs = (self.trust.calibrated(logits) if self.trust else logits.softmax(1))[0]
             concepts = self.zeroshot.concept_scores(features, self.concepts)[0]
         best = probs.argsort(descending=True)[:top_k].tolist()
         strong = concepts.argsort(descending=True)[:top_concepts].tolist()
-        return ({self.labels[i]: float(probs[i]) for i in best},
-                {self.concepts[i]: float(concepts[i]) for i in strong})
+        diagnoses = {} if verdict and verdict["abstained"] else {
+            self.labels[i]: float(probs[i]) for i in best}
+        return diagnoses, {self.concepts[i]: float(concepts[i]) for i in strong}, verdict
 
     def chat(self, image, history, message, max_new_tokens=160):
         """Stream the reply to `message` given earlier [{"role", "content"}] turns: yields the
@@ -66,6 +78,10 @@ class Assistant:
         messages = [{"role": m["role"], "content": str(m["content"])} for m in history
                     if m.get("role") in ("user", "assistant")]
         messages.append({"role": "user", "content": message})
+        verdict = self.inspect(image)[1]
+        if verdict and verdict["abstained"]:
+            yield ABSTAIN_MESSAGE
+            return
         with self._vlm_lock:
             reply = ""
             for piece in generate(self.vlm, image, messages, stream=True,
@@ -77,5 +93,5 @@ class Assistant:
         """(LesionReport, readable text)."""
         from dermvlm.report import render_report_text
         with self._vlm_lock:
-            report = describe(self.vlm, image)[0]
+            report = describe(self.vlm, image, ood=self.inspect(image)[1])[0]
         return report, render_report_text(report)

@@ -86,6 +86,23 @@ def test_client_calls_classify_chat_and_report(server, example_image, tmp_path):
     assert "Image loaded" in again[3]
 
 
+@pytest.mark.parametrize("value", ["/etc", "runs/vlm2/model|/etc/passwd", "../../secret"])
+def test_a_model_value_that_is_not_configured_loads_nothing(server, example_image, value):
+    """The selector is the operator's fixed list: a request naming anything else gets one
+    neutral line (or Gradio's own refusal) that names no server path, and no model loads."""
+    from gradio_client import Client, handle_file
+    client = Client(server[1], verbose=False)
+    loaded = dict(app._assistants)
+    try:
+        reply = str(client.predict(handle_file(example_image), value, api_name="/classify"))
+    except Exception as exc:                            # Gradio refused the value itself
+        reply = str(exc)
+    assert app._assistants == loaded
+    assert "/etc" not in reply and "secret" not in reply and "tmp" not in reply
+    with pytest.raises(app.NotOffered, match="not available"):
+        app.get_assistant(value, app.model_table())
+
+
 def test_ten_concurrent_chat_sessions_complete(server, example_image):
     from gradio_client import Client, handle_file
 

@@ -314,8 +314,8 @@ def test_classify_with_a_vanilla_open_clip_checkpoint(pairs, tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 1 and "skipped:" in captured.err and "junk.jpg" in captured.err
     rows = (tmp_path / "preds.csv").read_text().splitlines()
-    assert rows[0] == "image,rank,label,score" and len(rows) == 3
-    probs = [float(r.split(",")[-1]) for r in rows[1:]]
+    assert rows[0] == "image,rank,label,score,ood_score,abstained" and len(rows) == 3
+    probs = [float(r.split(",")[3]) for r in rows[1:]]
     assert probs[0] >= probs[1]
 
 

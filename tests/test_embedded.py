@@ -58,13 +58,27 @@ def test_shipped_default_classifies_chats_and_reports():
     assert assistant.vlm.vision.visual is assistant.zeroshot.model.visual   # loaded once
     image = open_image(next((Path(__file__).parent.parent / "docs" / "examples")
                              .glob("*.jpg")))
-    diagnoses, concepts = assistant.classify(image)
+    diagnoses, concepts, verdict = assistant.classify(image)
+    assert verdict is not None and not verdict["abstained"]       # a SynthDerm example
     assert len(diagnoses) == 5 and 0 < sum(diagnoses.values()) <= 1 + 1e-6
     assert all(0 <= v <= 1 for v in concepts.values())
     reply = list(assistant.chat(image, [], "What colour is the lesion?", max_new_tokens=12))
     assert reply and reply[-1].strip()
     report, text = assistant.report(image)
     assert report.disclaimer and "Lesions:" in text
+    assert report.out_of_distribution is not None and not report.out_of_distribution.abstained
+    # a photo that is not skin (scikit-learn's sample of a temple): no diagnosis anywhere
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    from dermvlm.trust import ABSTAIN_MESSAGE
+    temple = Image.fromarray(load_sample_image("china.jpg"))
+    diagnoses, _, verdict = assistant.classify(temple)
+    assert verdict["abstained"] and diagnoses == {}
+    assert list(assistant.chat(temple, [], "Is this melanoma?"))[-1] == ABSTAIN_MESSAGE
+    report, text = assistant.report(temple)
+    assert report.out_of_distribution.abstained and report.differential == []
+    assert ABSTAIN_MESSAGE in text
 
 
 def test_cli_model_defaults_to_the_embedded_model(capsys):
@@ -78,7 +92,7 @@ def test_cli_model_defaults_to_the_embedded_model(capsys):
     image = next((Path(__file__).parent.parent / "docs" / "examples").glob("*.jpg"))
     assert main(["classify", str(image), "--labels", "cellulitis,melanoma", "--top-k", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == str(image) and {line.split()[-1] for line in lines[1:]} == {
+    assert lines[0].startswith(str(image)) and {line.split()[-1] for line in lines[1:]} == {
         "cellulitis", "melanoma"}
     assert embedded_or("default", "vlm") == embedded.vlm_folder()
     assert embedded_or("runs/vlm2/model", "vlm") == "runs/vlm2/model"

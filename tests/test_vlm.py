@@ -157,6 +157,19 @@ def test_report_always_validates_even_from_an_untrained_model(synth):
     assert repaired   # a random model's text is not a valid report: fields were chosen
 
 
+def test_describe_abstains_without_running_the_model(synth, monkeypatch):
+    """An image its trust file calls out of distribution gets the abstained report; the VLM
+    is never asked (generate would fail the test)."""
+    from dermvlm.trust import ABSTAIN_MESSAGE
+    from dermvlm.vlm import infer
+    monkeypatch.setattr(infer, "generate", lambda *a, **k: pytest.fail("model was run"))
+    verdict = {"ood_score": 3.2, "threshold": 1.1, "abstained": True}
+    report, raw, repaired = describe(_vlm().eval(), next((synth / "images").iterdir()),
+                                     ood=verdict)
+    assert raw == "" and repaired == [] and report.differential == []
+    assert report.out_of_distribution.message == ABSTAIN_MESSAGE
+
+
 @pytest.mark.parametrize("differential, given, expected", [
     # melanoma ranked first: a "low, monitor" report is raised to high concern and biopsy
     ([("melanoma", 0.6), ("melanocytic nevus", 0.2)],

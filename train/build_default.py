@@ -6,7 +6,9 @@
 Data: SynthDerm train (seed 0) and a held-out test set (seed 1). Stages: contrastive
 alignment of a small ViT with all-MiniLM-L6-v2, VLM stage 1 (projector on captions), stage 2
 (LoRA + projector on conversations), held-out zero-shot and VQA evaluation, then the compact
-artefacts and a manifest (sha256 of every file, the recipe, the held-out figures). Each stage
+artefacts with their trust file (out-of-distribution reference, threshold and calibration
+temperature, see train.fit_trust) and a manifest (sha256 of every file, the recipe, the
+held-out figures). Each stage
 is skipped when its output is in the work folder, and the trainers resume from their
 checkpoints, so an interrupted build continues where it stopped.
 """
@@ -27,6 +29,10 @@ from dermvlm.errors import DermvlmError
 # The build recipe: the tiny preset, trained longer. Changing it changes the manifest.
 TRAIN_DATA = {"n": 16000, "seed": 0, "size": 96}
 TEST_DATA = {"n": 500, "seed": 1, "size": 96}
+VAL_DATA = {"n": 500, "seed": 2, "size": 96}     # held out: fixes the trust threshold
+# real dermoscopic images (never trained on here) whose 80 % widen the OOD reference, when the
+# project's shared folder is beside it (../shared/realdata, read in place, never copied)
+REAL_REFERENCE = Path(__file__).resolve().parents[2] / "shared/realdata/isic9/Train"
 # text_proj=none: the joint space is MiniLM's own (a learned head lost lesion-type words);
 # text_regression: images land on their captions' embeddings, where the lesion words are;
 # hard_negatives: each image also told from its caption with a lesion or colour word swapped.
@@ -143,6 +149,20 @@ def strip_adapter(adapter):
     config_file.write_text(json.dumps(config, indent=2))
 
 
+def fit_trust_stage(work, clip_folder, progress):
+    """The OOD reference (training images, 80 % of the real reference set if present), the
+    threshold on held-out SynthDerm (seed 2) and that 20 %, the temperature on seed 2."""
+    from argparse import Namespace
+
+    from train.fit_trust import fit
+    _stage("trust: out-of-distribution reference, threshold, calibration temperature")
+    _synth(work / "data/val", "val", VAL_DATA, progress)
+    split = [str(REAL_REFERENCE)] if REAL_REFERENCE.is_dir() else []
+    return fit(Namespace(model=str(clip_folder), reference=[str(work / "data/train")],
+                         validation=[str(work / "data/val")], split=split, calibrate=[],
+                         holdout=0.2, max_per_set=1500, quiet=not progress))
+
+
 def write_manifest(folder, overrides, heldout, started, reused):
     files = {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*"))
              if p.is_file()}
@@ -177,7 +197,8 @@ def build_default(work="runs/build_default", out=DEFAULT_DIR, overrides=(), prog
     zeroshot, vqa = evaluate_parts(work, clip, clip_cfg, tokenizer, progress)
     _stage(f"writing {out}")
     tmp = package(clip, clip_cfg, work / "vlm2/model", out)
-    heldout = {"zeroshot": _zeroshot_summary(zeroshot), "vqa": vqa}
+    trust = fit_trust_stage(work, tmp / "clip", progress)
+    heldout = {"zeroshot": _zeroshot_summary(zeroshot), "vqa": vqa, "trust": trust}
     manifest = write_manifest(tmp, overrides, heldout, started, reused)
     (tmp / "zeroshot_full.json").write_text(json.dumps(zeroshot, indent=1))
     shutil.rmtree(out, ignore_errors=True)

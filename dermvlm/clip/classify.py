@@ -5,6 +5,7 @@ from pathlib import Path
 from dermvlm.clip.model import load_model
 from dermvlm.errors import DermvlmError
 from dermvlm.imaging import ImageError, eval_transform, open_image
+from dermvlm.trust import ABSTAIN_MESSAGE, TrustModel
 from dermvlm.vocab import SKINCON_CONCEPTS
 from dermvlm.zeroshot import DERMLIP_TEMPLATES, ZeroShot
 
@@ -42,11 +43,14 @@ def read_labels(labels=None, labels_file=None):
 
 
 def classify(inputs, model_spec, labels=None, concepts=False, top_k=5, templates=None,
-             failures=None):
-    """[(image path, [(label, score), ...] best first)]. A file that is not a usable image is
-    appended to `failures` as (path, reason) and the batch goes on; never fatal."""
+             failures=None, ignore_ood=False):
+    """[(image path, [(label, score), ...] best first, OOD verdict or None)]. With the model
+    folder's trust file, label probabilities are calibrated and an image out of distribution
+    gets no scores (unless ignore_ood). A file that is not a usable image is appended to
+    `failures` as (path, reason) and the batch goes on; never fatal."""
     failures = [] if failures is None else failures
     model, model_cfg, tokenizer = load_model(model_spec)
+    trust = TrustModel.load(model_spec)
     zs = ZeroShot(model, tokenizer)
     transform = eval_transform(model_cfg["vision_cfg"]["image_size"])
     names = list(SKINCON_CONCEPTS) if concepts else labels
@@ -57,20 +61,40 @@ def classify(inputs, model_spec, labels=None, concepts=False, top_k=5, templates
         except ImageError as exc:
             failures.append((str(path), str(exc).partition(": ")[2] or str(exc)))
             continue
-        features = zs.encode_images(transform(image)[None])
+        if trust is None:
+            features, verdict = zs.encode_images(transform(image)[None]), None
+        else:
+            features, verdict = trust.inspect(zs, transform, image)
+        if verdict and verdict["abstained"] and not ignore_ood:
+            results.append((str(path), [], verdict))
+            continue
         if concepts:
             scores = zs.concept_scores(features, names)[0]
         else:
-            scores = zs.logits(features, names, templates or DERMLIP_TEMPLATES).softmax(1)[0]
+            logits = zs.logits(features, names, templates or DERMLIP_TEMPLATES)
+            scores = (trust.calibrated(logits) if trust else logits.softmax(1))[0]
         order = scores.argsort(descending=True)[:top_k].tolist()
-        results.append((str(path), [(names[j], float(scores[j])) for j in order]))
+        results.append((str(path), [(names[j], float(scores[j])) for j in order], verdict))
     return results
 
 
 def write_predictions(results, out):
     with open(out, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["image", "rank", "label", "score"])
-        for path, ranked in results:
+        writer.writerow(["image", "rank", "label", "score", "ood_score", "abstained"])
+        for path, ranked, verdict in results:
+            ood = [verdict["ood_score"], verdict["abstained"]] if verdict else ["", ""]
+            if not ranked:
+                writer.writerow([path, "", "", "", *ood])
             for rank, (label, score) in enumerate(ranked, 1):
-                writer.writerow([path, rank, label, f"{score:.6f}"])
+                writer.writerow([path, rank, label, f"{score:.6f}", *ood])
+
+
+def result_lines(path, ranked, verdict):
+    """What `dermvlm classify` prints for one image."""
+    head = path if verdict is None else (f"{path}  (out-of-distribution score "
+                                         f"{verdict['ood_score']:.2f}, threshold "
+                                         f"{verdict['threshold']:.2f})")
+    if verdict and verdict["abstained"] and not ranked:
+        return [head, f"  {ABSTAIN_MESSAGE}"]
+    return [head] + [f"  {score:7.3f}  {label}" for label, score in ranked]

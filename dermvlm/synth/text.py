@@ -228,7 +228,7 @@ def texts_for(attrs, image_rel, vqa_per_image, letter_answers="option_first"):
     full = caption(attrs, rng)
     diff = differential(attrs, rng)
     report = report_from_attributes(attrs, diff)
-    report_json = json.dumps(report.model_dump(), separators=(",", ":"))
+    report_json = json.dumps(report.model_dump(exclude_none=True), separators=(",", ":"))
     description = f"{lesion_phrase(attrs, rng)} on the {attrs.body_site}.".capitalize()
     return {
         "caption": full,

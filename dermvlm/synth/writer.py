@@ -52,7 +52,7 @@ def _make_one(job):
     image_rel = f"images/{attrs.image_id}.jpg"
     render(attrs, config.size).save(out_dir / image_rel, quality=config.jpeg_quality)
     texts = texts_for(attrs, image_rel, config.vqa_per_image, config.letter_answers)
-    texts["report"] = texts["report"].model_dump()
+    texts["report"] = texts["report"].model_dump(exclude_none=True)
     return attrs.to_dict(), image_rel, texts
 
 

@@ -18,7 +18,9 @@ import torch
 from dermvlm import vocab
 from dermvlm.errors import DermvlmError
 from dermvlm.imaging import eval_transform, open_image
-from dermvlm.report import DISCLAIMER, MALIGNANCY_CONCERN, LesionReport, field_choices
+from dermvlm.report import (DISCLAIMER, MALIGNANCY_CONCERN, LesionReport, abstained_report,
+                            field_choices)
+from dermvlm.trust import ABSTAIN_MESSAGE
 from dermvlm.vlm.data import to_messages
 from dermvlm.vlm.model import IMAGE_TOKEN
 
@@ -158,9 +160,13 @@ def _field_ok(field, value):
     return value in allowed
 
 
-def describe(vlm, image, max_new_tokens=400):
-    """(LesionReport, raw generated text, repaired field names)."""
+def describe(vlm, image, max_new_tokens=400, ood=None):
+    """(LesionReport, raw generated text, repaired field names). `ood`: the image's verdict
+    from dermvlm.trust ({"ood_score", "threshold", "abstained"}), recorded in the report;
+    an abstained image gets no findings and the model is not run."""
     from dermvlm.ontology import CONDITIONS
+    if ood is not None and ood["abstained"]:
+        return abstained_report(ood, ABSTAIN_MESSAGE), "", []
     messages = [{"role": "user", "content": REPORT_PROMPT}]
     prompt_length = len(prompt_ids(vlm, _as_messages(messages), 0))
     budget = min(max_new_tokens, vlm.config.max_length - prompt_length)  # what fits
@@ -188,6 +194,8 @@ def describe(vlm, image, max_new_tokens=400):
                                           [c.name for c in CONDITIONS], repaired)
     _follow_differential(fixed, repaired)
     fixed["disclaimer"] = DISCLAIMER
+    if ood is not None:
+        fixed["out_of_distribution"] = {**ood, "message": ""}
     return LesionReport.model_validate(fixed), raw, repaired
 
 

@@ -1,0 +1,31 @@
+"""Labelled image sets, whatever their layout: a SynthDerm folder, a manifest (or its folder),
+or a folder of class subfolders (ROOT/<label>/*.jpg, as data_recipes.image_folder reads)."""
+import zlib
+from pathlib import Path
+
+from dermvlm.errors import DataError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def labelled_images(spec):
+    """[(image path, label or None)] in a stable order."""
+    path = Path(spec)
+    if (path / "attributes.jsonl").is_file() or (path / "manifest.jsonl").is_file() or \
+            path.suffix == ".jsonl":
+        from dermvlm.clip.data import load_records
+        return [(r.image, r.label) for r in load_records(path)]
+    if path.is_dir():
+        items = [(str(p), p.parent.name) for p in sorted(path.rglob("*"))
+                 if p.suffix.lower() in IMAGE_SUFFIXES]
+        if items:
+            return items
+    raise DataError(f"{spec}: expected a SynthDerm folder, a manifest, or a folder of "
+                    "class subfolders with images")
+
+
+def held_out(path, fraction):
+    """Whether an image is in the deterministic held-out `fraction` of its set (by a hash of
+    its file name, so a set's split does not depend on what else is in it); 0 and 1 give
+    none and all."""
+    return zlib.crc32(Path(path).name.encode()) % 1000 < round(fraction * 1000)

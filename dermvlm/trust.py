@@ -1,0 +1,172 @@
+"""Knowing when not to answer: an out-of-distribution (OOD) score for every image, a
+threshold fixed on held-out data, and a temperature that calibrates the diagnosis
+probabilities. Stored beside a CLIP model folder as trust.json + trust.safetensors.
+
+The OOD score has two parts, each the distance to the nearest training image (deep k-NN,
+Sun et al. 2022, k = 1), divided by that part's 97.5th percentile on held-out in-distribution
+images, and the score is the larger of the two (> 1: further from the training images than
+almost every held-out one):
+- features: 1 - cosine to the nearest reference image in the CLIP image space;
+- pixels: Euclidean distance between square-rooted colour and edge histograms (a Hellinger
+  distance). The tower is trained on skin images only and maps a blank page, a gradient or a
+  document close to smooth skin; colour and texture statistics tell those apart.
+"""
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from dermvlm.errors import DermvlmError
+
+TRUST_JSON, TRUST_WEIGHTS = "trust.json", "trust.safetensors"
+ABSTAIN_MESSAGE = ("This image does not look like the skin images this model was trained on, "
+                   "so no diagnosis is given.")
+QUANTILE = 0.975        # of held-out in-distribution scores: the scale of each part
+
+
+def image_statistics(image, bins=6, edge_bins=8):
+    """(bins^3 + edge_bins,) square-rooted colour histogram (RGB, 64 x 64 thumbnail) and
+    histogram of grey-level gradient magnitudes: pixel statistics a skin photo shares."""
+    a = np.asarray(image.convert("RGB").resize((64, 64)), dtype=np.float32) / 255
+    q = np.minimum((a * bins).astype(int), bins - 1)
+    colour = np.bincount(((q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]).ravel(),
+                         minlength=bins ** 3)
+    grey = a.mean(2)
+    gradients = np.concatenate([np.abs(np.diff(grey, axis=0)).ravel(),
+                                np.abs(np.diff(grey, axis=1)).ravel()])
+    edges = np.histogram(gradients, bins=edge_bins, range=(0, 0.4))[0]
+    return torch.tensor(np.concatenate([np.sqrt(colour / colour.sum()),
+                                        np.sqrt(edges / edges.sum())]), dtype=torch.float32)
+
+
+@dataclass
+class TrustSettings:
+    feature_scale: float        # 97.5th percentile of held-out feature distances
+    pixel_scale: float          # the same for pixel statistics
+    threshold: float            # combined score above which an answer is withheld
+    temperature: float          # diagnosis logits are divided by it before the softmax
+    fitted_on: dict             # what the reference, validation and temperature sets were
+
+
+class TrustModel:
+    """OOD scoring and calibration for one CLIP model (features from its image tower)."""
+
+    def __init__(self, settings, reference_features, reference_pixels):
+        self.settings = settings
+        # kept at the fp16 precision they are saved in, so a saved model scores the same
+        self.reference_features = reference_features.half().float()   # (N, D), unit norm
+        self.reference_pixels = reference_pixels.half().float()       # (N, P)
+
+    def parts(self, features, pixels):
+        """(feature distance (B,), pixel distance (B,)) to the nearest reference image."""
+        feature = 1 - (features.float() @ self.reference_features.T).max(1).values
+        pixel = torch.cdist(pixels.float(), self.reference_pixels).min(1).values
+        return feature, pixel
+
+    def score(self, features, pixels):
+        """(B,) OOD score; above `threshold` the image is out of distribution."""
+        feature, pixel = self.parts(features, pixels)
+        return torch.maximum(feature / self.settings.feature_scale,
+                             pixel / self.settings.pixel_scale)
+
+    def verdict(self, features, pixels):
+        """[{"ood_score", "threshold", "abstained"}] per image."""
+        return [{"ood_score": round(float(s), 4), "threshold": self.settings.threshold,
+                 "abstained": bool(s > self.settings.threshold)}
+                for s in self.score(features, pixels)]
+
+    def inspect(self, zeroshot, transform, image):
+        """(CLIP features (1, D), verdict) for one PIL image."""
+        features = zeroshot.encode_images(transform(image)[None])
+        return features, self.verdict(features, image_statistics(image)[None])[0]
+
+    def calibrated(self, logits):
+        """Softmax of the diagnosis logits at the fitted temperature."""
+        return (logits / self.settings.temperature).softmax(-1)
+
+    def save(self, folder):
+        folder = Path(folder)
+        save_file({"reference_features": self.reference_features.half().contiguous(),
+                   "reference_pixels": self.reference_pixels.half().contiguous()},
+                  folder / TRUST_WEIGHTS)
+        (folder / TRUST_JSON).write_text(json.dumps(asdict(self.settings), indent=1))
+        return folder
+
+    @classmethod
+    def load(cls, folder):
+        """The model folder's TrustModel, or None when it has none (no OOD check then)."""
+        folder = Path(str(folder).removeprefix("local-dir:"))
+        if not (folder / TRUST_JSON).is_file():
+            return None
+        try:
+            settings = TrustSettings(**json.loads((folder / TRUST_JSON).read_text()))
+            tensors = load_file(folder / TRUST_WEIGHTS)
+        except (OSError, TypeError, ValueError) as exc:
+            raise DermvlmError(f"{folder}: unreadable {TRUST_JSON} / {TRUST_WEIGHTS}: {exc}")
+        return cls(settings, tensors["reference_features"], tensors["reference_pixels"])
+
+
+def fit_temperature(logits, targets, steps=200):
+    """The temperature minimising the negative log-likelihood of `targets` (Guo et al. 2017),
+    fitted in log space."""
+    log_t = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=steps)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), targets)
+        loss.backward()
+        return loss
+    optimizer.step(closure)
+    return float(log_t.detach().exp())
+
+
+def expected_calibration_error(probs, targets, bins=15):
+    """ECE of the top-1 confidence: the bin-weighted |accuracy - confidence| over equal-width
+    confidence bins."""
+    confidence, predicted = probs.max(1)
+    correct = (predicted == targets).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    ece = torch.zeros(())
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = (confidence > low) & (confidence <= high)
+        if inside.any():
+            gap = correct[inside].mean() - confidence[inside].mean()
+            ece += inside.float().mean() * gap.abs()
+    return float(ece)
+
+
+def fit_trust(reference, validation, logits, targets, fitted_on):
+    """A TrustModel from (features, pixels) of the reference (training) images and of held-out
+    in-distribution validation images, with the temperature fitted on validation diagnosis
+    `logits` (N, C) and their `targets` (N,)."""
+    model = TrustModel(TrustSettings(1.0, 1.0, 1.0, 1.0, fitted_on), *reference)
+    feature, pixel = model.parts(*validation)
+    model.settings.feature_scale = float(feature.quantile(QUANTILE))
+    model.settings.pixel_scale = float(pixel.quantile(QUANTILE))
+    model.settings.threshold = float(model.score(*validation).quantile(QUANTILE))
+    model.settings.temperature = fit_temperature(logits, targets)
+    return model
+
+
+def encode_images(zeroshot, transform, paths, batch_size=128, progress=False):
+    """(CLIP features (N, D), pixel statistics (N, P), kept paths) for image files; files that
+    are not usable images are left out (they could not be answered either)."""
+    from tqdm import tqdm
+
+    from dermvlm.imaging import try_open_image
+    features, pixels, kept = [], [], []
+    for start in tqdm(range(0, len(paths), batch_size), desc="images", disable=not progress):
+        images = [(p, im) for p in paths[start:start + batch_size]
+                  if (im := try_open_image(p)) is not None]
+        if images:
+            features.append(zeroshot.encode_images(torch.stack([transform(im)
+                                                                for _, im in images])))
+            pixels += [image_statistics(im) for _, im in images]
+            kept += [str(p) for p, _ in images]
+    dim = zeroshot.model.visual.output_dim if hasattr(zeroshot.model, "visual") else 0
+    return (torch.cat(features) if features else torch.empty(0, dim),
+            torch.stack(pixels) if pixels else torch.empty(0), kept)

@@ -1,0 +1,152 @@
+"""How well a CLIP model folder knows when not to answer: out-of-distribution AUROC of its
+trust score (in-distribution held-out images vs non-skin images), the share of each
+in-distribution set it refuses at its threshold, the share of non-skin images it catches, and
+the expected calibration error (ECE) of its diagnosis probabilities before and after the
+fitted temperature, per labelled set.
+
+    python -m eval.ood --make-nonskin runs/data/nonskin        # sample photos, documents, noise
+    python -m eval.ood --model dermvlm/default/clip --id runs/data/seed1 \\
+        --id ../shared/realdata/isic9/Test --ood runs/data/nonskin --out ood.json
+
+An --id set's labels that are not the ontology's diagnoses (a real set's own classes) are
+scored in that set's own label space for ECE.
+"""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from dermvlm.cliargs import OneLineParser
+from dermvlm.errors import DermvlmError
+
+
+def make_nonskin(out, seed=0):
+    """Write non-skin images: the sample photos scikit-image and scikit-learn ship (whole and
+    four random crops each), rendered documents, blank, noise and gradient images."""
+    import skimage.data
+    from PIL import Image, ImageDraw
+    from sklearn.datasets import load_sample_images
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    photos = [(name, getattr(skimage.data, name)()) for name in (
+        "astronaut", "camera", "cat", "coffee", "coins", "colorwheel", "grass", "gravel",
+        "horse", "hubble_deep_field", "immunohistochemistry", "logo", "moon", "page", "retina",
+        "rocket", "text", "brick", "clock", "checkerboard")]
+    photos += [(f"sklearn{i}", a) for i, a in enumerate(load_sample_images().images)]
+    for name, array in photos:
+        array = array.astype(np.float64)
+        array = 255 * (array - array.min()) / max(1e-9, array.max() - array.min())
+        image = Image.fromarray(array.astype(np.uint8)).convert("RGB")
+        image.save(out / f"{name}.jpg")
+        for j in range(4):
+            w, h = image.size
+            side = int(min(w, h) * rng.uniform(0.3, 0.8))
+            x, y = rng.integers(0, w - side + 1), rng.integers(0, h - side + 1)
+            image.crop((x, y, x + side, y + side)).save(out / f"{name}_crop{j}.jpg")
+    for j in range(20):
+        page = Image.new("RGB", (300, 400), tuple(int(v) for v in rng.integers(220, 256, 3)))
+        draw = ImageDraw.Draw(page)
+        for line in range(18):
+            words = " ".join("".join(chr(c) for c in rng.integers(97, 123, rng.integers(2, 9)))
+                             for _ in range(6))
+            draw.text((15, 15 + 20 * line), words, fill=(0, 0, 0))
+        page.save(out / f"document{j}.png")
+    for j in range(10):
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        Image.new("RGB", (200, 200), colour).save(out / f"blank{j}.png")
+        noise = rng.integers(0, 256, (200, 200, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(out / f"noise{j}.png")
+        ramp = np.linspace(0, 255, 200)[None, :, None] * rng.uniform(0, 1, 3)[None, None]
+        Image.fromarray(np.repeat(ramp, 200, 0).astype(np.uint8)).save(out / f"gradient{j}.png")
+    return sorted(str(p) for p in out.iterdir())
+
+
+def calibration(zs, features, labels, trust):
+    """ECE before and after the temperature, in the set's own label space."""
+    from dermvlm.ontology import CONDITIONS
+    from dermvlm.trust import expected_calibration_error
+    import torch
+    names = [c.name for c in CONDITIONS]
+    space = names if all(label in names for label in labels) else sorted(set(labels))
+    targets = torch.tensor([space.index(label) for label in labels])
+    logits = zs.logits(features, space)
+    return {"classes": len(space), "label_space": "ontology" if space is names else "own",
+            "top1": round(float((logits.argmax(1) == targets).float().mean()), 4),
+            "ece_uncalibrated": round(expected_calibration_error(logits.softmax(1), targets), 4),
+            "ece_calibrated": round(expected_calibration_error(trust.calibrated(logits),
+                                                               targets), 4)}
+
+
+def evaluate(args):
+    import torch
+
+    from dermvlm.clip.model import load_model
+    from dermvlm.imaging import eval_transform
+    from dermvlm.labelled import labelled_images
+    from dermvlm.trust import TrustModel, encode_images
+    from dermvlm.zeroshot import ZeroShot, binary_auroc
+    trust = TrustModel.load(args.model)
+    if trust is None:
+        raise DermvlmError(f"{args.model}: no trust.json; fit one with python -m "
+                           "train.fit_trust")
+    model, cfg, tokenizer = load_model(args.model)
+    zs, transform = ZeroShot(model, tokenizer), eval_transform(cfg["vision_cfg"]["image_size"])
+    result, id_scores = {"model": args.model, "threshold": trust.settings.threshold,
+                         "in_distribution": {}}, []
+    for spec in args.id:
+        items = labelled_images(spec)
+        features, pixels, kept = encode_images(zs, transform, [p for p, _ in items])
+        scores = trust.score(features, pixels)
+        id_scores.append(scores)
+        label_of = dict(items)
+        result["in_distribution"][spec] = {
+            "n": len(kept), "refused": round(float((scores > trust.settings.threshold)
+                                                  .float().mean()), 4),
+            **calibration(zs, features, [label_of[p] for p in kept], trust)}
+    ood = [str(p) for p in sorted(Path(args.ood).iterdir())]
+    features, pixels, kept = encode_images(zs, transform, ood)
+    ood_scores = trust.score(features, pixels)
+    inside = torch.cat(id_scores)
+    result["ood"] = {"folder": args.ood, "n": len(kept),
+                     "caught": round(float((ood_scores > trust.settings.threshold)
+                                           .float().mean()), 4),
+                     "missed": [Path(p).name for p, s in zip(kept, ood_scores)
+                                if s <= trust.settings.threshold]}
+    result["auroc"] = round(binary_auroc(torch.cat([inside, ood_scores]).tolist(),
+                                         [0] * len(inside) + [1] * len(ood_scores)), 4)
+    result["refused_all_in_distribution"] = round(float(
+        (inside > trust.settings.threshold).float().mean()), 4)
+    return result
+
+
+def main(argv=None):
+    parser = OneLineParser(prog="python -m eval.ood", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="CLIP model folder with trust.json")
+    parser.add_argument("--id", action="append", default=[],
+                        help="held-out in-distribution image set (repeatable)")
+    parser.add_argument("--ood", help="folder of out-of-distribution images")
+    parser.add_argument("--make-nonskin", metavar="DIR",
+                        help="write the non-skin image set to DIR and stop")
+    parser.add_argument("--out", help="write the results JSON here")
+    args = parser.parse_args(argv)
+    try:
+        if args.make_nonskin:
+            print(f"{len(make_nonskin(args.make_nonskin))} images in {args.make_nonskin}")
+            return 0
+        if not (args.model and args.id and args.ood):
+            raise DermvlmError("--model, at least one --id and --ood are needed")
+        result = evaluate(args)
+    except DermvlmError as exc:
+        print(f"eval.ood: error: {exc}", file=sys.stderr)
+        return 2
+    text = json.dumps(result, indent=1)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Knowing when not to answer (dermvlm.trust): the temperature fit, ECE, the OOD score and its
+round trip, the abstained report, and `train.fit_trust` + `dermvlm classify` end to end on a
+tiny model."""
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dermvlm.report import LesionReport, abstained_report, render_report_text
+from dermvlm.trust import (ABSTAIN_MESSAGE, TrustModel,
+                           expected_calibration_error, fit_temperature, fit_trust,
+                           image_statistics)
+from tiny_parts import vanilla_open_clip_folder
+
+
+def test_temperature_fit_recovers_the_temperature_labels_were_drawn_at():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(4000, 6, generator=generator) * 6
+    targets = torch.multinomial((logits / 3.0).softmax(1), 1, generator=generator)[:, 0]
+    assert fit_temperature(logits, targets) == pytest.approx(3.0, rel=0.1)
+
+
+def test_ece_by_hand():
+    # confidences 0.9 (right), 0.9 (wrong), 0.6 (right): bins (0.867, 0.933] and (0.533, 0.6]
+    probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6]])
+    targets = torch.tensor([0, 1, 1])
+    expected = 2 / 3 * abs(0.5 - 0.9) + 1 / 3 * abs(1.0 - 0.6)
+    assert expected_calibration_error(probs, targets) == pytest.approx(expected)
+
+
+def _trust_on_clusters():
+    """Reference and validation features around two directions; pixels around one point."""
+    generator = torch.Generator().manual_seed(1)
+    centres = torch.nn.functional.normalize(torch.randn(2, 16, generator=generator), dim=1)
+
+    def features(n):
+        x = centres[torch.arange(n) % 2] + 0.05 * torch.randn(n, 16, generator=generator)
+        return torch.nn.functional.normalize(x, dim=1)
+
+    def pixels(n):
+        return 0.5 + 0.01 * torch.randn(n, 8, generator=generator)
+    logits = torch.randn(40, 3, generator=generator)
+    trust = fit_trust((features(200), pixels(200)), (features(80), pixels(80)), logits,
+                      logits.argmax(1), {"sets": "clusters"})
+    return trust, features, pixels
+
+
+def test_ood_score_separates_and_round_trips(tmp_path):
+    trust, features, pixels = _trust_on_clusters()
+    inside = trust.score(features(100), pixels(100))
+    far_features = torch.nn.functional.normalize(torch.randn(50, 16), dim=1)
+    outside = trust.score(far_features, pixels(50))
+    assert (inside > trust.settings.threshold).float().mean() <= 0.1
+    assert (outside > trust.settings.threshold).all()
+    blank_pixels = torch.zeros(5, 8)                    # features fine, pixels far: still out
+    assert (trust.score(features(5), blank_pixels) > trust.settings.threshold).all()
+    trust.save(tmp_path)
+    loaded = TrustModel.load(tmp_path)
+    assert loaded.settings == trust.settings
+    probe = features(10), pixels(10)
+    assert torch.equal(loaded.score(*probe), trust.score(*probe))
+    assert TrustModel.load(tmp_path / "nothing") is None
+
+
+def test_image_statistics_tell_a_blank_page_from_skin(synth_dir):
+    skin = [image_statistics(Image.open(p)) for p in sorted((synth_dir / "images").iterdir())]
+    blank = image_statistics(Image.new("RGB", (80, 80), (250, 250, 250)))
+    spread = max(torch.dist(skin[0], s) for s in skin[1:])
+    assert torch.dist(skin[0], blank) > spread
+
+
+def test_abstained_report_is_valid_and_plain():
+    report = abstained_report({"ood_score": 2.5, "threshold": 1.1, "abstained": True},
+                              ABSTAIN_MESSAGE)
+    again = LesionReport.model_validate_json(report.model_dump_json())
+    assert again == report and report.differential == [] and report.colours is None
+    assert ABSTAIN_MESSAGE in render_report_text(report)
+    with pytest.raises(ValueError, match="abstained report gives no findings"):
+        LesionReport.model_validate({**report.model_dump(), "colours": ["red"]})
+    with pytest.raises(ValueError, match="missing"):
+        LesionReport.model_validate({**report.model_dump(), "out_of_distribution": None})
+
+
+def test_fit_trust_then_classify_abstains_on_non_skin(synth_dir, tmp_path, capsys):
+    """train.fit_trust writes the trust file beside a model folder; `dermvlm classify` then
+    refuses a noise image and a flat grey square, and still answers the SynthDerm images."""
+    from dermvlm.cli import main as dermvlm_main
+    from dermvlm.labelled import held_out
+    from train import fit_trust
+    folder = vanilla_open_clip_folder(tmp_path / "clip")
+    assert fit_trust.main(["--model", str(folder), "--split", str(synth_dir), "--calibrate",
+                           str(synth_dir), "--holdout", "0.5", "--quiet"]) == 0
+    assert (folder / "trust.json").is_file()
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(photos / "noise.png")
+    Image.new("RGB", (96, 96), (128, 128, 128)).save(photos / "grey.png")
+    # images of the reference half: at distance ~0 from themselves, so always answered
+    good = [p for p in sorted((synth_dir / "images").iterdir()) if not held_out(p, 0.5)][:3]
+    out = tmp_path / "preds.csv"
+    code = dermvlm_main(["classify", str(photos), *map(str, good), "--model", str(folder),
+                         "--labels", "melanoma,psoriasis", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0 and printed.count(ABSTAIN_MESSAGE) >= 2
+    rows = list(csv.DictReader(open(out)))
+    abstained = {r["image"] for r in rows if r["abstained"] == "True"}
+    assert {str(photos / "noise.png"), str(photos / "grey.png")} <= abstained
+    assert not abstained & {str(p) for p in good}
+    assert all(any(r["label"] for r in rows if r["image"] == str(p)) for p in good)
+
+
+def test_non_skin_set_and_ood_evaluation(synth_dir, tmp_path):
+    """eval.ood writes its non-skin set, then reports AUROC, refusals and ECE for a model
+    folder with a trust file; the default's own figures are in the model card."""
+    import json
+
+    from dermvlm.imaging import open_image
+    from eval import ood
+    from train import fit_trust
+    nonskin = ood.make_nonskin(tmp_path / "nonskin")
+    assert len(nonskin) == 160 and all(open_image(p).size for p in nonskin[::20])
+    folder = vanilla_open_clip_folder(tmp_path / "clip")
+    assert fit_trust.main(["--model", str(folder), "--split", str(synth_dir), "--calibrate",
+                           str(synth_dir), "--holdout", "0.5", "--quiet"]) == 0
+    assert ood.main(["--model", str(folder), "--id", str(synth_dir), "--ood",
+                     str(tmp_path / "nonskin"), "--out", str(tmp_path / "ood.json")]) == 0
+    result = json.loads((tmp_path / "ood.json").read_text())
+    assert 0 <= result["auroc"] <= 1 and result["ood"]["n"] == 160
+    scores = result["in_distribution"][str(synth_dir)]
+    assert scores["n"] == 40 and scores["label_space"] == "ontology"
+    assert ood.main(["--model", str(tmp_path), "--id", "x", "--ood", "y"]) == 2

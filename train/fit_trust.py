@@ -1,0 +1,95 @@
+"""Fit the out-of-distribution reference, threshold and calibration temperature of a CLIP
+model folder and save them beside it (trust.json + trust.safetensors).
+
+    python -m train.fit_trust --model dermvlm/default/clip --reference runs/data/seed0 \\
+        --split ../shared/realdata/isic9/Train --validation runs/data/seed2
+
+Image sets are SynthDerm folders, manifests, or ROOT/<label>/*.jpg. A --reference set (images
+the model was trained on) is all reference; a --validation set (held out, in distribution) is
+all validation; a --split set gives --holdout (20 %) of its images, chosen by a hash of the
+file name, to validation and the rest to the reference. At most --max-per-set reference images
+are kept per set. The threshold is the 97.5th percentile of the validation images' scores; the
+temperature is fitted on the images of the --validation sets whose label is one of the
+ontology's diagnoses (the label space users are shown), or of the --calibrate sets if given.
+"""
+import json
+import sys
+
+import torch
+
+from dermvlm.cliargs import OneLineParser, positive_int
+from dermvlm.errors import DermvlmError
+
+
+def main(argv=None):
+    parser = OneLineParser(prog="python -m train.fit_trust", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="CLIP model folder to fit and write to")
+    parser.add_argument("--reference", action="append", default=[],
+                        help="an image set the model was trained on (repeatable)")
+    parser.add_argument("--validation", action="append", default=[],
+                        help="a held-out in-distribution image set (repeatable)")
+    parser.add_argument("--split", action="append", default=[],
+                        help="an image set split into reference and validation (repeatable)")
+    parser.add_argument("--calibrate", action="append", default=[],
+                        help="validation set(s) the temperature is fitted on (default: the "
+                        "--validation sets)")
+    parser.add_argument("--holdout", type=float, default=0.2,
+                        help="share of each set held out for validation (default 0.2)")
+    parser.add_argument("--max-per-set", type=positive_int, default=1500,
+                        help="reference images kept per set (default 1500)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        summary = fit(args)
+    except DermvlmError as exc:
+        print(f"train.fit_trust: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def fit(args):
+    from dermvlm.clip.model import load_model
+    from dermvlm.imaging import eval_transform
+    from dermvlm.labelled import held_out, labelled_images
+    from dermvlm.ontology import CONDITIONS
+    from dermvlm.trust import encode_images, fit_trust
+    from dermvlm.zeroshot import ZeroShot
+    if not 0 < args.holdout < 1:
+        raise DermvlmError(f"--holdout must be between 0 and 1, got {args.holdout}")
+    model, cfg, tokenizer = load_model(args.model)
+    zs, transform = ZeroShot(model, tokenizer), eval_transform(cfg["vision_cfg"]["image_size"])
+    reference, validation, labels, sets = [], [], [], {}
+    roles = ([(s, 1.0, 0.0) for s in args.reference] + [(s, 0.0, 1.0) for s in args.validation]
+             + [(s, 1 - args.holdout, args.holdout) for s in args.split])
+    if not any(r for _, r, _ in roles) or not any(v for _, _, v in roles):
+        raise DermvlmError("need reference images (--reference or --split) and validation "
+                           "images (--validation or --split)")
+    calibrate = set(args.calibrate or args.validation)
+    for spec, _, share in roles:
+        items = labelled_images(spec)
+        train = [p for p, _ in items if not held_out(p, share)][:args.max_per_set]
+        val = [(p, label) for p, label in items if held_out(p, share)]
+        reference.append(encode_images(zs, transform, train, progress=not args.quiet))
+        encoded = encode_images(zs, transform, [p for p, _ in val], progress=not args.quiet)
+        validation.append(encoded)
+        label_of = dict(val)     # only the calibration sets' labels count for the temperature
+        labels += [label_of[p] if spec in calibrate else None for p in encoded[2]]
+        sets[spec] = {"reference": len(reference[-1][2]), "validation": len(encoded[2])}
+    names = [c.name for c in CONDITIONS]
+    features = torch.cat([v[0] for v in validation])
+    known = [i for i, label in enumerate(labels) if label in names]
+    if not known:
+        raise DermvlmError("no calibration image has a diagnosis of the ontology: the "
+                           "temperature cannot be fitted (see --calibrate)")
+    logits = zs.logits(features[known], names)
+    targets = torch.tensor([names.index(labels[i]) for i in known])
+    trust = fit_trust((torch.cat([r[0] for r in reference]), torch.cat([r[1] for r in reference])),
+                      (features, torch.cat([v[1] for v in validation])), logits, targets,
+                      {"sets": sets, "temperature_images": len(known), "holdout": args.holdout})
+    trust.save(args.model.removeprefix("local-dir:"))
+    return {"model": args.model, **vars(trust.settings)}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
