@@ -19,7 +19,8 @@ from dermvlm.config import get_config
 from dermvlm.errors import DataError, DermvlmError
 from dermvlm.questions import DEFAULT_QUESTIONS, Question
 from dermvlm.vlm.build import build_vlm
-from tiny_parts import tiny_lm, tiny_tokenizer, tiny_vision, vanilla_open_clip_folder
+from tiny_parts import (tiny_lm, tiny_qwen2_vl_folder, tiny_tokenizer, tiny_vision,
+                        vanilla_open_clip_folder)
 
 COLOUR = Question("c", "colour", "single", "Main colour?", ("red", "brown", "dark brown"))
 SURFACE = Question("s", "surface", "multi", "Surface?", ("smooth", "scale", "crust", "ulcer"))
@@ -54,6 +55,31 @@ def test_random_scores_near_chance_per_type(bench_set, tmp_path):
     assert 0.1 < results["by_type"]["multi"]["primary"] < 0.45
     again = _run(bench_set, "random:3", tmp_path / "again")
     assert again["by_type"] == results["by_type"]                 # deterministic
+
+
+def test_clustered_intervals_widen_with_correlated_answers():
+    """Fifty images, ten answers each, all answers of an image alike: resampling images
+    gives an interval about sqrt(10) times as wide as resampling answers; with one answer
+    per image the two agree."""
+    rng = np.random.default_rng(0)
+    per_image = rng.integers(0, 2, 50).astype(float)
+    values, clusters = np.repeat(per_image, 10), np.repeat(np.arange(50), 10)
+    width = lambda ci: ci[1] - ci[0]                                      # noqa: E731
+    clustered = metrics.clustered_bootstrap_ci(values, clusters)
+    per_answer = metrics.bootstrap_ci(values)
+    assert 2.5 < width(clustered) / width(per_answer) < 4.0
+    single = metrics.clustered_bootstrap_ci(per_image, np.arange(50))
+    assert width(single) == pytest.approx(width(metrics.bootstrap_ci(per_image)), rel=0.25)
+    assert clustered[0] <= values.mean() <= clustered[1]
+
+
+def test_results_carry_both_intervals_and_the_image_count(bench_set, tmp_path):
+    results = _run(bench_set, "random:1", tmp_path)
+    single = results["by_type"]["single"]
+    assert single["images"] == 40 and single["n"] > single["images"]
+    assert {"primary_ci95", "primary_ci95_per_answer"} <= set(single)
+    rows = [json.loads(x) for x in (tmp_path / "scored.jsonl").read_text().splitlines()]
+    assert len(rows) == results["n_items"] and {"image_id", "scores"} <= set(rows[0])
 
 
 def test_set_metrics_equal_sklearn_samples_average():
@@ -212,3 +238,65 @@ def test_out_folder_of_another_model_is_refused(bench_set, tmp_path):
     _run(bench_set, "reference", tmp_path, limit=5)
     with pytest.raises(DermvlmError, match="holds predictions of 'reference', not 'random'"):
         _run(bench_set, "random", tmp_path, limit=5)
+
+
+def test_paired_comparison_of_two_runs(bench_set, tmp_path, capsys):
+    """`dermvlm eval compare`: a run against itself differs by exactly 0 with p = 1; random
+    against the reference loses clearly (interval below 0, small p); the files are written."""
+    from dermvlm.bench.compare import compare_runs, paired_difference
+    _run(bench_set, "reference", tmp_path / "ref")
+    _run(bench_set, "random:2", tmp_path / "rand")
+    same = compare_runs(tmp_path / "ref", tmp_path / "ref")["comparisons"]["all / primary"]
+    assert same["difference"] == 0 and same["p_value"] == 1.0
+    assert dermvlm_main(["eval", "compare", str(tmp_path / "ref"), str(tmp_path / "rand"),
+                         "--out", str(tmp_path / "cmp"), "--resamples", "500"]) == 0
+    result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    overall = result["comparisons"]["all / primary"]
+    assert overall["difference"] < 0 and overall["ci95"][1] < 0 and overall["p_value"] < 0.01
+    assert overall["images"] == 40 and result["shared_answers"] == 40 * 22
+    assert "type:single / accuracy" in result["comparisons"]
+    assert (tmp_path / "cmp" / "compare.png").stat().st_size > 0
+    assert "p=" in capsys.readouterr().out
+    # a constant +0.1 per answer: difference 0.1, the interval collapses onto it
+    shifted = paired_difference([0.5] * 30, [0.6] * 30, list(range(10)) * 3)
+    assert shifted["difference"] == pytest.approx(0.1) and shifted["ci95"] == [0.1, 0.1]
+    assert dermvlm_main(["eval", "compare", str(tmp_path), str(tmp_path / "ref")]) == 2
+
+
+def test_hf_adapter_on_a_merge_export_agrees_with_the_vlm_adapter(bench_set, tmp_path):
+    """`hf:` loads a transformers image-text-to-text checkpoint with its own processor; on
+    dermvlm's own merge-export it answers 20 questions exactly as `vlm:` does the original,
+    one at a time and in batches of 4 (left-padded)."""
+    from dermvlm.bench.hf_adapter import HFAdapter
+    from dermvlm.vlm.export import export_llava
+    tok = tiny_tokenizer()
+    vlm = build_vlm(get_config("tiny", ["vlm.max_length=512"]).vlm, lm=tiny_lm(tok),
+                    tokenizer=tok, vision=tiny_vision()).eval()
+    export_llava(vlm, tmp_path / "llava")
+    questions, answers = bench_set
+    common = dict(progress=False, limit=20)
+    ours = run_benchmark(questions, answers, VLMAdapter(vlm=vlm), tmp_path / "vlm", **common)
+    hf = HFAdapter(str(tmp_path / "llava"), batch_size=1)
+    theirs = run_benchmark(questions, answers, hf, tmp_path / "hf1", **common)
+    hf.batch_size = 4
+    batched = run_benchmark(questions, answers, hf, tmp_path / "hf4", **common)
+    texts = [[json.loads(x)["text"] for x in (tmp_path / d / "predictions.jsonl")
+              .read_text().splitlines()] for d in ("vlm", "hf1", "hf4")]
+    assert len(texts[0]) == 20 and texts[0] == texts[1] == texts[2]
+    assert ours["by_type"] == theirs["by_type"] == batched["by_type"]
+    with pytest.raises(DermvlmError, match="needs the Hugging Face Hub"):
+        HFAdapter("org/some-vlm")
+
+
+def test_hf_adapter_scores_a_tiny_qwen2_vl(bench_set, tmp_path):
+    """A second family: a random Qwen2-VL built here, prompted through its own processor's
+    chat template (which places the image), batched; every answer is recorded and scored."""
+    folder = tiny_qwen2_vl_folder(tmp_path / "qwen")
+    results = run_benchmark(*bench_set, "hf:" + str(folder), tmp_path / "run", limit=12,
+                            progress=False)
+    assert results["model"] == f"hf:{folder}" and results["n_items"] == 12
+    rows = (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()
+    assert len(rows) == 12
+    from dermvlm.bench.hf_adapter import HFAdapter
+    prompt = HFAdapter(str(folder)).prompt(DEFAULT_QUESTIONS[0])
+    assert "<|vision_start|><|image_pad|><|vision_end|>" in prompt

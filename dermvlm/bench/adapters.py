@@ -13,18 +13,11 @@ import sys
 import urllib.error
 import urllib.request
 import zlib
-from dataclasses import dataclass
-
 import numpy as np
 
 from dermvlm.bench.parse import lettered_prompt
+from dermvlm.bench.prediction import Prediction
 from dermvlm.errors import DermvlmError
-
-
-@dataclass
-class Prediction:
-    text: str
-    confidence: float | None = None
 
 
 class ReferenceAdapter:
@@ -171,6 +164,12 @@ def _adapter(spec, answers):
         return ClipAdapter(rest)
     if kind == "vlm":
         return VLMAdapter(rest)
+    if kind == "hf":
+        from dermvlm.bench.hf_adapter import HFAdapter
+        return HFAdapter(rest)
+    if kind == "untuned":
+        from dermvlm.vlm.build import untuned_baseline
+        return VLMAdapter(vlm=untuned_baseline(rest))
     if kind == "openai":
         url, _, model = rest.partition("#")
         if not url.startswith(("http://", "https://")):
@@ -181,4 +180,5 @@ def _adapter(spec, answers):
         return ClipAdapter(checked_part("clip")) if rest == "clip" else \
             VLMAdapter(checked_part("vlm"))
     raise DermvlmError(f"unknown model spec {spec!r}: use reference, random, clip:MODEL, "
-                       "vlm:FOLDER, openai:URL#MODEL, default or default:clip")
+                       "vlm:FOLDER, untuned:FOLDER, hf:FOLDER_OR_NAME, openai:URL#MODEL, "
+                       "default or default:clip")

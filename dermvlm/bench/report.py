@@ -25,11 +25,17 @@ def markdown(results):
     lines = [f"# DermaBench-style report: `{results['model']}`", "",
              f"{results['n_items']} answers scored; {results['left_out']} answer rows left out "
              f"(see left_out.jsonl); {results['unparsed']} closed answers could not be parsed "
-             "(scored wrong, see unparsed.jsonl). Intervals: bootstrap 95 %.", "",
+             "(scored wrong, see unparsed.jsonl). Intervals: bootstrap 95 % resampling images "
+             "(all answers about an image together), so they hold when an image's answers "
+             "are correlated; `n` counts answers, `images` the clusters.", "",
              "Primary metric: accuracy (single choice), example-F1 (multi choice), ROUGE-L "
-             "(open).", "", "## By question type", "", "| type | n | primary |", "|---|---|---|"]
+             "(open).", "", "## By question type", "",
+             "| type | n | images | primary [images] | per-answer interval |",
+             "|---|---|---|---|---|"]
     for name, entry in results["by_type"].items():
-        lines.append(f"| {name} | {entry['n']} | {_fmt(entry, 'primary')} |")
+        low, high = entry.get("primary_ci95_per_answer") or (0, 0)
+        lines.append(f"| {name} | {entry['n']} | {entry['images']} | "
+                     f"{_fmt(entry, 'primary')} | [{low:.2f}, {high:.2f}] |")
     if results["chance"].get("single") is not None:
         lines += ["", f"Chance on single-choice questions (mean of 1/k): "
                       f"{results['chance']['single']:.3f}."]

@@ -73,26 +73,33 @@ def predict(items, questions, adapter, spec, out_dir, progress=True):
                 continue
             done[(row["image_id"], row["question_id"])] = row
     todo = [i for i in items if (i["image_id"], i["question_id"]) not in done]
-    failures = 0
+    failures, step = 0, getattr(adapter, "batch_size", 1)     # adapters with answer_batch
+    bar = tqdm(total=len(todo), desc=f"dermabench ({adapter.name})", disable=not progress)
     with open(cache_file, "a") as cache:
-        for item in tqdm(todo, desc=f"dermabench ({adapter.name})", disable=not progress):
-            question = questions[item["question_id"]]
+        for start in range(0, len(todo), step):
+            chunk = todo[start:start + step]
+            asked = [questions[item["question_id"]] for item in chunk]
             try:
-                prediction = adapter.answer(item, question)
+                answers = (adapter.answer_batch(chunk, asked) if step > 1 else
+                           [adapter.answer(chunk[0], asked[0])])
                 failures = 0
             except EndpointError as exc:
                 failures += 1
-                print(f"warning: {item['image_id']} {question.id}: {exc}", file=sys.stderr)
+                print(f"warning: {chunk[0]['image_id']} {asked[0].id}: {exc}", file=sys.stderr)
                 if failures >= MAX_CONSECUTIVE_ENDPOINT_ERRORS:
                     raise DermvlmError(f"{failures} endpoint errors in a row ({exc}); stopped. "
                                        f"{len(done)} finished predictions are kept in "
                                        f"{cache_file}; rerun to continue") from None
                 continue
-            row = {"image_id": item["image_id"], "question_id": question.id,
-                   "text": prediction.text, "confidence": prediction.confidence}
-            cache.write(json.dumps(row) + "\n")
+            finally:
+                bar.update(len(chunk))
+            for item, question, prediction in zip(chunk, asked, answers):
+                row = {"image_id": item["image_id"], "question_id": question.id,
+                       "text": prediction.text, "confidence": prediction.confidence}
+                cache.write(json.dumps(row) + "\n")
+                done[(row["image_id"], row["question_id"])] = row
             cache.flush()
-            done[(row["image_id"], row["question_id"])] = row
+    bar.close()
     return done
 
 
@@ -126,12 +133,19 @@ def score_items(items, questions, predictions):
 
 
 def _summary(rows, metric_names, seed):
-    out = {"n": len(rows)}
+    """Mean of each metric with two bootstrap 95 % intervals: `_ci95` resamples images
+    (clusters; the one to quote) and `_ci95_per_answer` resamples answers."""
+    out = {"n": len(rows), "images": len({r["image_id"] for r in rows})}
     for name in metric_names:
-        values = [r["scores"][name] for r in rows if name in r["scores"]]
+        kept = [r for r in rows if name in r["scores"]]
+        values = [r["scores"][name] for r in kept]
         if values:
             out[name] = round(sum(values) / len(values), 4)
-            out[f"{name}_ci95"] = [round(v, 4) for v in metrics.bootstrap_ci(values, seed=seed)]
+            clustered = metrics.clustered_bootstrap_ci(values, [r["image_id"] for r in kept],
+                                                       seed=seed)
+            out[f"{name}_ci95"] = [round(v, 4) for v in clustered]
+            out[f"{name}_ci95_per_answer"] = [round(v, 4) for v in
+                                              metrics.bootstrap_ci(values, seed=seed)]
     return out
 
 
@@ -215,6 +229,9 @@ def run_benchmark(questions_file, answers_file, model_spec, out_dir, images_dir=
                "answers": str(answers_file), "seed": seed,
                "left_out": len(problems), "unparsed": len(unparsed),
                "chance": chance_levels(questions), **aggregate(scored, questions, seed)}
+    _write_jsonl(out_dir / "scored.jsonl", [
+        {k: r[k] for k in ("image_id", "question_id", "type", "domain", "group", "scores")}
+        for r in scored])
     _write_jsonl(out_dir / "left_out.jsonl", problems)
     _write_jsonl(out_dir / "unparsed.jsonl", unparsed)
     write_report(results, out_dir)

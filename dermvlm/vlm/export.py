@@ -115,7 +115,7 @@ def feature_selection(vlm):
 def _save_processor(vlm, out_dir):
     """A LlavaProcessor, so `AutoProcessor.from_pretrained(out)` prepares inputs too."""
     from transformers import CLIPImageProcessor, LlavaProcessor
-    from dermvlm.clip.model import MEAN, STD
+    from dermvlm.imaging import MEAN, STD
     size = vlm.vision.image_size
     image_processor = CLIPImageProcessor(size={"shortest_edge": size},
                                          crop_size={"height": size, "width": size},
