@@ -11,7 +11,8 @@ import sys
 
 from dermvlm.cliargs import OneLineParser, add_config_args, positive_int
 from dermvlm.errors import DermvlmError
-from dermvlm.bench.command import add_dermabench_args, run_dermabench
+from dermvlm.bench.command import (add_compare_args, add_dermabench_args, run_compare,
+                                   run_dermabench)
 
 
 def _synth_parser(sub):
@@ -92,6 +93,9 @@ def _classify_parser(sub):
     p.add_argument("--out", help="also write predictions as CSV")
     p.add_argument("--ignore-ood", action="store_true", help="give scores for images the "
                    "model would otherwise refuse as unlike its training images")
+    p.add_argument("--batch-size", type=positive_int, default=32,
+                   help="images through the image tower at once (default 32)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_classify)
 
 
@@ -112,7 +116,8 @@ def cmd_classify(args):
     labels = None if args.concepts else read_labels(args.labels, args.labels_file)
     failures = []
     results = classify(args.images, args.model, labels=labels, concepts=bool(args.concepts),
-                       top_k=args.top_k, failures=failures, ignore_ood=args.ignore_ood)
+                       top_k=args.top_k, failures=failures, ignore_ood=args.ignore_ood,
+                       batch_size=args.batch_size, progress=not args.quiet)
     for result in results:
         print("\n".join(result_lines(*result)))
     for path, reason in failures:
@@ -141,6 +146,9 @@ def _vlm_parsers(sub):
     p.add_argument("image", help="image file")
     p.add_argument("--model", default="default", help=VLM_HELP)
     p.add_argument("--json-only", action="store_true", help="print only the JSON")
+    p.add_argument("--method", choices=("constrained", "generate"), default="constrained",
+                   help="constrained: decode the JSON under the schema on one KV cache (the "
+                   "default, faster); generate: write it freely, then repair invalid fields")
     p.add_argument("--clip", help=CLIP_HELP)
     p.set_defaults(func=cmd_describe)
     c = sub.add_parser("chat", help="terminal chat about an image",
@@ -196,7 +204,8 @@ def ood_verdict(args):
 def cmd_describe(args):
     from dermvlm.report import render_report_text
     from dermvlm.vlm.infer import describe
-    report, _, repaired = describe(_load_vlm(args), args.image, ood=ood_verdict(args))
+    report, _, repaired = describe(_load_vlm(args), args.image, ood=ood_verdict(args),
+                                   method=args.method)
     print(report.model_dump_json(indent=1))
     if not args.json_only:
         print()
@@ -244,11 +253,14 @@ def cmd_chat(args):
 
 
 def _eval_parser(sub):
-    p = sub.add_parser("eval", help="benchmarks: dermabench")
+    p = sub.add_parser("eval", help="benchmarks: dermabench, compare")
     inner = p.add_subparsers(dest="benchmark", required=True, parser_class=OneLineParser)
     d = inner.add_parser("dermabench", help="DermaBench-style VQA evaluation of a model")
     add_dermabench_args(d)
     d.set_defaults(func=run_dermabench)
+    c = inner.add_parser("compare", help="paired comparison of two dermabench runs")
+    add_compare_args(c)
+    c.set_defaults(func=run_compare)
 
 
 def _build_default_parser(sub):

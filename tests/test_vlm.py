@@ -157,6 +157,49 @@ def test_report_always_validates_even_from_an_untrained_model(synth):
     assert repaired   # a random model's text is not a valid report: fields were chosen
 
 
+def test_cached_choice_equals_scoring_each_candidate_from_scratch(synth):
+    """CachedTurn.choose (one prefill, forced text, batched candidates on a copied KV cache,
+    branch and bound) picks the candidate a full uncached forward pass scores highest, and
+    leaves the turn exactly where appending it would."""
+    from dermvlm.vlm.constrained import CachedTurn
+    from dermvlm.vlm.infer import load_image, prompt_ids
+    vlm = _vlm().eval()
+    image = next((synth / "images").iterdir())
+    prompt = prompt_ids(vlm, [{"role": "user", "content": "<image>\nReport."}], 0)
+    pixels = load_image(vlm, image)
+    candidates = ["plaque", "papule", "dark brown", "seborrhoeic keratosis", "red"]
+
+    def joint(text):                                  # uncached: the whole sequence at once
+        forced = vlm.tokenizer('{"x":"', add_special_tokens=False)["input_ids"]
+        option = vlm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt + forced + option])
+        with torch.no_grad():
+            logp = vlm.lm(inputs_embeds=vlm.embed(ids, pixels)).logits[0].log_softmax(-1)
+        positions = torch.arange(len(prompt) + len(forced) - 1, ids.shape[1] - 1)
+        return float(logp[positions, ids[0, positions + 1]].sum())
+
+    expected = max(candidates, key=joint)
+    for before in ('{"x":"', ""):                      # forced text inside the pass, or first
+        turn = CachedTurn(vlm, prompt, pixels)
+        if not before:
+            turn.append('{"x":"')
+        assert turn.choose(candidates, before) == expected
+        reference = CachedTurn(vlm, prompt, pixels)
+        reference.append('{"x":"' + expected)
+        assert torch.allclose(turn.last, reference.last, atol=1e-4)
+        assert turn.cache.get_seq_length() == reference.cache.get_seq_length()
+
+
+def test_constrained_report_validates_and_needs_no_field_repair(synth):
+    vlm = _vlm().eval()
+    report, raw, repaired = describe(vlm, next((synth / "images").iterdir()))
+    LesionReport.model_validate_json(report.model_dump_json())
+    assert json.loads(raw)["differential"] and set(repaired) <= {
+        "size_mm_estimate", "malignancy_concern", "suggested_next_step", "differential"}
+    with pytest.raises(DermvlmError, match="describe method"):
+        describe(vlm, next((synth / "images").iterdir()), method="sample")
+
+
 def test_describe_abstains_without_running_the_model(synth, monkeypatch):
     """An image its trust file calls out of distribution gets the abstained report; the VLM
     is never asked (generate would fail the test)."""

@@ -2,10 +2,13 @@
 import csv
 from pathlib import Path
 
+import torch
+from tqdm import tqdm
+
 from dermvlm.clip.model import load_model
 from dermvlm.errors import DermvlmError
 from dermvlm.imaging import ImageError, eval_transform, open_image
-from dermvlm.trust import ABSTAIN_MESSAGE, TrustModel
+from dermvlm.trust import ABSTAIN_MESSAGE, TrustModel, image_statistics
 from dermvlm.vocab import SKINCON_CONCEPTS
 from dermvlm.zeroshot import DERMLIP_TEMPLATES, ZeroShot
 
@@ -43,38 +46,52 @@ def read_labels(labels=None, labels_file=None):
 
 
 def classify(inputs, model_spec, labels=None, concepts=False, top_k=5, templates=None,
-             failures=None, ignore_ood=False):
-    """[(image path, [(label, score), ...] best first, OOD verdict or None)]. With the model
-    folder's trust file, label probabilities are calibrated and an image out of distribution
-    gets no scores (unless ignore_ood). A file that is not a usable image is appended to
-    `failures` as (path, reason) and the batch goes on; never fatal."""
+             failures=None, ignore_ood=False, batch_size=32, progress=False):
+    """[(image path, [(label, score), ...] best first, OOD verdict or None)]. Images go
+    through the image tower `batch_size` at a time. With the model folder's trust file, label
+    probabilities are calibrated and an image out of distribution gets no scores (unless
+    ignore_ood). A file that is not a usable image is appended to `failures` as (path,
+    reason) and the batch goes on; never fatal."""
     failures = [] if failures is None else failures
     model, model_cfg, tokenizer = load_model(model_spec)
     trust = TrustModel.load(model_spec)
     zs = ZeroShot(model, tokenizer)
     transform = eval_transform(model_cfg["vision_cfg"]["image_size"])
     names = list(SKINCON_CONCEPTS) if concepts else labels
+    paths, results = collect_images(inputs, failures), []
+    bar = tqdm(total=len(paths), desc="classify", unit="img", disable=not progress)
+    for start in range(0, len(paths), batch_size):
+        batch = []
+        for path in paths[start:start + batch_size]:
+            try:
+                batch.append((str(path), open_image(path)))
+            except ImageError as exc:
+                failures.append((str(path), str(exc).partition(": ")[2] or str(exc)))
+        bar.update(len(paths[start:start + batch_size]))
+        if batch:
+            results += _classify_batch(batch, zs, transform, trust, names, concepts, top_k,
+                                       templates, ignore_ood)
+    bar.close()
+    return results
+
+
+def _classify_batch(batch, zs, transform, trust, names, concepts, top_k, templates,
+                    ignore_ood):
+    features = zs.encode_images(torch.stack([transform(image) for _, image in batch]))
+    verdicts = (trust.verdict(features, torch.stack([image_statistics(im) for _, im in batch]))
+                if trust else [None] * len(batch))
+    if concepts:
+        scores = zs.concept_scores(features, names)
+    else:
+        logits = zs.logits(features, names, templates or DERMLIP_TEMPLATES)
+        scores = trust.calibrated(logits) if trust else logits.softmax(1)
     results = []
-    for path in collect_images(inputs, failures):
-        try:
-            image = open_image(path)
-        except ImageError as exc:
-            failures.append((str(path), str(exc).partition(": ")[2] or str(exc)))
-            continue
-        if trust is None:
-            features, verdict = zs.encode_images(transform(image)[None]), None
-        else:
-            features, verdict = trust.inspect(zs, transform, image)
+    for (path, _), row, verdict in zip(batch, scores, verdicts):
         if verdict and verdict["abstained"] and not ignore_ood:
-            results.append((str(path), [], verdict))
+            results.append((path, [], verdict))
             continue
-        if concepts:
-            scores = zs.concept_scores(features, names)[0]
-        else:
-            logits = zs.logits(features, names, templates or DERMLIP_TEMPLATES)
-            scores = (trust.calibrated(logits) if trust else logits.softmax(1))[0]
-        order = scores.argsort(descending=True)[:top_k].tolist()
-        results.append((str(path), [(names[j], float(scores[j])) for j in order], verdict))
+        order = row.argsort(descending=True)[:top_k].tolist()
+        results.append((path, [(names[j], float(row[j])) for j in order], verdict))
     return results
 
 

@@ -160,18 +160,35 @@ def _field_ok(field, value):
     return value in allowed
 
 
-def describe(vlm, image, max_new_tokens=400, ood=None):
-    """(LesionReport, raw generated text, repaired field names). `ood`: the image's verdict
-    from dermvlm.trust ({"ood_score", "threshold", "abstained"}), recorded in the report;
-    an abstained image gets no findings and the model is not run."""
+DESCRIBE_METHODS = ("constrained", "generate")
+
+
+@torch.no_grad()
+def describe(vlm, image, max_new_tokens=400, ood=None, method="constrained"):
+    """(LesionReport, raw text, repaired field names). `method`: "constrained" decodes the
+    JSON under the schema on one KV cache (dermvlm.vlm.constrained); "generate" writes it
+    freely and then repairs invalid fields by scoring the allowed values (slower). `ood`: the
+    image's verdict from dermvlm.trust ({"ood_score", "threshold", "abstained"}), recorded
+    in the report; an abstained image gets no findings and the model is not run."""
     from dermvlm.ontology import CONDITIONS
     if ood is not None and ood["abstained"]:
         return abstained_report(ood, ABSTAIN_MESSAGE), "", []
     messages = [{"role": "user", "content": REPORT_PROMPT}]
-    prompt_length = len(prompt_ids(vlm, _as_messages(messages), 0))
-    budget = min(max_new_tokens, vlm.config.max_length - prompt_length)  # what fits
-    raw = generate(vlm, image, messages, max_new_tokens=budget)
-    data = parse_json_object(raw)
+    names = [c.name for c in CONDITIONS]
+    if method == "constrained":
+        from dermvlm.vlm.constrained import CachedTurn, decode_report
+        turn = CachedTurn(vlm, prompt_ids(vlm, _as_messages(messages), 0),
+                          load_image(vlm, image))
+        data = decode_report(turn, _CHOICES, names)
+        raw = json.dumps(data, separators=(",", ":"))
+    elif method == "generate":
+        prompt_length = len(prompt_ids(vlm, _as_messages(messages), 0))
+        budget = min(max_new_tokens, vlm.config.max_length - prompt_length)  # what fits
+        raw = generate(vlm, image, messages, max_new_tokens=budget)
+        data = parse_json_object(raw)
+    else:
+        raise DermvlmError(f"describe method must be one of {', '.join(DESCRIBE_METHODS)}, "
+                           f"got {method!r}")
     fixed, repaired = {}, []
     for field, (allowed, is_list) in _CHOICES.items():
         value = data.get(field)
@@ -191,7 +208,7 @@ def describe(vlm, image, max_new_tokens=400, ood=None):
     else:
         fixed["size_mm_estimate"] = float(size)
     fixed["differential"] = _differential(vlm, image, messages, data.get("differential"),
-                                          [c.name for c in CONDITIONS], repaired)
+                                          names, repaired)
     _follow_differential(fixed, repaired)
     fixed["disclaimer"] = DISCLAIMER
     if ood is not None:

@@ -1,0 +1,50 @@
+"""`dermvlm classify` on a folder: images/s through the batched path against one image at a
+time, on the same files and model in one run (both with the trust check the model carries).
+
+    python -m benchmarks.classify_throughput --n 1000          # SynthDerm images, embedded model
+    python -m benchmarks.classify_throughput --images my_photos/ --model runs/clip/model
+"""
+import argparse
+import json
+import tempfile
+import time
+
+import torch
+
+from dermvlm.clip.classify import classify
+from dermvlm.embedded import checked_part
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", help="image folder (default: a new SynthDerm set)")
+    parser.add_argument("--n", type=int, default=1000, help="SynthDerm images to make")
+    parser.add_argument("--model", default=None, help="CLIP folder (default: embedded)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model = args.model or checked_part("clip")
+    folder = args.images
+    if folder is None:
+        from dermvlm.config import get_config
+        from dermvlm.synth.writer import generate
+        folder = tempfile.mkdtemp(prefix="classify-bench-")
+        generate(get_config("tiny", [f"synth.n={args.n}", "synth.seed=5", "synth.size=96"])
+                 .synth, folder, progress=False)
+        folder = f"{folder}/images"
+    labels = ["melanoma", "melanocytic nevus", "psoriasis", "seborrhoeic keratosis"]
+    figures = {}
+    for name, batch in (("one_at_a_time", 1), ("batched", args.batch_size)):
+        start = time.perf_counter()
+        results = classify([folder], model, labels=labels, batch_size=batch, progress=True)
+        seconds = time.perf_counter() - start          # includes loading the model once
+        figures[name] = {"images": len(results), "seconds": round(seconds, 2),
+                         "images_per_s": round(len(results) / seconds, 1)}
+    figures["speed-up"] = round(figures["batched"]["images_per_s"] /
+                                figures["one_at_a_time"]["images_per_s"], 2)
+    print(json.dumps({"model": model, "threads": args.threads, **figures}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
