@@ -1,6 +1,11 @@
 """The argparse pieces every entry point shares (the `dermvlm` script, train/, eval/,
 data_recipes/): a parser that reports errors in one line, argument types, config flags."""
 import argparse
+import json
+import sys
+from pathlib import Path
+
+from dermvlm.errors import DermvlmError
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -26,3 +31,20 @@ def add_config_args(parser):
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config field, e.g. synth.size=128"
                         " (repeatable)")
+
+
+def print_result(prog, compute, out=None):
+    """Run `compute()` and print its JSON result (also written to `out`, its folder made);
+    a DermvlmError becomes one line on stderr and exit code 2. The evaluation and fitting
+    entry points end with it."""
+    try:
+        result = compute()
+    except DermvlmError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    text = json.dumps(result, indent=1)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
+    print(text)
+    return 0

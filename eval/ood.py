@@ -11,13 +11,12 @@ fitted temperature, per labelled set.
 An --id set's labels that are not the ontology's diagnoses (a real set's own classes) are
 scored in that set's own label space for ECE.
 """
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from dermvlm.cliargs import OneLineParser
+from dermvlm.cliargs import OneLineParser, print_result
 from dermvlm.errors import DermvlmError
 
 
@@ -87,6 +86,8 @@ def evaluate(args):
     from dermvlm.labelled import labelled_images
     from dermvlm.trust import TrustModel, encode_images
     from dermvlm.zeroshot import ZeroShot, binary_auroc
+    if not (args.model and args.id and args.ood):
+        raise DermvlmError("--model, at least one --id and --ood are needed")
     trust = TrustModel.load(args.model)
     if trust is None:
         raise DermvlmError(f"{args.model}: no trust.json; fit one with python -m "
@@ -131,21 +132,10 @@ def main(argv=None):
                         help="write the non-skin image set to DIR and stop")
     parser.add_argument("--out", help="write the results JSON here")
     args = parser.parse_args(argv)
-    try:
-        if args.make_nonskin:
-            print(f"{len(make_nonskin(args.make_nonskin))} images in {args.make_nonskin}")
-            return 0
-        if not (args.model and args.id and args.ood):
-            raise DermvlmError("--model, at least one --id and --ood are needed")
-        result = evaluate(args)
-    except DermvlmError as exc:
-        print(f"eval.ood: error: {exc}", file=sys.stderr)
-        return 2
-    text = json.dumps(result, indent=1)
-    if args.out:
-        Path(args.out).write_text(text)
-    print(text)
-    return 0
+    if args.make_nonskin:
+        print(f"{len(make_nonskin(args.make_nonskin))} images in {args.make_nonskin}")
+        return 0
+    return print_result("eval.ood", lambda: evaluate(args), args.out)
 
 
 if __name__ == "__main__":

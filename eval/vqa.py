@@ -16,12 +16,9 @@ scores an untrained baseline (the folder's image tower and base LM, a fresh proj
 
     python -m eval.vqa --model runs/vlm2/model --data data/test --out vqa.json
 """
-import json
 import sys
-from pathlib import Path
 
-from dermvlm.cliargs import OneLineParser
-from dermvlm.errors import DermvlmError
+from dermvlm.cliargs import OneLineParser, print_result
 
 
 def main(argv=None):
@@ -42,25 +39,19 @@ def main(argv=None):
                         "LM with a fresh projector (seed vlm.seed) and no adapter")
     parser.add_argument("--out", help="write the results JSON here")
     args = parser.parse_args(argv)
-    try:
-        from dermvlm.vlm.build import untuned_baseline
-        from dermvlm.vlm.evaluate import evaluate_vlm, require_eval_files
-        from dermvlm.vlm.model import DermVLM
-        require_eval_files(args.data, args.limit > 0, args.open > 0 or args.reports > 0)
-        vlm = (untuned_baseline(args.model) if args.untuned
-               else DermVLM.from_pretrained(args.model))
-        result = {"model": args.model, "untuned": args.untuned, "data": args.data,
-                  **evaluate_vlm(vlm, args.data, closed=args.limit, cloze=args.limit,
-                                 open_images=args.open, reports=args.reports,
-                                 swap_images=args.swap_images)}
-    except DermvlmError as exc:
-        print(f"eval.vqa: error: {exc}", file=sys.stderr)
-        return 2
-    text = json.dumps(result, indent=1)
-    if args.out:
-        Path(args.out).write_text(text)
-    print(text)
-    return 0
+    return print_result("eval.vqa", lambda: evaluate(args), args.out)
+
+
+def evaluate(args):
+    from dermvlm.vlm.build import untuned_baseline
+    from dermvlm.vlm.evaluate import evaluate_vlm, require_eval_files
+    from dermvlm.vlm.model import DermVLM
+    require_eval_files(args.data, args.limit > 0, args.open > 0 or args.reports > 0)
+    vlm = untuned_baseline(args.model) if args.untuned else DermVLM.from_pretrained(args.model)
+    return {"model": args.model, "untuned": args.untuned, "data": args.data,
+            **evaluate_vlm(vlm, args.data, closed=args.limit, cloze=args.limit,
+                           open_images=args.open, reports=args.reports,
+                           swap_images=args.swap_images)}
 
 
 if __name__ == "__main__":

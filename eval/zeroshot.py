@@ -7,12 +7,9 @@ and network) or an open_clip name. --data: a SynthDerm folder or a JSONL manifes
 top-1/top-5 accuracy, macro AUROC, per-concept AUROC, Recall@K, per Fitzpatrick group, and
 per-attribute accuracy on SynthDerm.
 """
-import json
 import sys
-from pathlib import Path
 
-from dermvlm.cliargs import OneLineParser
-from dermvlm.errors import DermvlmError
+from dermvlm.cliargs import OneLineParser, print_result
 
 
 def build_parser():
@@ -27,27 +24,21 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        from dermvlm.hub import check_model_spec
-        check_model_spec(args.model)
-        from dermvlm.clip.data import load_records
-        from dermvlm.clip.evaluate import evaluate_records
-        from dermvlm.clip.model import load_model
-        model, model_cfg, tokenizer = load_model(args.model)
-        records = load_records(args.data)[:args.limit]
-        labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
-        report = evaluate_records(model, tokenizer, records,
-                                  model_cfg["vision_cfg"]["image_size"], labels=labels)
-    except DermvlmError as exc:
-        print(f"eval.zeroshot: error: {exc}", file=sys.stderr)
-        return 2
-    report = {"model": args.model, "data": args.data, **report}
-    text = json.dumps(report, indent=1)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
-    print(text)
-    return 0
+    return print_result("eval.zeroshot", lambda: evaluate(args), args.out)
+
+
+def evaluate(args):
+    from dermvlm.hub import check_model_spec
+    check_model_spec(args.model)
+    from dermvlm.clip.data import load_records
+    from dermvlm.clip.evaluate import evaluate_records
+    from dermvlm.clip.model import load_model
+    model, model_cfg, tokenizer = load_model(args.model)
+    records = load_records(args.data)[:args.limit]
+    labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
+    report = evaluate_records(model, tokenizer, records,
+                              model_cfg["vision_cfg"]["image_size"], labels=labels)
+    return {"model": args.model, "data": args.data, **report}
 
 
 if __name__ == "__main__":

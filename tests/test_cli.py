@@ -39,3 +39,18 @@ def test_unwritable_output_folder(tmp_path, capsys):
     code = main(["synth", "--out", str(blocker / "sub"), "--n", "2", "--quiet"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "cannot write to output folder" in err and len(err.splitlines()) == 1
+
+
+def test_print_result_writes_json_or_one_error_line(tmp_path, capsys):
+    import json
+
+    from dermvlm.cliargs import print_result
+    from dermvlm.errors import DataError
+    out = tmp_path / "deep" / "r.json"
+    assert print_result("x", lambda: {"a": 1}, out) == 0
+    assert json.loads(out.read_text()) == {"a": 1} == json.loads(capsys.readouterr().out)
+
+    def fail():
+        raise DataError("data.csv:3: no caption")
+    assert print_result("eval.thing", fail) == 2
+    assert capsys.readouterr().err == "eval.thing: error: data.csv:3: no caption\n"

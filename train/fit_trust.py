@@ -12,12 +12,11 @@ are kept per set. The threshold is the 97.5th percentile of the validation image
 temperature is fitted on the images of the --validation sets whose label is one of the
 ontology's diagnoses (the label space users are shown), or of the --calibrate sets if given.
 """
-import json
 import sys
 
 import torch
 
-from dermvlm.cliargs import OneLineParser, positive_int
+from dermvlm.cliargs import OneLineParser, positive_int, print_result
 from dermvlm.errors import DermvlmError
 
 
@@ -38,14 +37,7 @@ def main(argv=None):
     parser.add_argument("--max-per-set", type=positive_int, default=1500,
                         help="reference images kept per set (default 1500)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    try:
-        summary = fit(args)
-    except DermvlmError as exc:
-        print(f"train.fit_trust: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=1))
-    return 0
+    return print_result("train.fit_trust", lambda: fit(parser.parse_args(argv)))
 
 
 def fit(args):
