@@ -1,5 +1,6 @@
 """Labelled image sets, whatever their layout: a SynthDerm folder, a manifest (or its folder),
 or a folder of class subfolders (ROOT/<label>/*.jpg, as data_recipes.image_folder reads)."""
+import os
 import zlib
 from pathlib import Path
 
@@ -29,3 +30,17 @@ def held_out(path, fraction):
     its file name, so a set's split does not depend on what else is in it); 0 and 1 give
     none and all."""
     return zlib.crc32(Path(path).name.encode()) % 1000 < round(fraction * 1000)
+
+
+def concept_labels(spec):
+    """{image path: {SkinCon concept: 0 or 1}} from a set's skincon.csv (SynthDerm writes
+    one; ImageID relative to the set's folder), or {} when it has none."""
+    import csv
+    table = Path(spec) / "skincon.csv"
+    if not table.is_file():
+        return {}
+    with open(table, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return {os.path.normpath(Path(spec) / row.pop("ImageID")): {
+        k: int(float(v or 0)) for k, v in row.items() if k != "Do not consider this image"}
+        for row in rows}

@@ -11,7 +11,7 @@ from PIL import Image
 from dermvlm import embedded
 from dermvlm.clip.model import load_model
 from dermvlm.imaging import eval_transform
-from dermvlm.trust import ABSTAIN_MESSAGE, TrustModel
+from dermvlm.trust import ABSTAIN_MESSAGE, TrustModel, concept_scaling
 from dermvlm.vlm.infer import describe, generate
 from dermvlm.vlm.model import DermVLM, vision_weights_file
 from dermvlm.zeroshot import ZeroShot
@@ -65,7 +65,8 @@ class Assistant:
         with self._clip_lock:
             logits = self.zeroshot.logits(features, self.labels)
             probs = (self.trust.calibrated(logits) if self.trust else logits.softmax(1))[0]
-            concepts = self.zeroshot.concept_scores(features, self.concepts)[0]
+            concepts = self.zeroshot.concept_scores(features, self.concepts,
+                                                    **concept_scaling(self.trust))[0]
         best = probs.argsort(descending=True)[:top_k].tolist()
         strong = concepts.argsort(descending=True)[:top_concepts].tolist()
         diagnoses = {} if verdict and verdict["abstained"] else {

@@ -49,6 +49,8 @@ class TrustSettings:
     threshold: float            # combined score above which an answer is withheld
     temperature: float          # diagnosis logits are divided by it before the softmax
     fitted_on: dict             # what the reference, validation and temperature sets were
+    concept_temperature: float = 0.01   # MONET's score: T = 0.01, no bias; both are fitted
+    concept_bias: float = 0.0           # (Platt scaling) where concept labels exist
 
 
 class TrustModel:
@@ -109,6 +111,15 @@ class TrustModel:
         return cls(settings, tensors["reference_features"], tensors["reference_pixels"])
 
 
+def concept_scaling(trust):
+    """ZeroShot.concept_scores keyword arguments: the fitted scaling, or MONET's without a
+    trust file."""
+    if trust is None:
+        return {"temperature": 0.01, "bias": 0.0}
+    return {"temperature": trust.settings.concept_temperature,
+            "bias": trust.settings.concept_bias}
+
+
 def fit_temperature(logits, targets, steps=200):
     """The temperature minimising the negative log-likelihood of `targets` (Guo et al. 2017),
     fitted in log space."""
@@ -122,6 +133,37 @@ def fit_temperature(logits, targets, steps=200):
         return loss
     optimizer.step(closure)
     return float(log_t.detach().exp())
+
+
+def fit_concept_scaling(margins, labels, steps=300):
+    """(temperature T, bias b) of concept scores, the mean over templates of
+    sigmoid((margin - b) / T) (Platt scaling of MONET's score, which is T = 0.01, b = 0),
+    minimising the binary negative log-likelihood of `labels` (margins (N, K, templates),
+    labels (N, K) of 0/1). One pair for all concepts, so unseen concepts are scaled too."""
+    log_t = torch.tensor([float(np.log(0.01))], requires_grad=True)
+    bias = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t, bias], lr=0.1, max_iter=steps)
+
+    def closure():
+        optimizer.zero_grad()
+        scores = torch.sigmoid((margins - bias) / log_t.exp()).mean(-1).clamp(1e-6, 1 - 1e-6)
+        loss = torch.nn.functional.binary_cross_entropy(scores, labels.float())
+        loss.backward()
+        return loss
+    optimizer.step(closure)
+    return float(log_t.detach().exp()), float(bias.detach())
+
+
+def binary_calibration_error(probs, labels, bins=15):
+    """ECE of per-concept probabilities: the bin-weighted |observed rate - probability|."""
+    probs, labels = probs.flatten(), labels.flatten().float()
+    edges = torch.linspace(0, 1, bins + 1)
+    ece = torch.zeros(())
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = (probs > low) & (probs <= high) if low > 0 else (probs <= high)
+        if inside.any():
+            ece += inside.float().mean() * (labels[inside].mean() - probs[inside].mean()).abs()
+    return float(ece)
 
 
 def expected_calibration_error(probs, targets, bins=15):

@@ -112,24 +112,30 @@ class ZeroShot:
         return 100.0 * image_features @ self.classifier(labels, templates)
 
     def concept_scores(self, image_features, concepts, dermoscopy=False, temperature=0.01,
-                       synonyms=SKINCON_SYNONYMS):
+                       synonyms=SKINCON_SYNONYMS, bias=0.0):
         """(N, K) MONET scores: softmax([mean target / T, mean reference / T])[0], averaged
-        over the prompt templates; each concept averaged over its synonyms."""
+        over the prompt templates; each concept averaged over its synonyms. `bias` shifts the
+        margin first (Platt scaling, as dermvlm.trust fits it; 0 is MONET's score)."""
+        margins = self.concept_margins(image_features, concepts, dermoscopy, synonyms)
+        return torch.sigmoid((margins - bias) / temperature).mean(-1)  # pair softmax
+
+    def concept_margins(self, image_features, concepts, dermoscopy=False,
+                        synonyms=SKINCON_SYNONYMS):
+        """(N, K, templates) mean target similarity minus reference similarity, per MONET
+        template: what concept_scores turns into scores (and what a temperature is fitted
+        on)."""
         targets = MONET_DERMOSCOPY_TARGETS if dermoscopy else MONET_TARGETS
         references = MONET_DERMOSCOPY_REFERENCES if dermoscopy else MONET_REFERENCES
         ref = self.encode_texts(list(references))                       # (T, D)
         ref_sim = image_features @ ref.T                                # (N, T)
-        scores = []
+        margins = []
         for concept in concepts:
             words = synonyms.get(concept, (concept,))
-            per_template = []
-            for t, template in enumerate(targets):
-                tgt = self.encode_texts([template.format(w) for w in words])   # (S, D)
-                tgt_sim = (image_features @ tgt.T).mean(1)                      # (N,)
-                pair = torch.stack([tgt_sim, ref_sim[:, t]], dim=1) / temperature
-                per_template.append(pair.softmax(dim=1)[:, 0])
-            scores.append(torch.stack(per_template).mean(0))
-        return torch.stack(scores, dim=1)
+            per_template = [(image_features @ self.encode_texts(
+                [template.format(w) for w in words]).T).mean(1) - ref_sim[:, t]
+                for t, template in enumerate(targets)]                  # T x (N,)
+            margins.append(torch.stack(per_template, dim=1))            # (N, T)
+        return torch.stack(margins, dim=1)                              # (N, K, T)
 
 
 def rollup(probs, labels, paths):

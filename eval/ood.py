@@ -78,12 +78,35 @@ def calibration(zs, features, labels, trust):
                                                                targets), 4)}
 
 
+def concept_calibration(zs, features, paths, labels, trust):
+    """ECE of the SkinCon concept scores as MONET computes them and as fitted, over
+    (image, concept) pairs of the concepts that occur, for a set with concept labels."""
+    import os
+
+    import torch
+
+    from dermvlm.trust import binary_calibration_error
+    rows = [i for i, p in enumerate(paths) if labels.get(os.path.normpath(p))]
+    names = sorted({k for i in rows for k, v in labels[os.path.normpath(paths[i])].items()
+                    if v})
+    if not names:
+        return {}
+    truth = torch.tensor([[labels[os.path.normpath(paths[i])][n] for n in names]
+                          for i in rows])
+    margins = zs.concept_margins(features[rows], names)
+    fitted = (trust.settings.concept_temperature, trust.settings.concept_bias)
+    ece = [binary_calibration_error(torch.sigmoid((margins - b) / t).mean(-1), truth)
+           for t, b in ((0.01, 0.0), fitted)]
+    return {"concepts": len(names), "concept_ece_monet": round(ece[0], 4),
+            "concept_ece_calibrated": round(ece[1], 4)}
+
+
 def evaluate(args):
     import torch
 
     from dermvlm.clip.model import load_model
     from dermvlm.imaging import eval_transform
-    from dermvlm.labelled import labelled_images
+    from dermvlm.labelled import concept_labels, labelled_images
     from dermvlm.trust import TrustModel, encode_images
     from dermvlm.zeroshot import ZeroShot, binary_auroc
     if not (args.model and args.id and args.ood):
@@ -105,7 +128,8 @@ def evaluate(args):
         result["in_distribution"][spec] = {
             "n": len(kept), "refused": round(float((scores > trust.settings.threshold)
                                                   .float().mean()), 4),
-            **calibration(zs, features, [label_of[p] for p in kept], trust)}
+            **calibration(zs, features, [label_of[p] for p in kept], trust),
+            **concept_calibration(zs, features, kept, concept_labels(spec), trust)}
     ood = [str(p) for p in sorted(Path(args.ood).iterdir())]
     features, pixels, kept = encode_images(zs, transform, ood)
     ood_scores = trust.score(features, pixels)

@@ -132,3 +132,18 @@ def test_non_skin_set_and_ood_evaluation(synth_dir, tmp_path):
     scores = result["in_distribution"][str(synth_dir)]
     assert scores["n"] == 40 and scores["label_space"] == "ontology"
     assert ood.main(["--model", str(tmp_path), "--id", "x", "--ood", "y"]) == 2
+
+
+def test_concept_scaling_recovers_the_scaling_labels_were_drawn_at():
+    """Platt scaling of MONET scores: labels drawn at T = 0.03, bias 0.05 are fitted back;
+    T = 0.01 with no bias is MONET's own score (the softmax of the target/reference pair)."""
+    from dermvlm.trust import fit_concept_scaling
+    generator = torch.Generator().manual_seed(0)
+    margins = 0.08 * torch.randn(3000, 4, 3, generator=generator)
+    probs = torch.sigmoid((margins - 0.05) / 0.03).mean(-1)
+    labels = torch.bernoulli(probs, generator=generator)
+    t, b = fit_concept_scaling(margins, labels)
+    assert t == pytest.approx(0.03, rel=0.15) and b == pytest.approx(0.05, abs=0.01)
+    pair = torch.stack([margins, torch.zeros_like(margins)], -1) / 0.01
+    assert torch.allclose(pair.softmax(-1)[..., 0].mean(-1),
+                          torch.sigmoid(margins / 0.01).mean(-1), atol=1e-6)

@@ -12,6 +12,7 @@ are kept per set. The threshold is the 97.5th percentile of the validation image
 temperature is fitted on the images of the --validation sets whose label is one of the
 ontology's diagnoses (the label space users are shown), or of the --calibrate sets if given.
 """
+import os
 import sys
 
 import torch
@@ -43,7 +44,7 @@ def main(argv=None):
 def fit(args):
     from dermvlm.clip.model import load_model
     from dermvlm.imaging import eval_transform
-    from dermvlm.labelled import held_out, labelled_images
+    from dermvlm.labelled import concept_labels, held_out, labelled_images
     from dermvlm.ontology import CONDITIONS
     from dermvlm.trust import encode_images, fit_trust
     from dermvlm.zeroshot import ZeroShot
@@ -51,7 +52,7 @@ def fit(args):
         raise DermvlmError(f"--holdout must be between 0 and 1, got {args.holdout}")
     model, cfg, tokenizer = load_model(args.model)
     zs, transform = ZeroShot(model, tokenizer), eval_transform(cfg["vision_cfg"]["image_size"])
-    reference, validation, labels, sets = [], [], [], {}
+    reference, validation, labels, concepts, sets = [], [], [], [], {}
     roles = ([(s, 1.0, 0.0) for s in args.reference] + [(s, 0.0, 1.0) for s in args.validation]
              + [(s, 1 - args.holdout, args.holdout) for s in args.split])
     if not any(r for _, r, _ in roles) or not any(v for _, _, v in roles):
@@ -67,6 +68,8 @@ def fit(args):
         validation.append(encoded)
         label_of = dict(val)     # only the calibration sets' labels count for the temperature
         labels += [label_of[p] if spec in calibrate else None for p in encoded[2]]
+        concept_of = concept_labels(spec) if spec in calibrate else {}
+        concepts += [concept_of.get(os.path.normpath(p)) for p in encoded[2]]
         sets[spec] = {"reference": len(reference[-1][2]), "validation": len(encoded[2])}
     names = [c.name for c in CONDITIONS]
     features = torch.cat([v[0] for v in validation])
@@ -79,8 +82,25 @@ def fit(args):
     trust = fit_trust((torch.cat([r[0] for r in reference]), torch.cat([r[1] for r in reference])),
                       (features, torch.cat([v[1] for v in validation])), logits, targets,
                       {"sets": sets, "temperature_images": len(known), "holdout": args.holdout})
+    fit_concepts(trust, zs, features, concepts)
     trust.save(args.model.removeprefix("local-dir:"))
     return {"model": args.model, **vars(trust.settings)}
+
+
+def fit_concepts(trust, zs, features, concepts):
+    """The concept scaling, on the calibration images with SkinCon labels (the concepts that
+    occur among them); MONET's score stays when there are none."""
+    from dermvlm.trust import fit_concept_scaling
+    labelled = [i for i, c in enumerate(concepts) if c]
+    names = sorted({k for i in labelled for k, v in concepts[i].items() if v})
+    if not names:
+        return
+    margins = zs.concept_margins(features[labelled], names)
+    truth = torch.tensor([[concepts[i][n] for n in names] for i in labelled])
+    trust.settings.concept_temperature, trust.settings.concept_bias = fit_concept_scaling(
+        margins, truth)
+    trust.settings.fitted_on["concept_images"] = len(labelled)
+    trust.settings.fitted_on["concepts"] = len(names)
 
 
 if __name__ == "__main__":

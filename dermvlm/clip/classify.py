@@ -8,7 +8,7 @@ from tqdm import tqdm
 from dermvlm.clip.model import load_model
 from dermvlm.errors import DermvlmError
 from dermvlm.imaging import ImageError, eval_transform, open_image
-from dermvlm.trust import ABSTAIN_MESSAGE, TrustModel, image_statistics
+from dermvlm.trust import ABSTAIN_MESSAGE, TrustModel, concept_scaling, image_statistics
 from dermvlm.vocab import SKINCON_CONCEPTS
 from dermvlm.zeroshot import DERMLIP_TEMPLATES, ZeroShot
 
@@ -81,7 +81,7 @@ def _classify_batch(batch, zs, transform, trust, names, concepts, top_k, templat
     verdicts = (trust.verdict(features, torch.stack([image_statistics(im) for _, im in batch]))
                 if trust else [None] * len(batch))
     if concepts:
-        scores = zs.concept_scores(features, names)
+        scores = zs.concept_scores(features, names, **concept_scaling(trust))
     else:
         logits = zs.logits(features, names, templates or DERMLIP_TEMPLATES)
         scores = trust.calibrated(logits) if trust else logits.softmax(1)
