@@ -25,7 +25,6 @@ class CachedTurn:
         ids = torch.tensor([prompt_ids], device=vlm.device)
         out = self.lm(inputs_embeds=vlm.embed(ids, pixels), use_cache=True)
         self.cache, self.last = out.past_key_values, out.logits[0, -1].float().log_softmax(-1)
-        self.tokens = 0                       # appended after the prompt
         digits = {str(d) for d in range(10)} | {"."}
         vocab = vlm.tokenizer.get_vocab()
         self.number_ids = torch.tensor(sorted(i for t, i in vocab.items() if t in digits))
@@ -41,7 +40,6 @@ class CachedTurn:
         out = self.lm(input_ids=torch.tensor([ids], device=self.vlm.device),
                       past_key_values=self.cache, use_cache=True)
         self.cache, self.last = out.past_key_values, out.logits[0, -1].float().log_softmax(-1)
-        self.tokens += len(ids)
 
     @torch.no_grad()
     def choose(self, candidates, before=""):
@@ -70,12 +68,13 @@ class CachedTurn:
                     best = (score, index, state)
         _, index, (cache, row, added, last) = best
         self.cache = self._row(cache, row, self.cache.get_seq_length() + added)
-        self.last, self.tokens = last, self.tokens + added
+        self.last = last
         return candidates[index]
 
     def _expand(self, pre, lists, group):
-        """(index, joint log-probability, (cache, next log-probs, tokens added)) for each
-        candidate of `group` after the forced tokens `pre`, in one batched pass."""
+        """(index, joint log-probability, (batched cache, its row, tokens added, next-token
+        log-probabilities)) for each candidate of `group` after the forced tokens `pre`, in
+        one batched pass."""
         rows = [pre + lists[i] for i in group]
         width, past = max(len(r) for r in rows), self.cache.get_seq_length()
         pad = self.vlm.tokenizer.pad_token_id or 0
