@@ -155,30 +155,17 @@ def fit_concept_scaling(margins, labels, steps=300):
 
 
 def binary_calibration_error(probs, labels, bins=15):
-    """ECE of per-concept probabilities: the bin-weighted |observed rate - probability|."""
-    probs, labels = probs.flatten(), labels.flatten().float()
-    edges = torch.linspace(0, 1, bins + 1)
-    ece = torch.zeros(())
-    for low, high in zip(edges[:-1], edges[1:]):
-        inside = (probs > low) & (probs <= high) if low > 0 else (probs <= high)
-        if inside.any():
-            ece += inside.float().mean() * (labels[inside].mean() - probs[inside].mean()).abs()
-    return float(ece)
+    """ECE of per-concept probabilities: bin-weighted |observed rate - probability|."""
+    from dermvlm.bench.metrics import expected_calibration_error as ece
+    return ece(probs.flatten().tolist(), labels.flatten().float().tolist(), bins)
 
 
 def expected_calibration_error(probs, targets, bins=15):
-    """ECE of the top-1 confidence: the bin-weighted |accuracy - confidence| over equal-width
-    confidence bins."""
+    """ECE of the top-1 confidence of (N, C) probabilities: bin-weighted
+    |accuracy - confidence| over equal-width confidence bins."""
+    from dermvlm.bench.metrics import expected_calibration_error as ece
     confidence, predicted = probs.max(1)
-    correct = (predicted == targets).float()
-    edges = torch.linspace(0, 1, bins + 1)
-    ece = torch.zeros(())
-    for low, high in zip(edges[:-1], edges[1:]):
-        inside = (confidence > low) & (confidence <= high)
-        if inside.any():
-            gap = correct[inside].mean() - confidence[inside].mean()
-            ece += inside.float().mean() * gap.abs()
-    return float(ece)
+    return ece(confidence.tolist(), (predicted == targets).float().tolist(), bins)
 
 
 def fit_trust(reference, validation, logits, targets, fitted_on):
