@@ -7,8 +7,7 @@ from pathlib import Path
 from dermvlm.data.recipe_cli import make_converter, recipe_parser, run
 from dermvlm.data.records import Record
 from dermvlm.errors import DataError
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+from dermvlm.imaging import IMAGE_SUFFIXES
 
 
 def convert(args):
@@ -19,7 +18,7 @@ def convert(args):
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         converter.read += 1
         row_id = str(path.relative_to(root))
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
             converter.reject(row_id, f"not an image: extension {path.suffix or '(none)'}")
         elif path.parent == root:
             converter.reject(row_id, "unknown label: image is not inside a <label>/ folder")

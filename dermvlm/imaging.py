@@ -16,6 +16,8 @@ MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_FILE_BYTES = 25 * 1024 * 1024
 MAX_PIXELS = 40_000_000          # ~6300 x 6300; PIL's own bomb check fires above this
+# what a folder of images is taken to hold (classify, labelled sets, the image_folder recipe)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 class ImageError(DataError):

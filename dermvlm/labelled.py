@@ -5,8 +5,8 @@ import zlib
 from pathlib import Path
 
 from dermvlm.errors import DataError
+from dermvlm.imaging import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 def labelled_images(spec):

@@ -7,12 +7,10 @@ from tqdm import tqdm
 
 from dermvlm.clip.model import load_model
 from dermvlm.errors import DermvlmError
-from dermvlm.imaging import ImageError, eval_transform, open_image
+from dermvlm.imaging import IMAGE_SUFFIXES, ImageError, eval_transform, open_image
 from dermvlm.trust import ABSTAIN_MESSAGE, TrustModel, concept_scaling, image_statistics
 from dermvlm.vocab import SKINCON_CONCEPTS
 from dermvlm.zeroshot import DERMLIP_TEMPLATES, ZeroShot
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 def collect_images(inputs, failures):
