@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 
 from dermvlm.errors import ConfigError
-from dermvlm.ontology import CONDITIONS
+from dermvlm.ontology import SYNTH_CONDITIONS
 
 
 @dataclass
@@ -178,7 +178,7 @@ POSITIVE = ("synth.n", "synth.size", "clip.image_size", "clip.steps", "clip.batc
             "vlm.token_pool", "vlm.max_length", "vlm.batch_size", "vlm.grad_accum",
             "vlm.ckpt_every", "vlm.log_every")
 # list fields whose every member must be one of these
-MEMBERS = {"synth.conditions": tuple(c.name for c in CONDITIONS),
+MEMBERS = {"synth.conditions": tuple(c.name for c in SYNTH_CONDITIONS),
            "synth.skin_types": (1, 2, 3, 4, 5, 6)}
 
 

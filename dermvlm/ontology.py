@@ -1,5 +1,8 @@
-"""The disease ontology: 29 conditions in a 3-4 level hierarchy, each a distribution over
-the visual attributes of `dermvlm.vocab`.
+"""The disease ontology: 31 conditions in a 3-4 level hierarchy. SynthDerm draws the first 29
+(`SYNTH_CONDITIONS`), each a distribution over the visual attributes of `dermvlm.vocab`; the
+last two are the ISIC archive's umbrella classes (`REAL_ONLY_CONDITIONS`), which real
+dermoscopic sets label and SynthDerm does not render. `CONDITIONS` is all of them: the label set
+of zero-shot prompts, the report schema and the evaluators.
 
 Weights are relative (they need not sum to 1). A condition leaves out what it does not constrain,
 and `Condition` fills in the vocabulary-wide defaults. The distributions are loosely clinical
@@ -52,7 +55,7 @@ class Condition:
 _INFL, _NEO, _INF, _PIG = ("Inflammatory skin diseases", "Neoplastic skin lesions",
                            "Infectious skin diseases", "Pigmentary disorders")
 
-CONDITIONS = (
+SYNTH_CONDITIONS = (
     # ---- inflammatory
     Condition("psoriasis", (_INFL, "Papulosquamous disorders"), "benign", "routine",
               synonyms=("plaque psoriasis", "psoriasis vulgaris"), symptoms=("itch",),
@@ -107,8 +110,8 @@ CONDITIONS = (
               sites={"face": 1}),
     # ---- neoplastic
     Condition("melanocytic nevus", (_NEO, "Benign neoplasms", "Melanocytic"), "benign",
-              "routine", synonyms=("mole", "common nevus"), lesion_types={"macule": 1,
-                                                                          "papule": 1},
+              "routine", synonyms=("mole", "common nevus", "nevus", "naevus"),
+              lesion_types={"macule": 1, "papule": 1},
               colours={"brown": 3, "dark brown": 1}, border_regularity={"regular": 1},
               border_definition={"well-defined": 1}, shapes={"round": 2, "oval": 1},
               sizes={"small": 2, "medium": 1}, counts={"single": 3, "few": 1},
@@ -233,7 +236,24 @@ CONDITIONS = (
               distributions={"symmetric": 1}, sites={"face": 1}),
 )
 
+# ISIC's "BKL" and "VASC": groups of benign lesions that dermoscopic sets label as one class
+REAL_ONLY_CONDITIONS = (
+    Condition("pigmented benign keratosis", (_NEO, "Benign neoplasms", "Epidermal"), "benign",
+              "routine", synonyms=("benign keratosis", "solar lentigo",
+                                   "lichen planus-like keratosis")),
+    Condition("vascular lesion", (_NEO, "Benign neoplasms", "Vascular"), "benign", "routine",
+              synonyms=("angioma", "haemangioma", "angiokeratoma")),
+)
+CONDITIONS = SYNTH_CONDITIONS + REAL_ONLY_CONDITIONS
 CONDITIONS_BY_NAME = {condition.name: condition for condition in CONDITIONS}
+_BY_ANY_NAME = {name.lower(): condition for condition in CONDITIONS
+                for name in (condition.name,) + condition.synonyms}
+
+
+def find_condition(name):
+    """The Condition a diagnosis name or one of its synonyms names (case-insensitive;
+    "nevus" -> melanocytic nevus, "seborrheic keratosis" -> seborrhoeic keratosis), or None."""
+    return _BY_ANY_NAME.get(" ".join(str(name).replace("_", " ").split()).lower())
 
 
 def ontology_tree():

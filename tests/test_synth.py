@@ -11,7 +11,7 @@ from dermvlm import vocab
 from dermvlm.config import SynthConfig
 from dermvlm.questions import load_questions
 from dermvlm.report import LesionReport
-from dermvlm.ontology import CONDITIONS
+from dermvlm.ontology import SYNTH_CONDITIONS as CONDITIONS
 from dermvlm.synth.render import render
 from dermvlm.synth.sample import sample_attributes
 from dermvlm.synth.writer import generate

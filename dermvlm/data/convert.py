@@ -47,13 +47,16 @@ class Converter:
     NEAR_DUPLICATE_LEVELS = 2.0  # ... confirmed when 16x16 thumbnails differ < 2/255 on average
 
     def __init__(self, name, out_dir, validate_images=True, shards=False, per_shard=1000,
-                 one_row_per_image=True, relative_to=None):
+                 one_row_per_image=True, relative_to=None, protect_split=None):
         self.name, self.out_dir = name, Path(out_dir)
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DataError(f"cannot create output folder {self.out_dir}: {exc.strerror}")
         self.validate_images = validate_images
+        # a row that duplicates (or nearly) an image of this split is rejected, not written:
+        # converting the test split first keeps its copies out of training
+        self.protect_split = protect_split
         self._out_abs = os.path.abspath(relative_to or self.out_dir)
         self._relative_dirs = {}
         # VQA tables have many rows per image: check each image once, and do not call the
@@ -127,16 +130,22 @@ class Converter:
                                      "splits": [first_split, record.split]})
             self.reject(record.row_id, f"duplicate: same image bytes as {first_id}", row)
             return False
+        leaked = self._note_near_duplicates(hash64, thumb, record)
+        if leaked:
+            self.reject(record.row_id, f"leakage: near-duplicate of {self.protect_split} "
+                        f"image {leaked}", row)
+            return False
         self._by_digest[digest] = (record.row_id, record.split)
         if not self.one_row_per_image:
             self._checked_paths[record.image] = digest
-        self._note_near_duplicates(hash64, thumb, record)
         return True
 
     def _note_near_duplicates(self, hash64, thumb, record):
         """Compare with earlier images sharing a 8-bit band of the hash (pigeonhole: any pair
-        within 7 bits shares one), then confirm on thumbnails."""
-        seen = set()
+        within 7 bits shares one), then confirm on thumbnails. Returns the row id of a
+        protected-split image this one nearly duplicates (it is then not remembered), else
+        None."""
+        seen, pairs = set(), []
         for band in range(8):
             key = (band, (hash64 >> (8 * band)) & 0xFF)
             for other_hash, other_thumb, other_id, other_split in self._bands[key]:
@@ -146,12 +155,18 @@ class Converter:
                 if (bin(hash64 ^ other_hash).count("1") <= self.NEAR_DUPLICATE_BITS and
                         np.abs(thumb.astype(np.int16) - other_thumb).mean()
                         < self.NEAR_DUPLICATE_LEVELS):
-                    pair = {"kind": "near", "rows": [other_id, record.row_id],
-                            "splits": [other_split, record.split]}
-                    self.near_duplicates.append(pair)
-                    if other_split != record.split:
-                        self.leakage.append(pair)
-            self._bands[key].append((hash64, thumb, record.row_id, record.split))
+                    pairs.append({"kind": "near", "rows": [other_id, record.row_id],
+                                  "splits": [other_split, record.split]})
+        self.near_duplicates += pairs
+        self.leakage += [p for p in pairs if p["splits"][0] != record.split]
+        for pair in pairs:
+            if self.protect_split and record.split != self.protect_split and \
+                    pair["splits"][0] == self.protect_split:
+                return pair["rows"][0]
+        for band in range(8):
+            self._bands[(band, (hash64 >> (8 * band)) & 0xFF)].append(
+                (hash64, thumb, record.row_id, record.split))
+        return None
 
     def close(self):
         """Close the files; returns this converter's counts (mergeable across byte ranges)."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dermvlm import vocab
-from dermvlm.ontology import CONDITIONS, CONDITIONS_BY_NAME
+from dermvlm.ontology import CONDITIONS_BY_NAME, SYNTH_CONDITIONS
 
 # Field of view in mm, for size -> pixels. A single lesion is photographed closer up.
 MM_ACROSS_IMAGE = {"clinical": 50.0, "clinical single": 25.0, "dermoscopic": 20.0}
@@ -82,7 +82,7 @@ def holdout_pairs():
     """
     pairs = set()
     for lesion_type in vocab.LESION_TYPES:
-        colours = sorted({c for cond in CONDITIONS if lesion_type in cond.lesion_types
+        colours = sorted({c for cond in SYNTH_CONDITIONS if lesion_type in cond.lesion_types
                           for c in cond.colours})
         if len(colours) >= 2:  # keep at least one colour for training
             pick = int(hashlib.md5(lesion_type.encode()).hexdigest(), 16) % len(colours)
@@ -165,7 +165,7 @@ def sample_attributes(config, index):
     """
     rng = np.random.default_rng(sample_seed(config.seed, index))
     conditions = ([CONDITIONS_BY_NAME[name] for name in config.conditions]
-                  if config.conditions else list(CONDITIONS))
+                  if config.conditions else list(SYNTH_CONDITIONS))
     pairs = holdout_pairs() if config.holdout == "compositional" else None
     if pairs is not None and config.split == "test":
         conditions = [c for c in conditions

@@ -9,7 +9,7 @@ import numpy as np
 
 from dermvlm import vocab
 from dermvlm.choices import LETTER_INSTRUCTION, option_label
-from dermvlm.ontology import CONDITIONS, CONDITIONS_BY_NAME
+from dermvlm.ontology import CONDITIONS_BY_NAME, SYNTH_CONDITIONS
 from dermvlm.report import report_from_attributes
 
 COLOUR_WORDS = {
@@ -109,10 +109,11 @@ def caption(attrs, rng):
 def differential(attrs, rng):
     """Ranked [(diagnosis, likelihood)]: the truth first, then look-alikes from its group."""
     condition = CONDITIONS_BY_NAME[attrs.condition]
-    same_group = [c.name for c in CONDITIONS if c.path == condition.path and c is not condition]
-    same_type = [c.name for c in CONDITIONS if c is not condition and c.name not in same_group
-                 and attrs.lesion_type in c.lesion_types]
-    pool = same_group + same_type or [c.name for c in CONDITIONS if c is not condition]
+    same_group = [c.name for c in SYNTH_CONDITIONS
+                  if c.path == condition.path and c is not condition]
+    same_type = [c.name for c in SYNTH_CONDITIONS if c is not condition and
+                 c.name not in same_group and attrs.lesion_type in c.lesion_types]
+    pool = same_group + same_type or [c.name for c in SYNTH_CONDITIONS if c is not condition]
     alternatives = rng.permutation(pool)[:2].tolist()
     top = round(float(rng.uniform(0.55, 0.8)), 2)
     rest = round((1.0 - top) * 0.7, 2)
@@ -201,7 +202,7 @@ def _multiple_choice(attrs, rng, letter_answers="option_first"):
     it does not learn the letter alone (docs/EXPERIMENTS.md)."""
     family = _pick(rng, ("diagnosis", "lesion_type", "colour", "malignancy"))
     truth, pool = {
-        "diagnosis": (attrs.condition, [c.name for c in CONDITIONS]),
+        "diagnosis": (attrs.condition, [c.name for c in SYNTH_CONDITIONS]),
         "lesion_type": (attrs.lesion_type, list(vocab.LESION_TYPES)),
         "colour": (attrs.colours[0], [c for c in vocab.COLOURS if c not in attrs.colours[1:]]),
         "malignancy": (attrs.malignancy, list(vocab.MALIGNANCY)),
