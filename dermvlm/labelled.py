@@ -8,7 +8,6 @@ from dermvlm.errors import DataError
 from dermvlm.imaging import IMAGE_SUFFIXES
 
 
-
 def labelled_images(spec):
     """[(image path, label or None)] in a stable order."""
     path = Path(spec)
@@ -23,6 +22,19 @@ def labelled_images(spec):
             return items
     raise DataError(f"{spec}: expected a SynthDerm folder, a manifest, or a folder of "
                     "class subfolders with images")
+
+
+def labelled_records(spec):
+    """Records of a SynthDerm folder, a manifest (or its folder), or a folder of class
+    subfolders (each image's label its folder's name)."""
+    from dermvlm.clip.data import load_records
+    from dermvlm.data.records import Record
+    path = Path(spec)
+    if (path / "attributes.jsonl").is_file() or (path / "manifest.jsonl").is_file() or \
+            path.suffix == ".jsonl":
+        return load_records(path)
+    return [Record(image=image, label=label, source=str(spec))
+            for image, label in labelled_images(spec)]
 
 
 def held_out(path, fraction):

@@ -3,9 +3,14 @@
     python -m eval.zeroshot --model runs/clip_tiny/model --data data/test --out report.json
 
 --model: a dermvlm/open_clip folder, local-dir:PATH, hf-hub:ORG/NAME (needs DERMVLM_ALLOW_HUB=1
-and network) or an open_clip name. --data: a SynthDerm folder or a JSONL manifest. Reports
-top-1/top-5 accuracy, macro AUROC, per-concept AUROC, Recall@K, per Fitzpatrick group, and
-per-attribute accuracy on SynthDerm.
+and network) or an open_clip name. --data: a SynthDerm folder, a JSONL manifest, or a folder of
+labelled real images (ROOT/<class>/*.jpg). Reports top-1/top-5 accuracy, balanced accuracy,
+macro AUROC, per-concept AUROC, Recall@K, per Fitzpatrick group, per-attribute accuracy on
+SynthDerm, and malignant-or-premalignant vs benign (AUROC, sensitivity and specificity) with
+95 % bootstrap intervals. `diagnosis` ranks the data's own labels; `diagnosis_ontology` ranks
+the whole ontology with the model's calibration and malignancy operating point, as the app does.
+
+    python -m eval.zeroshot --model dermvlm/default/clip --data ../shared/realdata/isic9/Test
 """
 import sys
 
@@ -15,10 +20,13 @@ from dermvlm.cliargs import OneLineParser, print_result
 def build_parser():
     parser = OneLineParser(prog="python -m eval.zeroshot", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="model spec (see above)")
-    parser.add_argument("--data", required=True, help="SynthDerm folder or manifest")
+    parser.add_argument("--data", required=True, help="SynthDerm folder, manifest, or a "
+                        "folder of class subfolders")
     parser.add_argument("--out", help="write the report JSON here (also printed)")
     parser.add_argument("--labels", help="comma-separated label set (default: the data's)")
     parser.add_argument("--limit", type=int, help="evaluate the first N records only")
+    parser.add_argument("--no-trust", action="store_true", help="ignore the model's trust "
+                        "file (no calibration temperature, no malignancy threshold)")
     return parser
 
 
@@ -30,14 +38,19 @@ def main(argv=None):
 def evaluate(args):
     from dermvlm.hub import check_model_spec
     check_model_spec(args.model)
-    from dermvlm.clip.data import load_records
     from dermvlm.clip.evaluate import evaluate_records
     from dermvlm.clip.model import load_model
+    from dermvlm.labelled import labelled_records
+    from dermvlm.trust import TrustModel
     model, model_cfg, tokenizer = load_model(args.model)
-    records = load_records(args.data)[:args.limit]
+    records = labelled_records(args.data)[:args.limit]
     labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
+    trust = None if args.no_trust else TrustModel.load(args.model)
+    settings = trust.settings if trust else None
     report = evaluate_records(model, tokenizer, records,
-                              model_cfg["vision_cfg"]["image_size"], labels=labels)
+                              model_cfg["vision_cfg"]["image_size"], labels=labels,
+                              temperature=settings.temperature if settings else 1.0,
+                              threshold=settings.malignancy_threshold if settings else None)
     return {"model": args.model, "data": args.data, **report}
 
 

@@ -66,6 +66,21 @@ def bootstrap_ci(values, n_resamples=1000, seed=0, level=0.95):
     return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
 
 
+def bootstrap_statistic_ci(statistic, n, n_resamples=1000, seed=0, level=0.95):
+    """Percentile bootstrap interval of `statistic(indices)` over `n` items resampled with
+    replacement (for statistics that are not a mean: balanced accuracy, AUROC); draws where
+    it is undefined (None) are skipped."""
+    if n == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    values = [statistic(rng.integers(0, n, n)) for _ in range(n_resamples)]
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    tail = (1 - level) / 2 * 100
+    return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+
+
 def clustered_bootstrap_ci(values, clusters, n_resamples=1000, seed=0, level=0.95):
     """Percentile bootstrap interval of the mean of `values` resampling whole clusters (all
     answers about one image go together): answers about one image are not independent, so

@@ -5,10 +5,15 @@ scores), retrieval Recall@K, and every metric per Fitzpatrick group. On SynthDer
 also reports zero-shot accuracy per attribute family (colour, lesion type, ...), since every
 attribute is known there.
 """
+import dataclasses
+
+import numpy as np
 import torch
 
 from dermvlm import vocab
+from dermvlm.bench.metrics import bootstrap_ci, bootstrap_statistic_ci
 from dermvlm.imaging import eval_transform, try_open_image
+from dermvlm.ontology import find_condition
 from dermvlm.zeroshot import (ZeroShot, binary_auroc, macro_auroc, retrieval_recall,
                               topk_accuracy)
 
@@ -57,7 +62,7 @@ def _accuracy_by_group(correct, records):
     return {g: round(sum(v) / len(v), 4) for g, v in sorted(groups.items())}
 
 
-def diagnosis_metrics(zs, features, records, labels=None):
+def diagnosis_metrics(zs, features, records, labels=None, temperature=1.0, threshold=None):
     rows = [i for i, r in enumerate(records) if r.label]
     labels = labels or sorted({records[i].label for i in rows})
     if len(labels) < 2 or not rows:
@@ -66,11 +71,88 @@ def diagnosis_metrics(zs, features, records, labels=None):
     targets = [labels.index(records[i].label) for i in rows]
     acc = topk_accuracy(logits, targets, ks=(1, min(5, len(labels))))
     correct = (logits.argmax(1) == torch.as_tensor(targets)).tolist()
+    probs = (logits / temperature).softmax(1).numpy()
+    predicted, truth = probs.argmax(1), np.asarray(targets)
     return {"n": len(rows), "classes": len(labels), "top1": round(acc[1], 4),
+            "top1_ci": _rounded(bootstrap_ci(correct)),
+            "balanced_accuracy": round(balanced_accuracy(predicted, truth), 4),
+            "balanced_accuracy_ci": _rounded(bootstrap_statistic_ci(
+                lambda i: balanced_accuracy(predicted[i], truth[i]), len(truth))),
             f"top{min(5, len(labels))}": round(acc[min(5, len(labels))], 4),
             "macro_auroc": macro_auroc(logits.softmax(1).numpy(), targets, len(labels)),
             "chance_top1": round(1 / len(labels), 4),
-            "top1_by_fitzpatrick": _accuracy_by_group(correct, [records[i] for i in rows])}
+            "top1_by_fitzpatrick": _accuracy_by_group(correct, [records[i] for i in rows]),
+            "malignancy": malignancy_metrics(probs, labels, truth, threshold)}
+
+
+def ontology_metrics(zs, features, records, temperature=1.0, threshold=None):
+    """diagnosis_metrics over the whole ontology, the label set the app ranks (a set's own
+    names mapped to the ontology's: "nevus" -> melanocytic nevus), with the app's malignancy
+    operating point; {} when a label is not in the ontology."""
+    from dermvlm.ontology import CONDITIONS
+    conditions = [find_condition(r.label) if r.label else None for r in records]
+    if not records or any(c is None for c in conditions):
+        return {}
+    renamed = [dataclasses.replace(r, label=c.name) for r, c in zip(records, conditions)]
+    return diagnosis_metrics(zs, features, renamed, [c.name for c in CONDITIONS], temperature,
+                             threshold)
+
+
+def balanced_accuracy(predicted, truth):
+    """Mean recall over the classes present in `truth`."""
+    return float(np.mean([(predicted[truth == c] == c).mean() for c in np.unique(truth)]))
+
+
+def nonbenign_labels(labels):
+    """Boolean mask of the labels whose ontology malignancy is malignant or premalignant, or
+    None when a label is not in the ontology (its malignancy is unknown)."""
+    conditions = [find_condition(label) for label in labels]
+    if any(c is None for c in conditions):
+        return None
+    return np.array([c.malignancy != "benign" for c in conditions])
+
+
+def malignancy_flags(probs, risky, threshold=None):
+    """(P(malignant or premalignant) per image, flagged per image): flagged when that
+    probability reaches `threshold`, or, without one, when the top label is not benign."""
+    score = probs[:, risky].sum(1)
+    flagged = score >= threshold if threshold is not None else risky[probs.argmax(1)]
+    return score, flagged
+
+
+def malignancy_metrics(probs, labels, truth, threshold=None):
+    """Malignant-or-premalignant vs benign: AUROC of the summed probability, and
+    sensitivity and specificity at the operating point, each with a 95 % bootstrap interval.
+    {} when a label's malignancy is unknown or one side is absent."""
+    risky = nonbenign_labels(labels)
+    if risky is None:
+        return {}
+    positive = risky[truth]
+    if positive.all() or not positive.any():
+        return {}
+    score, flagged = malignancy_flags(probs, risky, threshold)
+
+    def sensitivity(i):
+        return flagged[i][positive[i]].mean() if positive[i].any() else None
+
+    def specificity(i):
+        return (~flagged[i][~positive[i]]).mean() if (~positive[i]).any() else None
+    every = np.arange(len(truth))
+    return {"positive": "malignant or premalignant", "n_positive": int(positive.sum()),
+            "n_negative": int((~positive).sum()),
+            "auroc": round(binary_auroc(score, positive), 4),
+            "auroc_ci": _rounded(bootstrap_statistic_ci(
+                lambda i: binary_auroc(score[i], positive[i]), len(truth))),
+            "operating_point": ("top label malignant or premalignant" if threshold is None
+                                else f"P(malignant or premalignant) >= {threshold:.4f}"),
+            "sensitivity": round(float(sensitivity(every)), 4),
+            "sensitivity_ci": _rounded(bootstrap_statistic_ci(sensitivity, len(truth))),
+            "specificity": round(float(specificity(every)), 4),
+            "specificity_ci": _rounded(bootstrap_statistic_ci(specificity, len(truth)))}
+
+
+def _rounded(interval):
+    return None if interval is None else [round(v, 4) for v in interval]
 
 
 def attribute_metrics(zs, features, records):
@@ -118,11 +200,16 @@ def concept_metrics(zs, features, records):
             "mean_auroc": round(sum(out.values()) / len(out), 4) if out else None}
 
 
-def evaluate_records(model, tokenizer, records, image_size, device="cpu", labels=None):
+def evaluate_records(model, tokenizer, records, image_size, device="cpu", labels=None,
+                     temperature=1.0, threshold=None):
+    """`temperature` and `threshold`: the model's calibration and malignancy operating point
+    (dermvlm.trust), as the app applies them."""
     zs = ZeroShot(model, tokenizer, device=device)
     features, kept, skipped = encode_records(zs, records, image_size)
     report = {"n_images": len(kept), "skipped_unreadable": skipped,
-              "diagnosis": diagnosis_metrics(zs, features, kept, labels),
+              "diagnosis": diagnosis_metrics(zs, features, kept, labels, temperature),
+              "diagnosis_ontology": ontology_metrics(zs, features, kept, temperature,
+                                                     threshold),
               "concepts": concept_metrics(zs, features, kept)}
     captions = [r.captions[0] for r in kept if r.captions]
     if len(captions) == len(kept) and kept:
