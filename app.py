@@ -23,6 +23,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from dermvlm.embedded import trained_on
 from dermvlm.errors import DermvlmError
 from dermvlm.imaging import ImageError, open_image
 from dermvlm.report import DISCLAIMER
@@ -144,7 +145,8 @@ def build_app(default_pair=(None, None), examples=EXAMPLES, models=None):
 
     with gr.Blocks(title="dermvlm", delete_cache=(1800, 3600)) as app:
         state = gr.State({}, delete_callback=_delete_session, time_to_live=3600)
-        gr.Markdown("# dermvlm — skin image assistant\n**" + DISCLAIMER + "**")
+        gr.Markdown("# dermvlm — skin image assistant\n**" + DISCLAIMER + "**\n\n"
+                    + f"The embedded default: {trained_on()}")
         with gr.Row():
             with gr.Column(scale=2):
                 # a File, not an Image: the upload reaches open_image() untouched, so a

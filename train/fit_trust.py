@@ -11,6 +11,9 @@ file name, to validation and the rest to the reference. At most --max-per-set re
 are kept per set. The threshold is the 97.5th percentile of the validation images' scores; the
 temperature is fitted on the images of the --validation sets whose label is one of the
 ontology's diagnoses (the label space users are shown), or of the --calibrate sets if given.
+With --malignancy (held-out labelled sets), the malignancy operating point is fitted too: the
+threshold on P(malignant or premalignant) that flags --sensitivity of those sets' malignant and
+premalignant images (the app raises such an image's concern to at least moderate).
 """
 import os
 import sys
@@ -37,6 +40,12 @@ def main(argv=None):
                         help="share of each set held out for validation (default 0.2)")
     parser.add_argument("--max-per-set", type=positive_int, default=1500,
                         help="reference images kept per set (default 1500)")
+    parser.add_argument("--malignancy", action="append", default=[],
+                        help="held-out labelled set(s) the malignancy operating point is fitted "
+                        "on (labels in the ontology; repeatable)")
+    parser.add_argument("--sensitivity", type=float, default=0.95,
+                        help="share of malignant or premalignant --malignancy images flagged "
+                        "at the operating point (default 0.95)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return print_result("train.fit_trust", lambda: fit(parser.parse_args(argv)))
 
@@ -67,7 +76,7 @@ def fit(args):
         encoded = encode_images(zs, transform, [p for p, _ in val], progress=not args.quiet)
         validation.append(encoded)
         label_of = dict(val)     # only the calibration sets' labels count for the temperature
-        labels += [label_of[p] if spec in calibrate else None for p in encoded[2]]
+        labels += [canonical(label_of[p]) if spec in calibrate else None for p in encoded[2]]
         concept_of = concept_labels(spec) if spec in calibrate else {}
         concepts += [concept_of.get(os.path.normpath(p)) for p in encoded[2]]
         sets[spec] = {"reference": len(reference[-1][2]), "validation": len(encoded[2])}
@@ -83,8 +92,42 @@ def fit(args):
                       (features, torch.cat([v[1] for v in validation])), logits, targets,
                       {"sets": sets, "temperature_images": len(known), "holdout": args.holdout})
     fit_concepts(trust, zs, features, concepts)
+    if args.malignancy:
+        fit_operating_point(trust, zs, transform, args.malignancy, args.sensitivity,
+                            progress=not args.quiet)
     trust.save(args.model.removeprefix("local-dir:"))
     return {"model": args.model, **vars(trust.settings)}
+
+
+def canonical(label):
+    """A set's label as the ontology names it ("nevus" -> melanocytic nevus), else as is."""
+    from dermvlm.ontology import find_condition
+    condition = find_condition(label) if label else None
+    return condition.name if condition else label
+
+
+def fit_operating_point(trust, zs, transform, sets, sensitivity, progress=True):
+    """trust.settings.malignancy_threshold on the labelled held-out `sets`, with the app's
+    label set (the ontology) and calibration."""
+    from dermvlm.clip.evaluate import malignancy_flags, nonbenign_labels
+    from dermvlm.labelled import labelled_images
+    from dermvlm.ontology import CONDITIONS, find_condition
+    from dermvlm.trust import encode_images, fit_malignancy_threshold
+    items = [(p, find_condition(label)) for spec in sets for p, label in labelled_images(spec)]
+    unknown = sorted({label for spec in sets for _, label in labelled_images(spec)
+                      if find_condition(label) is None})
+    if unknown:
+        raise DermvlmError(f"--malignancy: labels not in the ontology: {', '.join(unknown)}")
+    features, _, kept = encode_images(zs, transform, [p for p, _ in items], progress=progress)
+    condition_of = dict(items)
+    names = [c.name for c in CONDITIONS]
+    probs = trust.calibrated(zs.logits(features, names)).numpy()
+    score, _ = malignancy_flags(probs, nonbenign_labels(names))
+    positive = [condition_of[p].malignancy != "benign" for p in kept]
+    trust.settings.malignancy_threshold = fit_malignancy_threshold(score, positive, sensitivity)
+    trust.settings.fitted_on["malignancy"] = {"sets": list(sets), "images": len(kept),
+                                              "positive": int(sum(positive)),
+                                              "target_sensitivity": sensitivity}
 
 
 def fit_concepts(trust, zs, features, concepts):

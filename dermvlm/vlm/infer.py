@@ -55,11 +55,13 @@ def prompt_ids(vlm, messages, max_new_tokens):
         ids = vlm.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) <= budget:
             return ids
-        if len(messages) <= 2:
+        # kept: a system line and the first user turn (it holds the image)
+        head = 2 if messages[0]["role"] == "system" else 1
+        if len(messages) <= head + 1:
             raise DermvlmError(f"prompt of {len(ids)} tokens does not fit vlm.max_length "
                                f"{vlm.config.max_length} with {max_new_tokens} new tokens")
         warnings.warn(f"prompt of {len(ids)} tokens is too long: dropping the oldest exchange")
-        messages = messages[:1] + messages[3:]
+        messages = messages[:head] + messages[head + 2:]
 
 
 def _generate_kwargs(vlm, image, messages, max_new_tokens, temperature, top_p, use_cache,
@@ -107,8 +109,10 @@ def generate(vlm, image, messages, max_new_tokens=128, temperature=0.0, top_p=1.
 
 @torch.no_grad()
 def generate_batch(vlm, images, questions, max_new_tokens=64, **generate_kwargs):
-    """Greedy answers for several (image, question) pairs in one left-padded batch."""
-    rows = [prompt_ids(vlm, _as_messages([{"role": "user", "content": q}]), max_new_tokens)
+    """Greedy answers for several (image, question) pairs in one left-padded batch; a
+    question may also be a whole chat ([{"role", "content"}], ending with the user)."""
+    rows = [prompt_ids(vlm, _as_messages(q if isinstance(q, list) else
+                                         [{"role": "user", "content": q}]), max_new_tokens)
             for q in questions]
     width = max(len(r) for r in rows)
     pad = vlm.tokenizer.pad_token_id
@@ -161,15 +165,20 @@ def _field_ok(field, value):
 
 
 DESCRIBE_METHODS = ("constrained", "generate")
+# the least next step each concern calls for (a raised concern: a review within weeks)
+CONCERN_NEXT_STEP = {"low": vocab.NEXT_STEPS[0], "moderate": vocab.NEXT_STEPS[2],
+                     "high": vocab.NEXT_STEPS[2]}
 
 
 @torch.no_grad()
-def describe(vlm, image, max_new_tokens=400, ood=None, method="constrained"):
+def describe(vlm, image, max_new_tokens=400, ood=None, method="constrained", case=None):
     """(LesionReport, raw text, repaired field names). `method`: "constrained" decodes the
     JSON under the schema on one KV cache (dermvlm.vlm.constrained); "generate" writes it
     freely and then repairs invalid fields by scoring the allowed values (slower). `ood`: the
     image's verdict from dermvlm.trust ({"ood_score", "threshold", "abstained"}), recorded
-    in the report; an abstained image gets no findings and the model is not run."""
+    in the report; an abstained image gets no findings and the model is not run. `case`: the
+    image's dermvlm.chat.Case (the app's zero-shot ranking): its differential replaces the
+    model's and its concern is a floor, so report and chat agree."""
     from dermvlm.ontology import CONDITIONS
     if ood is not None and ood["abstained"]:
         return abstained_report(ood, ABSTAIN_MESSAGE), "", []
@@ -207,26 +216,34 @@ def describe(vlm, image, max_new_tokens=400, ood=None, method="constrained"):
         repaired.append("size_mm_estimate")
     else:
         fixed["size_mm_estimate"] = float(size)
-    fixed["differential"] = _differential(vlm, image, messages, data.get("differential"),
-                                          names, repaired)
-    _follow_differential(fixed, repaired)
+    if case is None:
+        fixed["differential"] = _differential(vlm, image, messages, data.get("differential"),
+                                              names, repaired)
+    else:
+        fixed["differential"] = [{"diagnosis": n, "likelihood": math.floor(p * 1e4) / 1e4}
+                                 for n, p in case.differential]
+    _follow_differential(fixed, repaired, case.concern if case else None)
     fixed["disclaimer"] = DISCLAIMER
     if ood is not None:
         fixed["out_of_distribution"] = {**ood, "message": ""}
     return LesionReport.model_validate(fixed), raw, repaired
 
 
-def _follow_differential(fixed, repaired):
+def _follow_differential(fixed, repaired, concern=None):
     """Raise malignancy_concern and suggested_next_step to what the report's top diagnosis
     implies (a melanoma ranked first is never "low" concern with routine monitoring). Only
     ever raised: the model may be more cautious than its differential, never less. The top
     diagnosis alone, as SynthDerm's ground-truth reports set them (a rule that also counted
-    lower-ranked diagnoses would contradict the truth it is trained on)."""
+    lower-ranked diagnoses would contradict the truth it is trained on). `concern`: a floor
+    from the app's case (its malignancy threshold may raise a benign top diagnosis's)."""
     from dermvlm.ontology import CONDITIONS_BY_NAME
     top = CONDITIONS_BY_NAME.get(fixed["differential"][0]["diagnosis"])
     if top is None:
         return
-    concern, step = MALIGNANCY_CONCERN[top.malignancy], vocab.URGENCY_NEXT_STEP[top.urgency]
+    concern = max(MALIGNANCY_CONCERN[top.malignancy], concern or "low",
+                  key=vocab.MALIGNANCY_CONCERNS.index)
+    step = max(vocab.URGENCY_NEXT_STEP[top.urgency], CONCERN_NEXT_STEP[concern],
+               key=vocab.NEXT_STEPS.index)
     for field, floor, order in (("malignancy_concern", concern, vocab.MALIGNANCY_CONCERNS),
                                 ("suggested_next_step", step, vocab.NEXT_STEPS)):
         if order.index(fixed[field]) < order.index(floor):
