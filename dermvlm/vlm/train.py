@@ -34,9 +34,12 @@ def prepare_vlm(config, stage, init=None, device="cpu", parts=None):
         if not init:
             raise DermvlmError("stage 2 starts from a stage-1 folder: pass --init RUN1/model")
         # a warm start re-aligns a trained VLM to the tower of vlm.vision (a new CLIP run)
-        tower = vision_from_clip(cfg.vision)[0].visual if stage == 1 and cfg.vision else None
+        tower, vision_cfg = vision_from_clip(cfg.vision) if stage == 1 and cfg.vision \
+            else (None, None)
         vlm = load_vlm_folder(init, device=device, lm=parts[0] if parts else None,
-                              vision=tower)
+                              vision=tower.visual if tower else None)
+        if vision_cfg is not None:
+            vlm.vision_cfg = vision_cfg         # saved with the tower it now has
         vlm.config = dataclasses.replace(cfg, vision=cfg.vision or vlm.config.vision)
     else:
         raise DermvlmError(f"--stage must be 1 or 2, got {stage}")
