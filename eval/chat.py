@@ -146,14 +146,14 @@ def score(chat):
     record, turns = chat["record"], {t["kind"]: t for t in chat["turns"]}
     truth = find_condition(record.label)
     if chat["case"].abstained:
-        return {"abstained": True, "set": chat["set"],
+        return {"abstained": True, "set": chat["kind"],
                 "diagnosis_withheld": all(not named_conditions(t["reply"])
                                           for t in chat["turns"])}
     stated = named_conditions(turns["diagnosis"]["reply"])
     stated = find_condition(stated[0]) if stated else None
     differential = named_conditions(turns["differential"]["reply"])
     advice, raw_advice = turns["advice"]["reply"], turns["advice"]["raw"]
-    result = {"abstained": False, "set": chat["set"],
+    result = {"abstained": False, "set": chat["kind"],
               "advice_agrees_with_stated": None if stated is None
               else agrees(advice, stated.malignancy),
               "raw_advice_agrees_with_stated": None if stated is None

@@ -259,7 +259,7 @@ def test_the_chat_score_reads_the_stated_diagnosis_and_the_advice():
         turns.insert(3, {"kind": "advice", "reply": advice, "raw": raw_advice})
         attrs = {"lesion_type": "plaque", "colours": ["black"]}
         return {"record": SimpleNamespace(label="melanoma", meta={"attributes": attrs}),
-                "set": "synth", "case": case, "turns": turns}
+                "kind": "synth", "set": "runs/data/seed1", "case": case, "turns": turns}
     good = score(chat(f"The most likely diagnosis is melanoma. {HEDGE}",
                       "Melanoma is most likely; also consider melanocytic nevus.",
                       f"Melanoma is a malignant skin cancer. {HEDGE}", "It appears benign."))
