@@ -113,9 +113,9 @@ def fit_operating_point(trust, zs, transform, sets, sensitivity, progress=True):
     from dermvlm.labelled import labelled_images
     from dermvlm.ontology import CONDITIONS, find_condition
     from dermvlm.trust import encode_images, fit_malignancy_threshold
-    items = [(p, find_condition(label)) for spec in sets for p, label in labelled_images(spec)]
-    unknown = sorted({label for spec in sets for _, label in labelled_images(spec)
-                      if find_condition(label) is None})
+    pairs = [(p, label) for spec in sets for p, label in labelled_images(spec)]
+    unknown = sorted({label for _, label in pairs if find_condition(label) is None})
+    items = [(p, find_condition(label)) for p, label in pairs]
     if unknown:
         raise DermvlmError(f"--malignancy: labels not in the ontology: {', '.join(unknown)}")
     features, _, kept = encode_images(zs, transform, [p for p, _ in items], progress=progress)
