@@ -8,11 +8,16 @@ from dermvlm.errors import DataError
 from dermvlm.imaging import IMAGE_SUFFIXES
 
 
+def _holds_records(path):
+    """A SynthDerm folder, a manifest or a manifest's folder (else: class subfolders)."""
+    return (path / "attributes.jsonl").is_file() or (path / "manifest.jsonl").is_file() or \
+        path.suffix == ".jsonl"
+
+
 def labelled_images(spec):
     """[(image path, label or None)] in a stable order."""
     path = Path(spec)
-    if (path / "attributes.jsonl").is_file() or (path / "manifest.jsonl").is_file() or \
-            path.suffix == ".jsonl":
+    if _holds_records(path):
         from dermvlm.clip.data import load_records
         return [(r.image, r.label) for r in load_records(path)]
     if path.is_dir():
@@ -30,8 +35,7 @@ def labelled_records(spec):
     from dermvlm.clip.data import load_records
     from dermvlm.data.records import Record
     path = Path(spec)
-    if (path / "attributes.jsonl").is_file() or (path / "manifest.jsonl").is_file() or \
-            path.suffix == ".jsonl":
+    if _holds_records(path):
         return load_records(path)
     return [Record(image=image, label=label, source=str(spec))
             for image, label in labelled_images(spec)]
