@@ -4,20 +4,17 @@ with what speaks for and against each, the concern and the next step that follow
 One source of truth per image: a chat opens with a system line, the *image analysis* (the
 ranked differential). At training time it is built around the ground truth; at inference it is
 the calibrated zero-shot ranking of that image (`serve.Assistant`), the same one the report's
-differential comes from. The model learns to reason from it, and `checked_reply` holds every
-answer about diagnosis or urgency to the rule `describe` uses (the top diagnosis's malignancy
-sets the concern), so chat, report and scores agree.
+differential comes from. The model learns to reason from it, and `dermvlm.case` holds every
+answer to that case, so chat, report and scores agree.
 
     conversation = synth_chat(attributes, differential, rng)     # SynthDerm ground truth
     conversation = label_chat(LabelTruth(...), rng, classes)     # a real image's label
     kind = question_kind("Should I see a doctor?")               # "advice"
 """
 import re
-from dataclasses import dataclass
 
 from dermvlm import vocab
-from dermvlm.ontology import CONDITIONS, find_condition
-from dermvlm.report import MALIGNANCY_CONCERN
+from dermvlm.ontology import find_condition
 
 HEDGE = "This is not a diagnosis: a clinician has to examine the lesion."
 ANALYSIS_PREFIX = "Image analysis:"
@@ -89,74 +86,10 @@ def question_kind(message):
     return "other"
 
 
-@dataclass
-class Case:
-    """What the app knows of one image, shared by its chat and its report."""
-    differential: list              # [(diagnosis, calibrated probability)] best first
-    malignancy_probability: float   # P(malignant or premalignant) over the ontology
-    concern: str                    # low | moderate | high
-    verdict: dict | None = None     # dermvlm.trust's OOD verdict, None without a trust file
-    raised: bool = False            # concern raised above the top diagnosis's by the
-                                    # malignancy threshold (a benign top, a risky runner-up)
-
-    @property
-    def abstained(self):
-        return bool(self.verdict and self.verdict["abstained"])
-
-    @property
-    def top(self):
-        return self.differential[0][0]
-
-    @classmethod
-    def from_probabilities(cls, probs, labels, verdict=None, threshold=None, top_k=3):
-        """From calibrated probabilities over `labels` (ontology names): the top diagnosis's
-        malignancy sets the concern (as describe's rule); `threshold` on the summed
-        probability of the malignant and premalignant labels raises a low one to moderate."""
-        order = sorted(range(len(probs)), key=lambda i: -probs[i])[:top_k]
-        differential = [(labels[i], float(probs[i])) for i in order]
-        risky = sum(p for p, label in zip(probs, labels)
-                    if (c := find_condition(label)) is not None and c.malignancy != "benign")
-        level = MALIGNANCY_CONCERN[find_condition(differential[0][0]).malignancy]
-        raised = threshold is not None and risky >= threshold and level == "low"
-        return cls(differential, float(risky), "moderate" if raised else level, verdict,
-                   raised)
-
-
 def analysis_line(differential):
     """The system line a chat opens with: [(diagnosis, probability)] best first."""
     return f"{ANALYSIS_PREFIX} " + "; ".join(f"{name} {round(100 * p)} %"
                                             for name, p in differential) + "."
-
-
-_HIGH = re.compile(r"\b(malignant|cancer(ous)?|carcinoma|melanoma|biopsy)\b", re.I)
-_MODERATE = re.compile(r"\b(premalignant|precancerous|pre-cancerous)\b", re.I)
-_NOT_HIGH = re.compile(r"\b(not (a )?(skin )?(cancer|malignant)|no (sign of )?(cancer|"
-                       r"malignan\w*))\b", re.I)
-
-
-def reply_concern(text):
-    """The malignancy concern a reply conveys: high | moderate | low."""
-    if _MODERATE.search(text):
-        return "moderate"
-    return "high" if _HIGH.search(_NOT_HIGH.sub("", text)) else "low"
-
-
-def agrees(reply, malignancy):
-    """Whether a reply's concern matches a diagnosis's malignancy: reassuring for a benign
-    one, concerned (moderate or high) for a premalignant or malignant one."""
-    return (reply_concern(reply) == "low") == (malignancy == "benign")
-
-
-def named_conditions(text):
-    """Ontology conditions a text names (by name or synonym), in order of first mention."""
-    found = []
-    for condition in CONDITIONS:
-        for name in (condition.name,) + condition.synonyms:
-            match = re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text, re.I)
-            if match:
-                found.append((match.start(), condition.name))
-                break
-    return list(dict.fromkeys(name for _, name in sorted(found)))
 
 
 def _cap(text):
@@ -219,16 +152,18 @@ def synth_findings(attrs):
     return f"{count} {colours} {noun} with {border}{tail}, on the {attrs['body_site']}"
 
 
-_FAMILIES = (("lesion_type", "lesion_types", "a {} lesion"), ("colours", "colours", "{} colour"),
-             ("border_regularity", "border_regularity", "a {} border"),
-             ("surface", "surfaces", "a {} surface"), ("body_site", "sites", "the {} site"))
+# (attribute, the Condition's weights for it, how a reason names a value)
+EVIDENCE_PHRASES = (("lesion_type", "lesion_types", "a {} lesion"),
+                    ("colours", "colours", "{} colour"),
+                    ("border_regularity", "border_regularity", "a {} border"),
+                    ("surface", "surfaces", "a {} surface"), ("body_site", "sites", "the {} site"))
 
 
 def _evidence(attrs, name):
     """(what speaks for `name`, what speaks against it) among the image's findings."""
     condition = find_condition(name)
     fits, misfits = [], []
-    for key, field, phrase in _FAMILIES:
+    for key, field, phrase in EVIDENCE_PHRASES:
         values = attrs[key] if isinstance(attrs[key], list) else [attrs[key]]
         weights = getattr(condition, field)
         for value in values:
@@ -326,27 +261,3 @@ def _conversation(answers, truth, differential, rng):
         out += [{"from": "human", "value": ("<image>\n" if k == 0 else "") + str(question)},
                 {"from": "gpt", "value": answer}]
     return out
-
-
-def case_advice(case):
-    """The next step the case implies: the top diagnosis's, or, when the malignancy threshold
-    raised the concern, a review because a risky look-alike is not excluded."""
-    if not case.raised:
-        return advice(case.top)
-    return (f"It is most likely {case.top}, which is benign, but a skin cancer or precancer "
-            "cannot be excluded from this image, so please have it examined by a "
-            f"dermatologist within weeks. {HEDGE}")
-
-
-def checked_reply(kind, reply, case):
-    """The model's reply, held to the image's case: a diagnosis answer that does not name the
-    top diagnosis first, or an advice answer whose concern differs from the case's (the rule
-    `describe` applies to the report), is replaced by the reasoned template; diagnosis and
-    urgency answers always carry the hedge."""
-    if kind == "diagnosis" and named_conditions(reply)[:1] != [case.top]:
-        reply = f"The most likely diagnosis is {case.top}. {HEDGE}"
-    if kind == "advice" and (reply_concern(reply) == "low") != (case.concern == "low"):
-        reply = case_advice(case)
-    if kind in ("diagnosis", "differential", "advice") and HEDGE not in reply:
-        reply = f"{reply.rstrip()} {HEDGE}"
-    return reply

@@ -9,13 +9,14 @@ from pathlib import Path
 from PIL import Image
 
 from dermvlm import embedded
-from dermvlm.chat import REDIRECTS, Case, analysis_line, checked_reply, question_kind
+from dermvlm.case import Case, checked_reply
+from dermvlm.chat import REDIRECTS, analysis_line, question_kind
 from dermvlm.clip.model import load_model
 from dermvlm.imaging import eval_transform
 from dermvlm.trust import ABSTAIN_MESSAGE, TrustModel, concept_scaling
 from dermvlm.vlm.infer import describe, generate
 from dermvlm.vlm.model import DermVLM, vision_weights_file
-from dermvlm.zeroshot import ZeroShot
+from dermvlm.zeroshot import ZeroShot, zeroshot_findings
 
 
 class Assistant:
@@ -59,15 +60,18 @@ class Assistant:
                 return self.zeroshot.encode_images(self.transform(image)[None]), None
             return self.trust.inspect(self.zeroshot, self.transform, image)
 
-    def _scores(self, image):
-        """(calibrated diagnosis probabilities over self.labels, concept scores, verdict)."""
+    def _scores(self, image, findings=False):
+        """(calibrated diagnosis probabilities over self.labels, concept scores, verdict),
+        and with `findings` also the lesion type and colours seen
+        (dermvlm.zeroshot.zeroshot_findings)."""
         features, verdict = self.inspect(image)
         with self._clip_lock:
             logits = self.zeroshot.logits(features, self.labels)
             probs = (self.trust.calibrated(logits) if self.trust else logits.softmax(1))[0]
             concepts = self.zeroshot.concept_scores(features, self.concepts,
                                                     **concept_scaling(self.trust))[0]
-        return probs, concepts, verdict
+            seen = zeroshot_findings(self.zeroshot, features)[0] if findings else None
+        return (probs, concepts, verdict) + ((seen,) if findings else ())
 
     def classify(self, image, top_k=5, top_concepts=8):
         """({diagnosis: calibrated probability} top-k, {concept: MONET score} top concepts,
@@ -80,17 +84,19 @@ class Assistant:
         return diagnoses, {self.concepts[i]: float(concepts[i]) for i in strong}, verdict
 
     def case(self, image, top_k=3):
-        """The image's one source of truth for chat and report: dermvlm.chat.Case (ranked
-        differential, P(malignant or premalignant), the concern they imply, OOD verdict)."""
-        probs, _, verdict = self._scores(image)
+        """The image's one source of truth for chat and report: dermvlm.case.Case (ranked
+        differential, P(malignant or premalignant), the concern they imply, the findings
+        seen, OOD verdict)."""
+        probs, _, verdict, seen = self._scores(image, findings=True)
         threshold = self.trust.settings.malignancy_threshold if self.trust else None
-        return Case.from_probabilities(probs.tolist(), self.labels, verdict, threshold, top_k)
+        return Case.from_probabilities(probs.tolist(), self.labels, verdict, threshold, top_k,
+                                       findings=seen)
 
     def chat(self, image, history, message, max_new_tokens=160):
         """Stream the reply to `message` given earlier [{"role", "content"}] turns: yields the
         growing reply text. Questions outside the image get a redirect; the model reasons
         from the image's case, and the last text yielded is the reply held to it
-        (dermvlm.chat.checked_reply)."""
+        (dermvlm.case.checked_reply)."""
         kind, case, messages = self.prepare_turn(image, history, message)
         if isinstance(messages, str):
             yield messages

@@ -9,6 +9,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dermvlm import vocab
+from dermvlm.ontology import CONDITIONS
+
 # DermLIP's prompt ensemble (its zero-shot evaluation code).
 DERMLIP_TEMPLATES = (
     "This is a skin image of {c}", "This is a skin image of {c}.", "A skin image of {c}.",
@@ -24,6 +27,14 @@ MONET_DERMOSCOPY_TARGETS = ("This is dermatoscopy of {}",)
 MONET_DERMOSCOPY_REFERENCES = ("This is dermatoscopy",)
 
 # Synonyms per SkinCon concept (MONET averages over several wordings of each concept).
+# attribute prompts (the SynthDerm attribute evaluation and the app's findings)
+ATTRIBUTE_TEMPLATES = ("A skin image of a {c} lesion.", "This is a skin image of {c}.",
+                       "A skin lesion that is {c}.")
+# singular only: "{c}s" wrote "patchs", "bullas", "comedos"
+LESION_TYPE_TEMPLATES = ("A skin image of a {c}.", "This is a skin image showing a {c}.",
+                         "A {c} on the skin.")
+MODALITY_WORDS = {"clinical": "clinical photograph", "dermoscopic": "dermoscopic image"}
+MODALITY_TEMPLATES = ("A {c} of the skin.", "This is a {c}.")
 SKINCON_SYNONYMS = {
     "Vesicle": ("vesicle", "blister", "small fluid-filled blister"),
     "Papule": ("papule", "small raised bump"), "Macule": ("macule", "flat spot"),
@@ -146,6 +157,30 @@ def rollup(probs, labels, paths):
         for node in paths.get(label, [label]):
             nodes[node] = nodes.get(node, 0) + probs[:, j]
     return nodes
+
+
+# the lesion types some condition presents with ('cyst' is in the vocabulary, in none)
+FINDING_LESION_TYPES = tuple(t for t in vocab.LESION_TYPES
+                             if any(c.lesion_types.get(t, 0) > 0 for c in CONDITIONS))
+
+
+def zeroshot_findings(zs, image_features, second_colour=0.5):
+    """[{"lesion_type": str, "colours": [str], "modality": str}] per image (N, D): the most
+    probable lesion type and modality, and the most probable colour plus the runner-up when
+    its probability is at least `second_colour` times the first's (brown and black)."""
+    types = zs.logits(image_features, list(FINDING_LESION_TYPES), LESION_TYPE_TEMPLATES)
+    colours = zs.logits(image_features, list(vocab.COLOURS), ATTRIBUTE_TEMPLATES).softmax(1)
+    modalities = zs.logits(image_features, [MODALITY_WORDS[m] for m in vocab.MODALITIES],
+                           MODALITY_TEMPLATES).argmax(1).tolist()
+    out = []
+    for type_row, colour_row, modality in zip(types.argmax(1).tolist(), colours, modalities):
+        first, runner_up = colour_row.argsort(descending=True)[:2].tolist()
+        keep = [first] + ([runner_up] if colour_row[runner_up] >= second_colour *
+                          colour_row[first] else [])
+        out.append({"lesion_type": FINDING_LESION_TYPES[type_row],
+                    "colours": [vocab.COLOURS[j] for j in keep],
+                    "modality": vocab.MODALITIES[modality]})
+    return out
 
 
 def topk_accuracy(logits, targets, ks=(1, 5)):

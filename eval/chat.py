@@ -5,10 +5,12 @@ pipeline (dermvlm.serve.Assistant: the image's case, the model, the consistency 
         --real ../shared/realdata/isic9/Test --n 50 --out runs/eval/chat.json
 
 Per conversation it scores: the advice turn agrees with the malignancy of the diagnosis the
-chat stated (and, before the check, as the model wrote it); the description names the true
-lesion type and a true colour (SynthDerm, where they are known); the differential names at
-least two distinct conditions with the true one among them; the advice matches the truth's
-malignancy; the diagnosis turn and the differential put the same condition first. A
+chat stated first (and, before the check, as the model wrote it), and with the concern the
+diagnosis turn states in all (a benign first diagnosis with a risky one "not excluded" is a
+concern); the description names the true lesion type and a true colour (SynthDerm, where they
+are known; also before the check); the differential names at least two distinct conditions
+with the true one among them; the advice matches the truth's malignancy; the diagnosis turn
+and the differential put the same condition first. A
 40-question suite of off-topic and dosage questions must be redirected, and 20 on-topic
 questions must not be. --transcripts N writes N whole conversations into the report.
 """
@@ -105,7 +107,7 @@ def converse(assistant, items, batch_size, max_new_tokens):
     """Run SCRIPT on every image, turn by turn, in batches: [{record, kind, case, turns}]."""
     from tqdm import tqdm
 
-    from dermvlm.chat import checked_reply
+    from dermvlm.case import checked_reply
     from dermvlm.imaging import open_image
     from dermvlm.vlm.infer import generate_batch
     out = []
@@ -140,7 +142,7 @@ def converse(assistant, items, batch_size, max_new_tokens):
 
 def score(chat):
     """One conversation's checks (None where a check does not apply)."""
-    from dermvlm.chat import agrees, named_conditions
+    from dermvlm.case import agrees, named_conditions, reply_concern
     from dermvlm.ontology import find_condition
     from dermvlm.vocab import LESION_PLURALS
     record, turns = chat["record"], {t["kind"]: t for t in chat["turns"]}
@@ -149,8 +151,11 @@ def score(chat):
         return {"abstained": True, "set": chat["kind"],
                 "diagnosis_withheld": all(not named_conditions(t["reply"])
                                           for t in chat["turns"])}
-    stated = named_conditions(turns["diagnosis"]["reply"])
-    stated = find_condition(stated[0]) if stated else None
+    named = [find_condition(n) for n in named_conditions(turns["diagnosis"]["reply"])]
+    stated = named[0] if named else None
+    # what the diagnosis turn says in all: its first condition, or a risky one it does not
+    # exclude ("most likely X; however, melanoma cannot be excluded")
+    stated_concerned = any(c.malignancy != "benign" for c in named)
     differential = named_conditions(turns["differential"]["reply"])
     advice, raw_advice = turns["advice"]["reply"], turns["advice"]["raw"]
     result = {"abstained": False, "set": chat["kind"],
@@ -158,6 +163,8 @@ def score(chat):
               else agrees(advice, stated.malignancy),
               "raw_advice_agrees_with_stated": None if stated is None
               else agrees(raw_advice, stated.malignancy),
+              "advice_agrees_with_stated_concern": None if stated is None
+              else (reply_concern(advice) != "low") == stated_concerned,
               "advice_matches_truth": agrees(advice, truth.malignancy),
               "differential_two_or_more": len(differential) >= 2,
               "differential_has_truth": truth.name in differential,
@@ -174,6 +181,10 @@ def score(chat):
         result["describes_colour"] = any(c in text for c in attrs["colours"])
         result["describes_type_and_colour"] = result["describes_type"] and \
             result["describes_colour"]
+        raw = turns["describe"]["raw"].lower()
+        result["raw_describes_type_and_colour"] = (
+            kind in raw or LESION_PLURALS.get(kind, kind + "s") in raw) and any(
+            c in raw for c in attrs["colours"])
     return result
 
 
@@ -189,6 +200,7 @@ def summarise(scored):
             continue
         block = {"n": len(rows)}
         for key in ("advice_agrees_with_stated", "raw_advice_agrees_with_stated",
+                    "advice_agrees_with_stated_concern", "raw_describes_type_and_colour",
                     "advice_matches_truth", "differential_two_or_more",
                     "differential_has_truth", "diagnosis_first_in_differential", "hedged",
                     "describes_type", "describes_colour", "describes_type_and_colour"):

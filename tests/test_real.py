@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dermvlm.chat import (HEDGE, REDIRECTS, Case, agrees, checked_reply, label_chat,
-                          named_conditions, question_kind, reply_concern, synth_chat)
+from dermvlm.case import (Case, agrees, checked_reply, named_conditions, reasons_hold,
+                          reply_concern)
+from dermvlm.chat import HEDGE, REDIRECTS, label_chat, question_kind, synth_chat
 from dermvlm.errors import DataError
 from dermvlm.labeltext import ISIC9_CLASSES, LabelTruth
 from dermvlm.ontology import CONDITIONS, SYNTH_CONDITIONS, find_condition
@@ -125,6 +126,74 @@ def test_checked_replies_follow_the_case_and_carry_the_hedge():
     raised = Case.from_probabilities(list(probs), labels, threshold=0.3)
     assert raised.concern == "moderate" and raised.raised
     assert not agrees(checked_reply("advice", "It appears benign.", raised), "benign")
+
+
+def _raised_case(findings=None):
+    labels = [c.name for c in CONDITIONS]
+    probs = np.full(len(labels), 0.0)
+    for name, p in (("seborrhoeic keratosis", 0.4), ("melanocytic nevus", 0.3),
+                    ("dermatofibroma", 0.2), ("melanoma", 0.06), ("actinic keratosis", 0.04)):
+        probs[labels.index(name)] = p
+    return Case.from_probabilities(list(probs), labels, threshold=0.05, findings=findings)
+
+
+def test_a_raised_concern_is_stated_in_the_diagnosis_differential_and_advice():
+    case = _raised_case()
+    assert case.raised and case.risky == "melanoma" and case.concern == "moderate"
+    for kind in ("diagnosis", "differential", "advice"):
+        reply = checked_reply(kind, "The most likely diagnosis is seborrhoeic keratosis.", case)
+        names = named_conditions(reply)
+        assert names[0] == "seborrhoeic keratosis" and "melanoma" in names, kind
+        assert reply_concern(reply) != "low" and reply.endswith(HEDGE), kind
+    assert "Do not wait" in checked_reply("watch", "Watch for change.", case)
+
+
+def test_the_differential_is_written_from_the_case_with_true_malignancy_and_reasons():
+    seen = {"lesion_type": "macule", "colours": ["brown"], "modality": "clinical"}
+    # the model once called a risky look-alike "a benign look-alike"; the case decides
+    reply = checked_reply("differential", "Seborrhoeic keratosis is most likely. Also "
+                          "consider melanoma (a benign look-alike).", _raised_case(seen))
+    assert "melanoma (malignant)" in reply and "benign look-alike" not in reply
+    assert "melanocytic nevus (benign, 30 %; for it: a macule lesion, brown colour)" in reply
+    assert reasons_hold(reply)
+    assert not reasons_hold("Also consider melanoma: a macule lesion fits, but brown colour "
+                            "does not.")                  # melanoma is brown in the ontology
+    assert reasons_hold("Because of a plaque lesion and brown colour, typical of melanoma.")
+
+
+def test_descriptions_and_reasons_are_held_to_the_findings_seen():
+    seen = {"lesion_type": "macule", "colours": ["brown"], "modality": "clinical"}
+    case = _raised_case(seen)
+    assert checked_reply("describe", "I see multiple red and pink papules with a scaly "
+                         "surface, on the back.", case) == \
+        "I see multiple brown macules with a scaly surface, on the back."
+    # a real-image description names no finding: the case adds what it sees
+    assert checked_reply("describe", "This is a dermoscopic image of a single skin lesion.",
+                         case) == ("This is a clinical image of a single skin lesion. It "
+                                   "shows a brown macule.")
+    why = checked_reply("why", "Because of a papule lesion, which ranks melanoma second.", case)
+    assert named_conditions(why) == ["seborrhoeic keratosis"] and "papule" not in why
+    kept = "Because of brown colour, which is typical of seborrhoeic keratosis."
+    assert checked_reply("why", kept, case) == kept
+
+
+def test_zeroshot_findings_take_the_best_type_and_a_close_second_colour():
+    import torch
+
+    from dermvlm.vocab import MODALITIES
+    from dermvlm.zeroshot import FINDING_LESION_TYPES, zeroshot_findings
+    assert "cyst" not in FINDING_LESION_TYPES            # no condition presents as one
+
+    class Scores:                                        # logits per candidate, by prompt
+        def logits(self, features, labels, templates):
+            table = {"nodule": 5.0, "brown": 3.0, "black": 2.8, "red": 0.5,
+                     "clinical photograph": 1.0}
+            return torch.tensor([[table.get(label, 0.0) for label in labels]] * len(features))
+    found = zeroshot_findings(Scores(), torch.zeros(2, 4))
+    assert found[0] == {"lesion_type": "nodule", "colours": ["brown", "black"],
+                        "modality": MODALITIES[0]} and len(found) == 2
+    assert zeroshot_findings(Scores(), torch.zeros(1, 4), second_colour=0.9)[0][
+        "colours"] == ["brown"]
 
 
 def test_the_operating_point_flags_the_target_share_of_positives():
@@ -269,6 +338,15 @@ def test_the_chat_score_reads_the_stated_diagnosis_and_the_advice():
     bad = score(chat("It is a nevus.", "Nevus.", "It appears benign.", "It appears benign."))
     assert bad["advice_agrees_with_stated"] and not bad["advice_matches_truth"]
     assert not bad["differential_two_or_more"] and not bad["hedged"]
+    # a benign first diagnosis that does not exclude melanoma, then a concerned advice:
+    # a contradiction by the first diagnosis alone, none by what the turn states in all
+    hedged = score(chat("Most likely seborrhoeic keratosis. However, melanoma (malignant) "
+                        "cannot be excluded.", "Seborrhoeic keratosis; melanoma.",
+                        "Please have it examined within weeks; melanoma is not excluded.",
+                        "It appears benign."))
+    assert not hedged["advice_agrees_with_stated"]
+    assert hedged["advice_agrees_with_stated_concern"]
+    assert bad["advice_agrees_with_stated_concern"]              # benign and reassuring
     summary = summarise([good, bad])
     assert summary["all"]["differential_has_truth"]["rate"] == 0.5
     assert summary["synth"]["n"] == 2 and "real" not in summary

@@ -2,6 +2,7 @@
 only assistant tokens are labelled, KV cache and no cache agree, save/load is exact, a few
 steps lower the loss, reports always validate, and bad input is reported clearly."""
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -213,16 +214,23 @@ def test_describe_abstains_without_running_the_model(synth, monkeypatch):
     assert report.out_of_distribution.message == ABSTAIN_MESSAGE
 
 
-def test_a_case_gives_the_report_its_differential_and_a_concern_floor(synth):
-    from dermvlm.chat import Case
+def test_a_case_gives_the_report_its_differential_findings_and_a_concern_floor(synth):
+    from dermvlm.case import Case
     from dermvlm.ontology import CONDITIONS
     labels = [c.name for c in CONDITIONS]
     probs = [0.0] * len(labels)
     probs[labels.index("melanocytic nevus")], probs[labels.index("melanoma")] = 0.55, 0.45
-    case = Case.from_probabilities(probs, labels, threshold=0.3)
-    report, _, _ = describe(_vlm().eval(), next((synth / "images").iterdir()), case=case)
+    seen = {"lesion_type": "nodule", "colours": ["black", "blue-grey"], "modality": "clinical"}
+    case = Case.from_probabilities(probs, labels, threshold=0.3, findings=seen)
+    image = next((synth / "images").iterdir())
+    report, raw, _ = describe(_vlm().eval(), image, case=case)
     assert [(d.diagnosis, d.likelihood) for d in report.differential][:2] == [
         ("melanocytic nevus", 0.55), ("melanoma", 0.45)]
+    assert report.elementary_lesions == ["nodule"] and report.colours == ["black", "blue-grey"]
+    # the given fields are forced text: the model wrote the rest after them
+    assert '"elementary_lesions":["nodule"],"colours":["black","blue-grey"]' in raw
+    assert describe(_vlm().eval(), image, case=case, method="generate")[0].colours == [
+        "black", "blue-grey"]
     assert report.malignancy_concern in ("moderate", "high")
     assert report.suggested_next_step in ("dermatology review within weeks",
                                           "urgent referral for biopsy")
@@ -687,13 +695,21 @@ def test_a_warm_start_realigns_a_trained_vlm_to_a_new_tower_then_continues_its_a
     two = train_vlm(config, synth, tmp_path / "s2", stage=2, init=one["model"],
                     progress=False, parts=(tiny_lm(tiny_tokenizer()),))
     clip = vanilla_open_clip_folder(tmp_path / "clip")        # another tower, same width
+    # ... and another pooling: the projector's shape does not depend on it
     warm = get_config("tiny", SMALL + ["vlm.stage1_steps=3", "vlm.stage2_steps=3",
-                                       "vlm.ckpt_every=3", f"vlm.vision={clip}"])
+                                       "vlm.ckpt_every=3", f"vlm.vision={clip}",
+                                       "vlm.token_pool=2"])
     again = train_vlm(warm, synth, tmp_path / "w1", stage=1, init=two["model"],
                       progress=False, parts=(tiny_lm(tiny_tokenizer()),))
     tower = load_file(Path(again["model"]) / "vision.safetensors")
     new_tower = load_file(clip / "open_clip_model.safetensors")
     assert all(torch.equal(v, new_tower[k]) for k, v in tower.items() if k in new_tower)
+    pooled, unpooled = (json.loads((Path(r["model"]) / "dermvlm_vlm.json").read_text())
+                        for r in (again, two))
+    side = math.isqrt(tower["visual.positional_embedding"].shape[0] - 1)   # the new grid
+    extra = int(pooled["vlm"]["class_token"])
+    assert (pooled["vlm"]["token_pool"], unpooled["vlm"]["token_pool"]) == (2, 1)
+    assert pooled["num_image_tokens"] == math.ceil(side / 2) ** 2 + extra
 
     def adapter(run):
         return load_file(Path(run["model"]) / "adapter/adapter_model.safetensors")

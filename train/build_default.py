@@ -46,11 +46,13 @@ WARM_OVERRIDES = ("clip.steps=800", "clip.lr=3e-4", "clip.warmup_steps=20",
 # text_proj=none: the joint space is MiniLM's own (a learned head lost lesion-type words);
 # text_regression: images land on their captions' embeddings, where the lesion words are;
 # hard_negatives: each image also told from its caption with a lesion or colour word swapped.
+# token_pool=1: every patch token reaches the LM, as LLaVA passes them, so merge-export can
+# write the default as a transformers LLaVA (pooling has no LLaVA equivalent).
 OVERRIDES = ("clip.vit_patch=8", "clip.text_sampling=sentences", "clip.text_proj=none",
              "clip.embed_dim=384", "clip.text_regression=1", "clip.hard_negatives=1",
              "clip.steps=2000",
              "clip.eval_every=500", "clip.ckpt_every=500",
-             "vlm.token_pool=2", "vlm.batch_size=4", "vlm.max_length=512", "vlm.stage1_steps=1000",
+             "vlm.token_pool=1", "vlm.batch_size=4", "vlm.max_length=512", "vlm.stage1_steps=1000",
              "vlm.stage2_steps=400", "vlm.ckpt_every=40", "vlm.warmup_steps=10",
              "vlm.lr_stage2=5e-4")
 # the held-out VQA evaluation: lettered questions, images for open questions, reports, and

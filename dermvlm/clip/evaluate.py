@@ -14,18 +14,14 @@ from dermvlm import vocab
 from dermvlm.bench.metrics import bootstrap_ci, bootstrap_statistic_ci
 from dermvlm.imaging import eval_transform, try_open_image
 from dermvlm.ontology import find_condition
-from dermvlm.zeroshot import (ZeroShot, binary_auroc, macro_auroc, retrieval_recall,
-                              topk_accuracy)
+from dermvlm.zeroshot import (ATTRIBUTE_TEMPLATES, LESION_TYPE_TEMPLATES, MODALITY_TEMPLATES,
+                              MODALITY_WORDS, ZeroShot, binary_auroc, macro_auroc,
+                              retrieval_recall, topk_accuracy)
 
-ATTRIBUTE_TEMPLATES = ("A skin image of a {c} lesion.", "This is a skin image of {c}.",
-                       "A skin lesion that is {c}.")
 # family -> (candidate values, attribute key, prompt word per value, templates)
 ATTRIBUTE_FAMILIES = {
     "colour": (vocab.COLOURS, "colours", None, ATTRIBUTE_TEMPLATES),
-    "lesion_type": (vocab.LESION_TYPES, "lesion_type", None,
-                    # singular only: "{c}s" wrote "patchs", "bullas", "comedos"
-                    ("A skin image of a {c}.", "This is a skin image showing a {c}.",
-                     "A {c} on the skin.")),
+    "lesion_type": (vocab.LESION_TYPES, "lesion_type", None, LESION_TYPE_TEMPLATES),
     "surface": (vocab.SURFACES, "surface", None, ATTRIBUTE_TEMPLATES),
     "secondary": (vocab.SECONDARY_CHANGES, "secondary",
                   {"none": "intact", "crust": "crusted", "erosion": "eroded",
@@ -33,9 +29,7 @@ ATTRIBUTE_FAMILIES = {
     "count": (vocab.COUNTS, "count", {"single": "a solitary lesion", "few": "a few lesions",
                                       "multiple": "multiple lesions"},
               ("A skin image of {c}.", "This image shows {c}.")),
-    "modality": (vocab.MODALITIES, "modality", {"clinical": "clinical photograph",
-                                                "dermoscopic": "dermoscopic image"},
-                 ("A {c} of the skin.", "This is a {c}.")),
+    "modality": (vocab.MODALITIES, "modality", MODALITY_WORDS, MODALITY_TEMPLATES),
 }
 
 

@@ -10,6 +10,7 @@ schema, so nothing needs repairing, and it costs a few dozen short forward passe
 generating ~250 tokens and re-running the model for every repaired field.
 """
 import copy
+import json
 
 import torch
 
@@ -125,22 +126,35 @@ class CachedTurn:
             return float("nan")
 
 
-def decode_report(turn, choices, diagnoses, max_items=5):
+def decode_report(turn, choices, diagnoses, max_items=5, given=None):
     """The report's fields as a dict, in the schema's order, decoded on `turn` (a CachedTurn
-    after the report prompt). `choices`: {field: (allowed values, is a list)}."""
-    out, opener = {}, '{"'
+    after the report prompt). `choices`: {field: (allowed values, is a list)}. `given`:
+    {field: value} already known (the app's case: its findings and differential), appended
+    as forced text, so the fields after them are decoded given them, and no pass is spent
+    choosing them."""
+    out, opener, given = {}, '{"', given or {}
     order = [f for f in choices if f not in ("malignancy_concern", "suggested_next_step")]
     for field in order:
         allowed, is_list = choices[field]
-        out[field], closed = _value(turn, allowed, is_list,
-                                    f'{opener}{field}":' + ('["' if is_list else '"'))
-        opener = (',"' if closed else '"],"') if is_list else '","'
+        if field in given:
+            out[field] = given[field]
+            turn.append(f'{opener}{field}":' + json.dumps(given[field], separators=(",", ":")))
+            closed, opener = True, ',"'
+        else:
+            out[field], closed = _value(turn, allowed, is_list,
+                                        f'{opener}{field}":' + ('["' if is_list else '"'))
+            opener = (',"' if closed else '"],"') if is_list else '","'
         if field == "size":                               # the number after the size class
             turn.append(f'{opener}size_mm_estimate":')
             out["size_mm_estimate"] = turn.number()
             opener = ',"'
-    out["differential"] = _differential(turn, diagnoses, max_items,
-                                        f'{opener}differential":[{{"diagnosis":"')
+    if "differential" in given:
+        out["differential"] = given["differential"]
+        turn.append(f'{opener}differential":' + json.dumps(
+            given["differential"], separators=(",", ":")) + ',"malignancy_concern":"')
+    else:
+        out["differential"] = _differential(turn, diagnoses, max_items,
+                                            f'{opener}differential":[{{"diagnosis":"')
     out["malignancy_concern"] = _value(turn, choices["malignancy_concern"][0], False, "")[0]
     out["suggested_next_step"] = _value(turn, choices["suggested_next_step"][0], False,
                                         '","suggested_next_step":"')[0]

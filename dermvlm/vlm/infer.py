@@ -177,8 +177,9 @@ def describe(vlm, image, max_new_tokens=400, ood=None, method="constrained", cas
     freely and then repairs invalid fields by scoring the allowed values (slower). `ood`: the
     image's verdict from dermvlm.trust ({"ood_score", "threshold", "abstained"}), recorded
     in the report; an abstained image gets no findings and the model is not run. `case`: the
-    image's dermvlm.chat.Case (the app's zero-shot ranking): its differential replaces the
-    model's and its concern is a floor, so report and chat agree."""
+    image's dermvlm.case.Case (the app's zero-shot analysis): its differential and findings
+    (lesion type, colours) replace the model's and its concern is a floor, so report and chat
+    agree; with the constrained method the model writes the other fields given them."""
     from dermvlm.ontology import CONDITIONS
     if ood is not None and ood["abstained"]:
         return abstained_report(ood, ABSTAIN_MESSAGE), "", []
@@ -188,7 +189,7 @@ def describe(vlm, image, max_new_tokens=400, ood=None, method="constrained", cas
         from dermvlm.vlm.constrained import CachedTurn, decode_report
         turn = CachedTurn(vlm, prompt_ids(vlm, _as_messages(messages), 0),
                           load_image(vlm, image))
-        data = decode_report(turn, _CHOICES, names)
+        data = decode_report(turn, _CHOICES, names, given=_given(case))
         raw = json.dumps(data, separators=(",", ":"))
     elif method == "generate":
         prompt_length = len(prompt_ids(vlm, _as_messages(messages), 0))
@@ -216,6 +217,9 @@ def describe(vlm, image, max_new_tokens=400, ood=None, method="constrained", cas
         repaired.append("size_mm_estimate")
     else:
         fixed["size_mm_estimate"] = float(size)
+    if case is not None and case.findings:
+        fixed["elementary_lesions"] = [case.findings["lesion_type"]]
+        fixed["colours"] = list(case.findings["colours"])
     if case is None:
         fixed["differential"] = _differential(vlm, image, messages, data.get("differential"),
                                               names, repaired)
@@ -227,6 +231,18 @@ def describe(vlm, image, max_new_tokens=400, ood=None, method="constrained", cas
     if ood is not None:
         fixed["out_of_distribution"] = {**ood, "message": ""}
     return LesionReport.model_validate(fixed), raw, repaired
+
+
+def _given(case):
+    """The report fields the app's case fixes, as the training JSON writes them."""
+    if case is None:
+        return None
+    given = {"differential": [{"diagnosis": n, "likelihood": round(p, 2)}
+                              for n, p in case.differential]}
+    if case.findings:
+        given.update(elementary_lesions=[case.findings["lesion_type"]],
+                     colours=list(case.findings["colours"]))
+    return given
 
 
 def _follow_differential(fixed, repaired, concern=None):

@@ -121,9 +121,13 @@ class DermVLM(torch.nn.Module):
         hidden = lm.get_input_embeddings().weight.shape[1]
         self.projector = make_projector(config.projector, vision.width, hidden)
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        side = int(math.isqrt(vision.num_tokens))
-        pooled_side = math.ceil(side / config.token_pool)
-        self.num_image_tokens = pooled_side * pooled_side + int(config.class_token)
+
+    @property
+    def num_image_tokens(self):
+        """<image> positions per image: the pooled patch grid, plus the class token. Read
+        from the config, so a warm start that changes vlm.token_pool takes effect."""
+        pooled_side = math.ceil(math.isqrt(self.vision.num_tokens) / self.config.token_pool)
+        return pooled_side * pooled_side + int(self.config.class_token)
 
     @property
     def device(self):
