@@ -1,6 +1,8 @@
 """Structured-report latency on the embedded default (or a VLM folder): describe's constrained
 decoding (the default) against writing the JSON freely and repairing it (the previous
-algorithm), on the same images in one run; median seconds per report and the ratio.
+algorithm), on the same images in one run; median seconds per report and the ratio. With the
+default (or --clip), also the app's report: the image's zero-shot case, then the constrained
+decoding given the case's differential and findings as forced text (`Assistant.report`).
 
     python -m benchmarks.report_latency                      # docs/examples, embedded default
     python -m benchmarks.report_latency --images runs/data/seed1/images --n 20
@@ -25,6 +27,8 @@ def main(argv=None):
                                                 "examples"))
     parser.add_argument("--n", type=int, default=6, help="images")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clip", help="CLIP folder for the app's report (default: the "
+                        "embedded one when --vlm is not given)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     vlm = DermVLM.from_pretrained(args.vlm or checked_part("vlm"))
@@ -43,6 +47,20 @@ def main(argv=None):
                            "mean_fields_repaired": round(sum(repaired) / len(repaired), 2)}
     figures["speed-up"] = round(figures["generate"]["median_s"] /
                                 figures["constrained"]["median_s"], 2)
+    if args.clip or not args.vlm:
+        from dermvlm.imaging import open_image
+        from dermvlm.serve import Assistant
+        assistant = Assistant(args.vlm, args.clip)
+        seconds = []
+        for image in images:
+            opened = open_image(image)
+            start = time.perf_counter()
+            assistant.report(opened)
+            seconds.append(time.perf_counter() - start)
+        figures["app_report_with_case"] = {"median_s": round(statistics.median(seconds), 2),
+                                           "max_s": round(max(seconds), 2)}
+        figures["app_speed-up_vs_generate"] = round(figures["generate"]["median_s"] /
+                                                    statistics.median(seconds), 2)
     print(json.dumps({"images": len(images), "threads": args.threads, **figures}, indent=1))
 
 

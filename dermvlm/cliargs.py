@@ -33,15 +33,18 @@ def add_config_args(parser):
                         " (repeatable)")
 
 
-def print_result(prog, compute, out=None):
+def print_result(prog, compute, out=None, show=True):
     """Run `compute()` and print its JSON result (also written to `out`, its folder made);
     a DermvlmError becomes one line on stderr and exit code 2. The evaluation and fitting
-    entry points end with it."""
+    entry points end with it. `show=False`: neither printed nor written (a rank other than
+    0 of a data-parallel run)."""
     try:
         result = compute()
     except DermvlmError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    if not show:
+        return 0
     text = json.dumps(result, indent=1)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

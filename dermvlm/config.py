@@ -94,7 +94,9 @@ class VLMConfig:
     lora_dropout: float = 0.05
     lora_targets: str = "all-linear"   # peft target_modules: all-linear or comma list
     quantize_4bit: bool = False        # QLoRA: load the LM in 4 bit (bitsandbytes)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False   # activation checkpointing of the LM's layers
+    parallel: str = "ddp"              # ddp (replicated) | fsdp (LM layers sharded over ranks)
+    mixed_precision: str = "no"        # no | bf16: FSDP computes in bf16, reduces in fp32
     max_length: int = 512              # tokens per conversation (longer: truncated, warned)
     loss_weighting: str = "token"      # token | sample | square: how much each conversation's
                                        # answer tokens weigh (see vlm.model.row_weights)
@@ -171,6 +173,8 @@ CHOICES = {
     "clip.precision": ("auto", "fp32", "bf16"),
     "vlm.projector": ("mlp2x_gelu", "linear"),
     "vlm.loss_weighting": ("token", "sample", "square"),
+    "vlm.parallel": ("ddp", "fsdp"),
+    "vlm.mixed_precision": ("no", "bf16"),
 }
 # counts and intervals that are divisors or sizes: 0 or less is a mistake, not "never"
 POSITIVE = ("synth.n", "synth.size", "clip.image_size", "clip.steps", "clip.batch_size",

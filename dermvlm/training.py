@@ -16,10 +16,15 @@ class TrainingError(DermvlmError):
 
 
 def distributed():
-    """(rank, world_size, device) from torchrun's environment, initialising the group."""
+    """(rank, world_size, device) from the environment torchrun and `accelerate launch` set,
+    initialising the group (`accelerate launch --cpu` keeps a GPU machine's ranks on CPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() and not cpu
+                          else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)          # "cuda" in library code means this rank's GPU
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return (dist.get_rank() if world > 1 else 0), world, device

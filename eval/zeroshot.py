@@ -11,6 +11,9 @@ SynthDerm, and malignant-or-premalignant vs benign (AUROC, sensitivity and speci
 the whole ontology with the model's calibration and malignancy operating point, as the app does.
 
     python -m eval.zeroshot --model dermvlm/default/clip --data ../shared/realdata/isic9/Test
+
+Under torchrun or `accelerate launch` the images are encoded over the ranks and rank 0 prints
+the one report, the same as a single process's.
 """
 import sys
 
@@ -32,10 +35,13 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return print_result("eval.zeroshot", lambda: evaluate(args), args.out)
+    from dermvlm.training import distributed
+    rank, world, device = distributed()
+    return print_result("eval.zeroshot", lambda: evaluate(args, rank, world, device), args.out,
+                        show=rank == 0)
 
 
-def evaluate(args):
+def evaluate(args, rank=0, world=1, device="cpu"):
     from dermvlm.hub import check_model_spec
     check_model_spec(args.model)
     from dermvlm.clip.evaluate import evaluate_records
@@ -43,6 +49,7 @@ def evaluate(args):
     from dermvlm.labelled import labelled_records
     from dermvlm.trust import TrustModel
     model, model_cfg, tokenizer = load_model(args.model)
+    model = model.to(device)
     records = labelled_records(args.data)[:args.limit]
     labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
     trust = None if args.no_trust else TrustModel.load(args.model)
@@ -50,7 +57,8 @@ def evaluate(args):
     report = evaluate_records(model, tokenizer, records,
                               model_cfg["vision_cfg"]["image_size"], labels=labels,
                               temperature=settings.temperature if settings else 1.0,
-                              threshold=settings.malignancy_threshold if settings else None)
+                              threshold=settings.malignancy_threshold if settings else None,
+                              device=device, rank=rank, world=world)
     return {"model": args.model, "data": args.data, **report}
 
 

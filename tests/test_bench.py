@@ -1,6 +1,7 @@
 """The DermaBench-style evaluator: sanity adapters, metrics against reference libraries,
 parsing, resumable predictions, an OpenAI-compatible stub endpoint, and bad input."""
 import json
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -300,3 +301,29 @@ def test_hf_adapter_scores_a_tiny_qwen2_vl(bench_set, tmp_path):
     from dermvlm.bench.hf_adapter import HFAdapter
     prompt = HFAdapter(str(folder)).prompt(DEFAULT_QUESTIONS[0])
     assert "<|vision_start|><|image_pad|><|vision_end|>" in prompt
+
+
+def test_two_ranks_evaluate_item_for_item_as_one_process(synth_dir, tmp_path):
+    """torchrun, gloo: the DermaBench evaluator (clip: adapter) and eval.zeroshot over 2
+    ranks give one process's predictions and report; rank 0 alone prints."""
+    import launch
+    clip = vanilla_open_clip_folder(tmp_path / "clip")
+    questions, answers = synth_dir / "dermabench_questions.json", \
+        synth_dir / "dermabench_answers.jsonl"
+    bench = ["-m", "eval.dermabench", "--questions", str(questions), "--answers", str(answers),
+             "--model", f"clip:{clip}", "--limit", "66", "--quiet"]
+    launch.run_one_and_two_processes(bench, tmp_path / "one", tmp_path / "two")
+
+    def predictions(run):
+        rows = [json.loads(x) for x in (tmp_path / run / "predictions.jsonl").read_text()
+                .splitlines()]
+        return {(r["image_id"], r["question_id"]): r["text"] for r in rows}
+    assert len(predictions("one")) == 66 and predictions("two") == predictions("one")
+    assert not list((tmp_path / "two").glob("predictions.rank*"))
+    one, two = (json.loads((tmp_path / r / "results.json").read_text()) for r in ("one", "two"))
+    assert two["by_question"] == one["by_question"] and two["by_type"] == one["by_type"]
+    zeroshot = ["-m", "eval.zeroshot", "--model", str(clip), "--data", str(synth_dir)]
+    single = launch.run([sys.executable, *zeroshot])
+    double = launch.run([*launch.TORCHRUN_TWO, *zeroshot])
+    assert single.returncode == double.returncode == 0, double.stderr[-2000:]
+    assert json.loads(double.stdout) == json.loads(single.stdout)     # printed once

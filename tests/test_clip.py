@@ -14,7 +14,7 @@ from dermvlm.clip.train import TrainingError, train_clip
 from dermvlm.config import get_config
 from dermvlm.errors import DermvlmError
 from dermvlm.synth.writer import generate
-from launch import run_one_and_two_processes
+from launch import TORCHRUN_TWO, accelerate_two, run_one_and_two_processes
 from tiny_parts import vanilla_open_clip_folder
 
 SMALL = ["clip.image_size=32", "clip.vit_layers=2", "clip.vit_width=64",
@@ -370,10 +370,13 @@ def test_unknown_model_name_in_config():
         train_clip(get_config("tiny", ["clip.model=ViT-Nope"]), "x", "/tmp/unused")
 
 
-def test_ddp_two_cpu_processes_match_one_process(pairs, tmp_path):
-    """torchrun, gloo: the global batch split over 2 ranks gives the single-process loss."""
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate launch"])
+def test_ddp_two_cpu_processes_match_one_process(pairs, tmp_path, launcher):
+    """torchrun or accelerate launch, gloo: the global batch split over 2 ranks gives the
+    single-process loss."""
     overrides = [f"--set={o}" for o in SMALL + ["clip.steps=2"]]
     common = ["-m", "train.clip", "--data", str(pairs), "--preset", "tiny", "--quiet",
               *overrides]
-    run_one_and_two_processes(common, tmp_path / "one", tmp_path / "two")
+    run_one_and_two_processes(common, tmp_path / "one", tmp_path / "two",
+                              TORCHRUN_TWO if launcher == "torchrun" else accelerate_two())
     assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), abs=1e-4)

@@ -25,9 +25,12 @@ def readme_commands():
 
 
 def entry_point(words):
-    """(main function, its argv) for a README command line."""
+    """(main function, its argv) for a README command line; `torchrun ... -m M` and
+    `accelerate launch ... -m M` are M's command line."""
     while re.fullmatch(r"[A-Z_]+=\S*", words[0]):                 # environment prefixes
         words = words[1:]
+    if words[0] == "torchrun" or words[:2] == ["accelerate", "launch"]:
+        words = ["python"] + words[words.index("-m"):]
     if words[0] == "dermvlm":
         return importlib.import_module("dermvlm.cli").main, words[1:]
     if words[:2] == ["python", "-m"]:

@@ -4,6 +4,7 @@ steps lower the loss, reports always validate, and bad input is reported clearly
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -598,16 +599,59 @@ def _stage1_args_with_saved_parts(synth, tmp_path, steps, ckpt_every):
             *[f"--set={o}" for o in overrides]]
 
 
-def test_ddp_two_cpu_processes_match_one_process(synth, tmp_path):
-    """torchrun, gloo: stage 1 with the global batch split over 2 ranks logs the
-    single-process loss and target weight (token count) at every step."""
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate launch"])
+def test_ddp_two_cpu_processes_match_one_process(synth, tmp_path, launcher):
+    """torchrun or accelerate launch, gloo: stage 1 with the global batch split over 2 ranks
+    logs the single-process loss and target weight (token count) at every step."""
     args = _stage1_args_with_saved_parts(synth, tmp_path, steps=3, ckpt_every=3)
     launch.run_one_and_two_processes(["-m", "train.vlm", *args], tmp_path / "one",
-                                     tmp_path / "two")
+                                     tmp_path / "two", launch.TORCHRUN_TWO
+                                     if launcher == "torchrun" else launch.accelerate_two())
     one, two = ([json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text()
                  .splitlines()] for run in ("one", "two"))
     assert [r["target_weight"] for r in two] == [r["target_weight"] for r in one]
     assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], abs=1e-4)
+
+
+def _losses(run):
+    return [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_fsdp_on_two_ranks_matches_one_process_and_resumes_at_another_world_size(synth,
+                                                                                 tmp_path):
+    """torchrun, gloo, stage 2 (LoRA + projector): the LM's layers sharded over 2 ranks
+    (vlm.parallel=fsdp) log the single-process losses; a 2-rank checkpoint resumes in one
+    process and continues the same curve; the model folder it writes loads as any other."""
+    args = _stage1_args_with_saved_parts(synth, tmp_path, steps=1, ckpt_every=1)
+    assert launch.run([sys.executable, "-m", "train.vlm", *args, "--out",
+                       str(tmp_path / "s1")]).returncode == 0
+    stage2 = list(args)
+    stage2[stage2.index("--stage") + 1] = "2"
+    stage2 += ["--init", str(tmp_path / "s1" / "model"), "--set=vlm.stage2_steps=4",
+               "--set=vlm.ckpt_every=2", "--set=vlm.log_every=1",
+               "--set=vlm.lora_dropout=0"]          # dropout masks differ by rank
+    launch.run_one_and_two_processes(["-m", "train.vlm", *stage2, "--set=vlm.parallel=fsdp"],
+                                     tmp_path / "one", tmp_path / "two")
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert len(one) == 4 and two == pytest.approx(one, abs=1e-4)
+    # resume the 2-rank run's step-2 checkpoint in one process
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "two" / "checkpoints" / "step_0000002",
+                    resumed / "checkpoints" / "step_0000002")
+    (resumed / "checkpoints" / "latest").write_text("step_0000002")
+    done = launch.run([sys.executable, "-m", "train.vlm", *stage2, "--out", str(resumed)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _losses(resumed) == pytest.approx(one[2:], abs=1e-4)
+    from safetensors.torch import load_file
+    ours, theirs = (load_file(tmp_path / r / "model" / "adapter" / "adapter_model.safetensors")
+                    for r in ("one", "two"))
+    assert ours.keys() == theirs.keys() and all(
+        torch.allclose(ours[k], theirs[k], atol=1e-5) for k in ours)
+    from dermvlm.vlm.export import export_llava                # merge-export reads it
+    from dermvlm.vlm.model import DermVLM
+    exported = export_llava(DermVLM.from_pretrained(tmp_path / "two" / "model"),
+                            tmp_path / "llava")
+    assert (exported / "config.json").is_file()
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(synth, tmp_path,

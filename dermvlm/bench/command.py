@@ -24,14 +24,20 @@ def add_dermabench_args(parser):
 
 
 def run_dermabench(args, prog="dermvlm eval dermabench"):
+    """Under torchrun or `accelerate launch` the items are answered over the ranks and rank 0
+    reports."""
     from dermvlm.bench.run import run_benchmark
+    from dermvlm.training import distributed
+    rank, world, _ = distributed()
     try:
         results = run_benchmark(args.questions, args.answers, args.model, args.out,
                                 images_dir=args.images, limit=args.limit, seed=args.seed,
-                                progress=not args.quiet)
+                                progress=not args.quiet, rank=rank, world=world)
     except DermvlmError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    if rank != 0:
+        return 0
     print(json.dumps({"model": results["model"], "n_items": results["n_items"],
                       "left_out": results["left_out"], "unparsed": results["unparsed"],
                       "by_type": results["by_type"],

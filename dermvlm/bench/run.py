@@ -2,7 +2,9 @@
 
 Predictions are appended to out/predictions.jsonl as they come, so a killed run continues
 where it stopped; answers whose image is missing are reported and left out of scoring; replies
-that cannot be parsed are logged to out/unparsed.jsonl and scored wrong.
+that cannot be parsed are logged to out/unparsed.jsonl and scored wrong. Under torchrun or
+`accelerate launch` each rank answers every world-th item (into predictions.rankR.jsonl), and
+rank 0 merges them and scores all: the results are a single process's.
 """
 import json
 import sys
@@ -16,6 +18,7 @@ from dermvlm.bench.adapters import EndpointError
 from dermvlm.bench.parse import parse_answer
 from dermvlm.errors import DataError, DermvlmError
 from dermvlm.questions import load_questions
+from dermvlm.ranks import barrier
 from dermvlm.vocab import FITZPATRICK_GROUPS, fitzpatrick_group
 
 PRIMARY = {"single": "accuracy", "multi": "example_f1", "open": "rouge_l"}
@@ -55,24 +58,53 @@ def load_items(questions_file, answers_file, images_dir=None):
     return questions, items, problems
 
 
-def predict(items, questions, adapter, spec, out_dir, progress=True):
-    """{(image_id, question_id): prediction row}, resuming from out_dir/predictions.jsonl.
-    `spec` names the model; a folder holding another model's predictions is refused."""
-    cache_file, run_file = Path(out_dir) / "predictions.jsonl", Path(out_dir) / "run.json"
-    cached_spec = json.loads(run_file.read_text())["model"] if run_file.is_file() else spec
-    if cached_spec != spec:
-        raise DermvlmError(f"{out_dir} holds predictions of {cached_spec!r}, not {spec!r}; "
-                           "use another --out")
-    run_file.write_text(json.dumps({"model": spec}))
+def _read_predictions(files):
     done = {}
-    if cache_file.exists():
+    for cache_file in files:
         for line in cache_file.read_text().splitlines():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:   # the line being written when a run was killed
                 continue
             done[(row["image_id"], row["question_id"])] = row
-    todo = [i for i in items if (i["image_id"], i["question_id"]) not in done]
+    return done
+
+
+def predict(items, questions, adapter, spec, out_dir, progress=True, rank=0, world=1):
+    """{(image_id, question_id): prediction row}, resuming from out_dir/predictions.jsonl.
+    `spec` names the model; a folder holding another model's predictions is refused. With
+    world > 1 this rank answers every world-th item still to do, and every rank returns all
+    the predictions (rank 0 has merged the ranks' files into predictions.jsonl)."""
+    out_dir = Path(out_dir)
+    cache_file, run_file = out_dir / "predictions.jsonl", out_dir / "run.json"
+    cached_spec = json.loads(run_file.read_text())["model"] if run_file.is_file() else spec
+    if cached_spec != spec:
+        raise DermvlmError(f"{out_dir} holds predictions of {cached_spec!r}, not {spec!r}; "
+                           "use another --out")
+    barrier(world)                          # every rank has read run.json before it is written
+    if rank == 0:
+        run_file.write_text(json.dumps({"model": spec}))
+    # a killed data-parallel run left its ranks' files: they count as done too
+    rank_files = sorted(out_dir.glob("predictions.rank*.jsonl"))
+    done = _read_predictions(([cache_file] if cache_file.exists() else []) + rank_files)
+    todo = [i for i in items if (i["image_id"], i["question_id"]) not in done][rank::world]
+    if world > 1:
+        done = _predict_todo(todo, questions, adapter, done, out_dir /
+                             f"predictions.rank{rank}.jsonl", progress and rank == 0)
+        barrier(world)
+        done = _read_predictions(([cache_file] if cache_file.exists() else []) +
+                                 sorted(out_dir.glob("predictions.rank*.jsonl")))
+        barrier(world)                      # every rank has read them before rank 0 merges
+        if rank == 0:
+            _write_jsonl(cache_file, done.values())
+            for merged in out_dir.glob("predictions.rank*.jsonl"):
+                merged.unlink()
+        return done
+    return _predict_todo(todo, questions, adapter, done, cache_file, progress)
+
+
+def _predict_todo(todo, questions, adapter, done, cache_file, progress):
+    """Answer `todo`, appending each prediction row to cache_file; returns `done` with them."""
     failures, step = 0, getattr(adapter, "batch_size", 1)     # adapters with answer_batch
     bar = tqdm(total=len(todo), desc=f"dermabench ({adapter.name})", disable=not progress)
     with open(cache_file, "a") as cache:
@@ -198,11 +230,12 @@ def chance_levels(questions):
 
 
 def run_benchmark(questions_file, answers_file, model_spec, out_dir, images_dir=None,
-                  limit=None, seed=0, progress=True, judge=None):
+                  limit=None, seed=0, progress=True, judge=None, rank=0, world=1):
     """Predict (resumably), score and write results.json, report.md and plots to out_dir.
     `model_spec` is an adapter spec (see adapters.make_adapter) or an adapter object.
     `judge(question, prediction, reference) -> score in [0, 1]` is an optional LLM-judge hook
-    for open questions, recorded beside the automatic metrics."""
+    for open questions, recorded beside the automatic metrics. `rank`, `world`: answer the
+    items data-parallel (see predict); every rank returns the results, rank 0 writes them."""
     from dermvlm.bench.adapters import make_adapter
     from dermvlm.bench.report import write_report
     out_dir = Path(out_dir)
@@ -218,7 +251,8 @@ def run_benchmark(questions_file, answers_file, model_spec, out_dir, images_dir=
     adapter = (model_spec if hasattr(model_spec, "answer")       # an adapter object
                else make_adapter(model_spec, answers=answers))
     model_spec = getattr(adapter, "spec", adapter.name)
-    predictions = predict(items, questions, adapter, model_spec, out_dir, progress)
+    predictions = predict(items, questions, adapter, model_spec, out_dir, progress, rank,
+                          world)
     scored, unparsed = score_items(items, questions, predictions)
     if judge is not None:
         for r in scored:
@@ -229,6 +263,8 @@ def run_benchmark(questions_file, answers_file, model_spec, out_dir, images_dir=
                "answers": str(answers_file), "seed": seed,
                "left_out": len(problems), "unparsed": len(unparsed),
                "chance": chance_levels(questions), **aggregate(scored, questions, seed)}
+    if rank != 0:
+        return results
     _write_jsonl(out_dir / "scored.jsonl", [
         {k: r[k] for k in ("image_id", "question_id", "type", "domain", "group", "scores")}
         for r in scored])

@@ -33,18 +33,23 @@ ATTRIBUTE_FAMILIES = {
 }
 
 
-def encode_records(zs, records, image_size):
-    """(features (N, D), kept records): unreadable images are skipped and reported."""
+def encode_records(zs, records, image_size, rank=0, world=1):
+    """(features (N, D), kept records, skipped image paths): unreadable images are skipped
+    and reported. With world > 1 each rank encodes records[rank::world] and every rank gets
+    all of them back in order (data-parallel evaluation, dermvlm.ranks)."""
+    from dermvlm.ranks import gather_in_order
     transform = eval_transform(image_size)
-    kept, tensors, skipped = [], [], []
-    for record in records:
+    tensors = []                                       # this rank's, None where unreadable
+    for record in records[rank::world]:
         image = try_open_image(record.image)
-        if image is None:
-            skipped.append(record.image)
-            continue
-        kept.append(record)
-        tensors.append(transform(image))
-    features = zs.encode_images(torch.stack(tensors)) if tensors else torch.empty(0)
+        tensors.append(None if image is None else transform(image))
+    readable = [t for t in tensors if t is not None]
+    encoded = iter(zs.encode_images(torch.stack(readable)) if readable else [])
+    rows = gather_in_order([None if t is None else next(encoded) for t in tensors], world)
+    kept = [r for r, row in zip(records, rows) if row is not None]
+    skipped = [r.image for r, row in zip(records, rows) if row is None]
+    features = torch.stack([row for row in rows if row is not None]) if kept \
+        else torch.empty(0)
     return features, kept, skipped
 
 
@@ -195,11 +200,12 @@ def concept_metrics(zs, features, records):
 
 
 def evaluate_records(model, tokenizer, records, image_size, device="cpu", labels=None,
-                     temperature=1.0, threshold=None):
+                     temperature=1.0, threshold=None, rank=0, world=1):
     """`temperature` and `threshold`: the model's calibration and malignancy operating point
-    (dermvlm.trust), as the app applies them."""
+    (dermvlm.trust), as the app applies them. `rank`, `world`: the images are encoded over
+    the ranks (data-parallel), the metrics computed on all of them."""
     zs = ZeroShot(model, tokenizer, device=device)
-    features, kept, skipped = encode_records(zs, records, image_size)
+    features, kept, skipped = encode_records(zs, records, image_size, rank, world)
     report = {"n_images": len(kept), "skipped_unreadable": skipped,
               "diagnosis": diagnosis_metrics(zs, features, kept, labels, temperature),
               "diagnosis_ontology": ontology_metrics(zs, features, kept, temperature,

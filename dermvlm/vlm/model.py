@@ -188,7 +188,13 @@ class DermVLM(torch.nn.Module):
         return LossOutput(loss=loss)
 
     # ---- saving and loading
-    def save_pretrained(self, folder):
+    def save_pretrained(self, folder, state_dict=None):
+        """Write the VLM folder. `state_dict`: the whole model's weights by name (gathered
+        from FSDP shards, dermvlm.vlm.sharding), used instead of the modules' own."""
+        def part(prefix, module):
+            if state_dict is None:
+                return module.state_dict()
+            return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         meta = {"vlm": asdict(self.config), "vision_cfg": self.vision_cfg,
@@ -196,15 +202,17 @@ class DermVLM(torch.nn.Module):
                 "image_size": self.vision.image_size, "format": "dermvlm-vlm/1",
                 "has_adapter": hasattr(self.lm, "peft_config")}
         (folder / "dermvlm_vlm.json").write_text(json.dumps(meta, indent=1))
-        save_file({k: v.contiguous() for k, v in self.vision.state_dict().items()},
+        save_file({k: v.contiguous() for k, v in part("vision.", self.vision).items()},
                   folder / VISION_FILE)
-        save_file({k: v.contiguous() for k, v in self.projector.state_dict().items()},
+        save_file({k: v.contiguous() for k, v in part("projector.", self.projector).items()},
                   folder / "projector.safetensors")
         self.tokenizer.save_pretrained(folder / "tokenizer")
         if hasattr(self.lm, "peft_config"):
             # the resized embedding rows are rebuilt exactly at load (add_image_token zeroes
             # them), so the adapter holds only LoRA weights: MBs, not a copy of the vocabulary
-            self.lm.save_pretrained(folder / "adapter", save_embedding_layers=False)
+            self.lm.save_pretrained(folder / "adapter", save_embedding_layers=False,
+                                    state_dict=None if state_dict is None
+                                    else part("lm.", self.lm))
         return folder
 
     @classmethod

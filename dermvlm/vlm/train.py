@@ -2,8 +2,9 @@
 instruction tuning on conversations (LoRA on the LM, projector trainable, vision frozen).
 
 Same machinery as the CLIP trainer: deterministic batch order (exact resume), atomic
-checkpoints (a VLM folder + train_state.pt), JSONL metrics, DDP under torchrun, and a stop
-with a message on a non-finite loss.
+checkpoints (a VLM folder + train_state.pt), JSONL metrics, DDP or FSDP (vlm.parallel, see
+dermvlm.vlm.sharding) under torchrun or `accelerate launch`, and a stop with a message on a
+non-finite loss. Checkpoints hold full, name-keyed state: any world size resumes them.
 """
 import dataclasses
 import functools
@@ -14,12 +15,15 @@ import torch
 from tqdm import tqdm
 
 from dermvlm.clip.data import BatchOrder
+from dermvlm.config import check_choice
 from dermvlm.errors import DermvlmError
 from dermvlm.training import (TrainingError, all_ranks_sum, distributed, latest_checkpoint,
                               log_metrics, save_checkpoint, truncate_metrics, warmup_cosine)
 from dermvlm.vlm.build import apply_lora, build_vlm, load_vlm_folder, vision_from_clip
 from dermvlm.vlm.data import ConversationDataset, collate, load_conversations
 from dermvlm.vlm.model import target_weight
+from dermvlm.vlm.sharding import (full_model_state, full_optimizer_state, load_optimizer_state,
+                                  shard_vlm)
 
 
 def prepare_vlm(config, stage, init=None, device="cpu", parts=None):
@@ -65,9 +69,16 @@ def _next_batch(batches, device):
     return tuple(t.to(device) for t in batch)
 
 
-def _save_checkpoint(out_dir, step, vlm, optimizer, scheduler, keep=2):
-    return save_checkpoint(out_dir, step, vlm.save_pretrained,
-                           {"step": step, "optimizer": optimizer.state_dict(),
+def _save_checkpoint(out_dir, step, vlm, optimizer, scheduler, rank, sharded, keep=2):
+    """Every rank calls it (under FSDP the full state is gathered from all); rank 0 writes
+    the full weights and the optimizer state by parameter name, so any world size resumes.
+    Returns the checkpoint folder on rank 0, None on the others."""
+    weights = full_model_state(vlm) if sharded else None
+    optimizer_state = full_optimizer_state(vlm, optimizer)
+    if rank != 0:
+        return None
+    return save_checkpoint(out_dir, step, lambda folder: vlm.save_pretrained(folder, weights),
+                           {"step": step, "optimizer_by_name": optimizer_state,
                             "scheduler": scheduler.state_dict()}, keep)
 
 
@@ -90,21 +101,30 @@ def train_vlm(config, data, out_dir, stage, init=None, max_steps=None, progress=
     out_dir.mkdir(parents=True, exist_ok=True)
     total_steps = cfg.stage1_steps if stage == 1 else cfg.stage2_steps
     vlm = prepare_vlm(config, stage, init, device, parts)
-    trainable = [p for p in vlm.parameters() if p.requires_grad]
+    resume_from, start, state = latest_checkpoint(out_dir), 0, None
+    if resume_from is not None:                 # full weights, whatever world size saved them
+        _restore(vlm, resume_from)
+        state = torch.load(resume_from / "train_state.pt", map_location="cpu", weights_only=True)
+        start = state["step"]
+    vlm.lm.train()
+    sharded = check_choice("vlm.parallel", cfg.parallel) == "fsdp" and world > 1
+    if sharded:
+        model = shard_vlm(vlm, check_choice("vlm.mixed_precision", cfg.mixed_precision))
+    elif world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(vlm, find_unused_parameters=True)
+    else:
+        model = vlm
+    trainable = [p for p in vlm.parameters() if p.requires_grad]    # shards under FSDP
     lr = cfg.lr_stage1 if stage == 1 else cfg.lr_stage2
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
                                                   warmup_cosine(cfg.warmup_steps, total_steps))
-    resume_from, start = latest_checkpoint(out_dir), 0
-    if resume_from is not None:
-        _restore(vlm, resume_from)
-        state = torch.load(resume_from / "train_state.pt", map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
+    if state is not None:
+        if "optimizer_by_name" in state:
+            load_optimizer_state(vlm, optimizer, state["optimizer_by_name"])
+        else:                                   # a checkpoint from before names were kept
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        start = state["step"]
-    vlm.lm.train()
-    model = torch.nn.parallel.DistributedDataParallel(vlm, find_unused_parameters=True) \
-        if world > 1 else vlm
     items = load_conversations(data, stage)
     dataset = ConversationDataset(items, vlm.tokenizer, vlm.num_image_tokens,
                                   vlm.vision.image_size, cfg.max_length, seed=cfg.seed)
@@ -145,7 +165,8 @@ def train_vlm(config, data, out_dir, stage, init=None, max_steps=None, progress=
                 last_good = latest_checkpoint(out_dir) or "none yet"    # rank 0 saved it
                 raise TrainingError(f"loss became {value} at step {step + 1}{where}; stopped. "
                                     f"Last good checkpoint: {last_good}")
-            # out.loss is the micro-batch mean; DDP averages gradients over ranks, hence world
+            # out.loss is the micro-batch mean; DDP and FSDP average gradients over ranks,
+            # hence world
             (out.loss * count * world / max(1, tokens)).backward()
             loss_sum += out.loss.item() * count
         loss_sum = all_ranks_sum(loss_sum, world, device) / max(1, tokens)
@@ -159,13 +180,16 @@ def train_vlm(config, data, out_dir, stage, init=None, max_steps=None, progress=
             log_metrics(metrics, {"step": step, "stage": stage, "loss": round(loss_sum, 6),
                                   "lr": scheduler.get_last_lr()[0], "target_weight": tokens,
                                   "seconds": round(time.perf_counter() - started, 2)})
-        if rank == 0 and (step % cfg.ckpt_every == 0 or step == end):
-            last_ckpt = _save_checkpoint(out_dir, step, vlm, optimizer, scheduler)
+        if step % cfg.ckpt_every == 0 or step == end:          # every rank: gathers
+            last_ckpt = _save_checkpoint(out_dir, step, vlm, optimizer, scheduler, rank,
+                                         sharded) or last_ckpt
     bar.close()
     summary = {"stage": stage, "steps": step, "final_loss": loss_sum,
                "resumed_from": str(resume_from) if resume_from else None,
                "checkpoint": str(last_ckpt) if last_ckpt else None}
-    if rank == 0 and step == total_steps:
+    if step == total_steps:
         vlm.eval()
-        summary["model"] = str(vlm.save_pretrained(out_dir / "model"))
+        weights = full_model_state(vlm) if sharded else None
+        if rank == 0:
+            summary["model"] = str(vlm.save_pretrained(out_dir / "model", weights))
     return summary
