@@ -3,18 +3,20 @@ rules that hold every chat answer to it.
 
 A case is the image's calibrated zero-shot analysis (`serve.Assistant.case`): the ranked
 differential, P(malignant or premalignant) and the concern they imply, the most probable risky
-condition, the visible findings (lesion type, colours) and the OOD verdict. `checked_reply`
+condition, the visible findings (lesion type, colours, modality) and the OOD verdict. `checked_reply`
 keeps the model's own words where they agree with the case and replaces or completes them
 where they do not:
 
-    diagnosis     names the case's top diagnosis first; when the malignancy threshold raised
-                  the concern, says which risky condition is not excluded
+    diagnosis     names the case's top diagnosis first, and gives no reason the ontology
+                  contradicts ("brown colour fits" only where the condition is brown); when
+                  the malignancy threshold raised the concern, says which risky condition is
+                  not excluded
     differential  written from the case: its conditions, top first, each with its malignancy,
                   probability and what of the findings speaks for and against it
     advice/watch  the case's concern
-    describe/why  the case's lesion type, colours and modality
-    diagnosis, differential, why: every reason given for or against a condition is true of
-                  it in the ontology ("brown colour fits" only where the condition is brown)
+    why           written from the case: the top diagnosis's rank, probability and what of
+                  the findings speaks for and against it
+    describe      the case's lesion type, colours and modality
 
     case = Case.from_probabilities(probs, labels, verdict, threshold, findings=...)
     reply = checked_reply("advice", model_reply, case)
@@ -207,6 +209,16 @@ def case_differential(case):
     return text
 
 
+def case_why(case):
+    """Why the case's top diagnosis: its rank and probability, what of the findings speaks for
+    and against it, and what would confirm it."""
+    reasons = case_reasons(case, case.top)
+    return (f"The image analysis ranks {case.top} first "
+            f"({round(100 * case.differential[0][1])} %)" +
+            (f"; of what it sees, {reasons}" if reasons else "") +
+            ". Only an examination, often with a biopsy, can confirm it.")
+
+
 def _findings_conflict(reply, findings):
     types, colours = findings_named(reply)
     modalities = {m.lower() for m in _MODALITY.findall(reply)}
@@ -256,12 +268,8 @@ def checked_reply(kind, reply, case):
         reply = watch_answer(case.risky if case.raised else case.top)
     elif kind == "describe" and case.findings:
         reply = hold_findings(reply, case.findings)
-    elif kind == "why" and (not set(named_conditions(reply)) <= {case.top}
-                            or not _sound(reply, case)):
-        reasons = case_reasons(case, case.top)
-        reply = (f"The image analysis ranks {case.top} first "
-                 f"({round(100 * case.differential[0][1])} %)" +
-                 (f"; of what it sees, {reasons}." if reasons else "."))
+    elif kind == "why":
+        reply = case_why(case)
     if kind in ("diagnosis", "differential", "advice") and HEDGE not in reply:
         reply = f"{_without_hedge(reply)} {HEDGE}"
     return reply

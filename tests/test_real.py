@@ -171,10 +171,12 @@ def test_descriptions_and_reasons_are_held_to_the_findings_seen():
     assert checked_reply("describe", "This is a dermoscopic image of a single skin lesion.",
                          case) == ("This is a clinical image of a single skin lesion. It "
                                    "shows a brown macule.")
+    # the model once wrote "its primary lesion is brown colour": "why" comes from the case
     why = checked_reply("why", "Because of a papule lesion, which ranks melanoma second.", case)
-    assert named_conditions(why) == ["seborrhoeic keratosis"] and "papule" not in why
-    kept = "Because of brown colour, which is typical of seborrhoeic keratosis."
-    assert checked_reply("why", kept, case) == kept
+    assert why == ("The image analysis ranks seborrhoeic keratosis first (40 %); of what it "
+                   "sees, for it: brown colour; against it: a macule lesion. Only an "
+                   "examination, often with a biopsy, can confirm it.")
+    assert reasons_hold(why)
 
 
 def test_zeroshot_findings_take_the_best_type_and_a_close_second_colour():
