@@ -766,3 +766,17 @@ def test_a_warm_start_realigns_a_trained_vlm_to_a_new_tower_then_continues_its_a
                      progress=False, parts=(tiny_lm(tiny_tokenizer()),))
     assert adapter(more).keys() == adapter(two).keys()          # the same LoRA, not a second
     assert not all(torch.equal(v, adapter(two)[k]) for k, v in adapter(more).items())
+
+
+def test_the_exported_chat_template_takes_typed_image_content_as_trained():
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from dermvlm.vlm.export import multimodal_chat_template
+    chatml = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
+              "message['content'] + '<|im_end|>\\n'}}{% endfor %}")
+    render = ImmutableSandboxedEnvironment().from_string(multimodal_chat_template(chatml)).render
+    typed = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}]
+    assert render(messages=typed) == render(messages=[{"role": "user",
+                                                       "content": f"{IMAGE_TOKEN}\nHi"}]) \
+        == f"<|im_start|>user\n{IMAGE_TOKEN}\nHi<|im_end|>\n"
+    assert multimodal_chat_template("no content here") == "no content here"

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from dermvlm.errors import DermvlmError
+from dermvlm.vlm.model import IMAGE_TOKEN
 
 
 def clip_vision_config(visual, vision_cfg):
@@ -104,7 +105,28 @@ def export_llava(vlm, out_dir):
     llava.save_pretrained(out_dir)
     vlm.tokenizer.save_pretrained(out_dir)
     _save_processor(vlm, out_dir)
+    template = out_dir / "chat_template.jinja"
+    if template.is_file():
+        template.write_text(multimodal_chat_template(template.read_text()))
     return out_dir
+
+
+_CONTENTS = ("message['content']", 'message["content"]', "message.content")
+
+
+def multimodal_chat_template(template):
+    """The LM's chat template, also taking typed content ([{"type": "image"}, {"type": "text",
+    "text": ...}], as processors and vLLM pass it), written as the VLM was trained: "<image>\n"
+    then the text. String content renders as before."""
+    flat = ("{%- macro dermvlm_flat(parts) -%}{%- for part in parts -%}"
+            "{%- if part['type'] == 'image' -%}{{ '" + IMAGE_TOKEN + "\\n' }}"
+            "{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}"
+            "{%- endfor -%}{%- endmacro -%}")
+    out = template
+    for content in _CONTENTS:
+        out = out.replace(content, f"({content} if {content} is string else "
+                                   f"dermvlm_flat({content}))")
+    return template if out == template else flat + out
 
 
 def feature_selection(vlm):
