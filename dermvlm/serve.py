@@ -60,23 +60,21 @@ class Assistant:
                 return self.zeroshot.encode_images(self.transform(image)[None]), None
             return self.trust.inspect(self.zeroshot, self.transform, image)
 
-    def _scores(self, image, findings=False):
-        """(calibrated diagnosis probabilities over self.labels, concept scores, verdict),
-        and with `findings` also the lesion type and colours seen
-        (dermvlm.zeroshot.zeroshot_findings)."""
+    def _scores(self, image):
+        """(calibrated diagnosis probabilities over self.labels, concept scores, verdict,
+        CLIP features (1, D))."""
         features, verdict = self.inspect(image)
         with self._clip_lock:
             logits = self.zeroshot.logits(features, self.labels)
             probs = (self.trust.calibrated(logits) if self.trust else logits.softmax(1))[0]
             concepts = self.zeroshot.concept_scores(features, self.concepts,
                                                     **concept_scaling(self.trust))[0]
-            seen = zeroshot_findings(self.zeroshot, features)[0] if findings else None
-        return (probs, concepts, verdict) + ((seen,) if findings else ())
+        return probs, concepts, verdict, features
 
     def classify(self, image, top_k=5, top_concepts=8):
         """({diagnosis: calibrated probability} top-k, {concept: MONET score} top concepts,
         OOD verdict or None). An abstained image gets no diagnoses."""
-        probs, concepts, verdict = self._scores(image)
+        probs, concepts, verdict, _ = self._scores(image)
         best = probs.argsort(descending=True)[:top_k].tolist()
         strong = concepts.argsort(descending=True)[:top_concepts].tolist()
         diagnoses = {} if verdict and verdict["abstained"] else {
@@ -87,7 +85,9 @@ class Assistant:
         """The image's one source of truth for chat and report: dermvlm.case.Case (ranked
         differential, P(malignant or premalignant), the concern they imply, the findings
         seen, OOD verdict)."""
-        probs, _, verdict, seen = self._scores(image, findings=True)
+        probs, _, verdict, features = self._scores(image)
+        with self._clip_lock:
+            seen = zeroshot_findings(self.zeroshot, features)[0]      # lesion type, colours
         threshold = self.trust.settings.malignancy_threshold if self.trust else None
         return Case.from_probabilities(probs.tolist(), self.labels, verdict, threshold, top_k,
                                        findings=seen)

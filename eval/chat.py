@@ -144,7 +144,6 @@ def score(chat):
     """One conversation's checks (None where a check does not apply)."""
     from dermvlm.case import agrees, named_conditions, reply_concern
     from dermvlm.ontology import find_condition
-    from dermvlm.vocab import LESION_PLURALS
     record, turns = chat["record"], {t["kind"]: t for t in chat["turns"]}
     truth = find_condition(record.label)
     if chat["case"].abstained:
@@ -175,17 +174,20 @@ def score(chat):
                             for k in ("diagnosis", "advice"))}
     attrs = record.meta.get("attributes")
     if attrs:
-        text = turns["describe"]["reply"].lower()
-        kind = attrs["lesion_type"]
-        result["describes_type"] = kind in text or LESION_PLURALS.get(kind, kind + "s") in text
-        result["describes_colour"] = any(c in text for c in attrs["colours"])
-        result["describes_type_and_colour"] = result["describes_type"] and \
-            result["describes_colour"]
-        raw = turns["describe"]["raw"].lower()
-        result["raw_describes_type_and_colour"] = (
-            kind in raw or LESION_PLURALS.get(kind, kind + "s") in raw) and any(
-            c in raw for c in attrs["colours"])
+        names_type, names_colour = _names_findings(turns["describe"]["reply"], attrs)
+        result["describes_type"], result["describes_colour"] = names_type, names_colour
+        result["describes_type_and_colour"] = names_type and names_colour
+        result["raw_describes_type_and_colour"] = all(
+            _names_findings(turns["describe"]["raw"], attrs))
     return result
+
+
+def _names_findings(text, attrs):
+    """(whether `text` names the true lesion type, whether it names a true colour)."""
+    from dermvlm.vocab import LESION_PLURALS
+    text, kind = text.lower(), attrs["lesion_type"]
+    return (kind in text or LESION_PLURALS.get(kind, kind + "s") in text,
+            any(c in text for c in attrs["colours"]))
 
 
 def summarise(scored):

@@ -185,11 +185,12 @@ def describe(vlm, image, max_new_tokens=400, ood=None, method="constrained", cas
         return abstained_report(ood, ABSTAIN_MESSAGE), "", []
     messages = [{"role": "user", "content": REPORT_PROMPT}]
     names = [c.name for c in CONDITIONS]
+    given = _given(case)
     if method == "constrained":
         from dermvlm.vlm.constrained import CachedTurn, decode_report
         turn = CachedTurn(vlm, prompt_ids(vlm, _as_messages(messages), 0),
                           load_image(vlm, image))
-        data = decode_report(turn, _CHOICES, names, given=_given(case))
+        data = decode_report(turn, _CHOICES, names, given=given)
         raw = json.dumps(data, separators=(",", ":"))
     elif method == "generate":
         prompt_length = len(prompt_ids(vlm, _as_messages(messages), 0))
@@ -217,9 +218,7 @@ def describe(vlm, image, max_new_tokens=400, ood=None, method="constrained", cas
         repaired.append("size_mm_estimate")
     else:
         fixed["size_mm_estimate"] = float(size)
-    if case is not None and case.findings:
-        fixed["elementary_lesions"] = [case.findings["lesion_type"]]
-        fixed["colours"] = list(case.findings["colours"])
+    fixed.update({k: v for k, v in (given or {}).items() if k != "differential"})
     if case is None:
         fixed["differential"] = _differential(vlm, image, messages, data.get("differential"),
                                               names, repaired)
