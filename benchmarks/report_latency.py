@@ -1,8 +1,11 @@
-"""Structured-report latency on the embedded default (or a VLM folder): describe's constrained
-decoding (the default) against writing the JSON freely and repairing it (the previous
-algorithm), on the same images in one run; median seconds per report and the ratio. With the
-default (or --clip), also the app's report: the image's zero-shot case, then the constrained
-decoding given the case's differential and findings as forced text (`Assistant.report`).
+"""Structured-report latency on the embedded default (or a VLM folder), in one run on the same
+images: describe's constrained decoding on dermvlm's decode path (dermvlm.vlm.fastlm: one
+preallocated cache, candidates scored as a tree in one row), the same decoding on HF's cache
+(the previous algorithm: batched candidates on a copied cache), and writing the JSON freely
+with HF `generate` and repairing it (the first algorithm); median seconds per report and the
+ratios. With the default (or --clip), also the app's report (`Assistant.report`: the image's
+zero-shot case, then the constrained decoding given its differential and findings), on both
+paths.
 
     python -m benchmarks.report_latency                      # docs/examples, embedded default
     python -m benchmarks.report_latency --images runs/data/seed1/images --n 20
@@ -19,6 +22,19 @@ from dermvlm.embedded import checked_part
 from dermvlm.vlm.infer import describe
 from dermvlm.vlm.model import DermVLM
 
+PATHS = {"constrained, dermvlm decode": ("constrained", True),
+         "constrained, HF cache (before)": ("constrained", False),
+         "generate + repair, HF (first)": ("generate", False)}
+
+
+def _median(fn, images):
+    seconds = []
+    for image in images:
+        start = time.perf_counter()
+        fn(image)
+        seconds.append(time.perf_counter() - start)
+    return {"median_s": round(statistics.median(seconds), 2), "max_s": round(max(seconds), 2)}
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -27,41 +43,32 @@ def main(argv=None):
                                                 "examples"))
     parser.add_argument("--n", type=int, default=6, help="images")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--int8", action="store_true", help="int8 weights on the fast path")
     parser.add_argument("--clip", help="CLIP folder for the app's report (default: the "
                         "embedded one when --vlm is not given)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     vlm = DermVLM.from_pretrained(args.vlm or checked_part("vlm"))
+    vlm.decode_int8 = args.int8
     images = sorted(Path(args.images).glob("*.jpg"))[:args.n]
     describe(vlm, images[0])                                   # warm-up
     figures = {}
-    for method in ("constrained", "generate"):
-        seconds, repaired = [], []
-        for image in images:
-            start = time.perf_counter()
-            _, _, fields = describe(vlm, image, method=method)
-            seconds.append(time.perf_counter() - start)
-            repaired.append(len(fields))
-        figures[method] = {"median_s": round(statistics.median(seconds), 2),
-                           "max_s": round(max(seconds), 2),
-                           "mean_fields_repaired": round(sum(repaired) / len(repaired), 2)}
-    figures["speed-up"] = round(figures["generate"]["median_s"] /
-                                figures["constrained"]["median_s"], 2)
+    for name, (method, fast) in PATHS.items():
+        vlm.fast_decode = fast
+        figures[name] = _median(lambda image: describe(vlm, image, method=method), images)
     if args.clip or not args.vlm:
         from dermvlm.imaging import open_image
         from dermvlm.serve import Assistant
-        assistant = Assistant(args.vlm, args.clip)
-        seconds = []
-        for image in images:
-            opened = open_image(image)
-            start = time.perf_counter()
-            assistant.report(opened)
-            seconds.append(time.perf_counter() - start)
-        figures["app_report_with_case"] = {"median_s": round(statistics.median(seconds), 2),
-                                           "max_s": round(max(seconds), 2)}
-        figures["app_speed-up_vs_generate"] = round(figures["generate"]["median_s"] /
-                                                    statistics.median(seconds), 2)
-    print(json.dumps({"images": len(images), "threads": args.threads, **figures}, indent=1))
+        assistant = Assistant(args.vlm, args.clip, int8=args.int8)
+        for fast in (True, False):
+            assistant.vlm.fast_decode = fast
+            name = "app report with case, " + ("dermvlm decode" if fast else "HF cache (before)")
+            figures[name] = _median(lambda image: assistant.report(open_image(image)), images)
+    base = figures["constrained, dermvlm decode"]["median_s"]
+    for name, row in figures.items():
+        row["vs dermvlm decode"] = round(row["median_s"] / base, 2)
+    print(json.dumps({"images": len(images), "threads": args.threads, "int8": args.int8,
+                      **figures}, indent=1))
 
 
 if __name__ == "__main__":

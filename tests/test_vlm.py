@@ -159,13 +159,21 @@ def test_report_always_validates_even_from_an_untrained_model(synth):
     assert repaired   # a random model's text is not a valid report: fields were chosen
 
 
-def test_cached_choice_equals_scoring_each_candidate_from_scratch(synth):
-    """CachedTurn.choose (one prefill, forced text, batched candidates on a copied KV cache,
-    branch and bound) picks the candidate a full uncached forward pass scores highest, and
-    leaves the turn exactly where appending it would."""
-    from dermvlm.vlm.constrained import CachedTurn
+@pytest.mark.parametrize("kind", ["hf cache", "fastlm tree"])
+def test_cached_choice_equals_scoring_each_candidate_from_scratch(synth, kind):
+    """turn.choose (one prefill, forced text, the candidates in one pass: batched rows on a
+    copied HF cache, or one row with a tree mask on the fast path; branch and bound) picks
+    the candidate a full uncached forward pass scores highest, and leaves the turn exactly
+    where appending it would."""
+    from dermvlm.vlm.constrained import CachedTurn, FastTurn
+    from dermvlm.vlm.fastlm import FastLM
     from dermvlm.vlm.infer import load_image, prompt_ids
     vlm = _vlm().eval()
+    fast = FastLM(vlm.lm)
+
+    def new_turn(prompt, pixels):
+        return CachedTurn(vlm, prompt, pixels) if kind == "hf cache" else \
+            FastTurn(vlm, prompt, pixels, fast)
     image = next((synth / "images").iterdir())
     prompt = prompt_ids(vlm, [{"role": "user", "content": "<image>\nReport."}], 0)
     pixels = load_image(vlm, image)
@@ -182,14 +190,17 @@ def test_cached_choice_equals_scoring_each_candidate_from_scratch(synth):
 
     expected = max(candidates, key=joint)
     for before in ('{"x":"', ""):                      # forced text inside the pass, or first
-        turn = CachedTurn(vlm, prompt, pixels)
+        turn = new_turn(prompt, pixels)
         if not before:
             turn.append('{"x":"')
         assert turn.choose(candidates, before) == expected
-        reference = CachedTurn(vlm, prompt, pixels)
+        reference = new_turn(prompt, pixels)
         reference.append('{"x":"' + expected)
         assert torch.allclose(turn.last, reference.last, atol=1e-4)
-        assert turn.cache.get_seq_length() == reference.cache.get_seq_length()
+        assert turn.length() == reference.length()
+        turn.append(" more")                        # the kept branch is the turn's text
+        reference.append(" more")
+        assert torch.allclose(turn.last, reference.last, atol=1e-4)
 
 
 def test_constrained_report_validates_and_needs_no_field_repair(synth):

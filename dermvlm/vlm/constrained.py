@@ -58,24 +58,21 @@ class CachedTurn:
             bound = torch.tensor([float(self.last[t[0]]) for t in lists])
             order = bound.argsort(descending=True).tolist()
             groups = [order[i:i + WHOLE_BATCH] for i in range(0, len(order), WHOLE_BATCH)]
-        best = None                                   # (score, index, state)
+        best = None                                   # (score, index, keep)
         for group in groups:
             if bound is not None and best is not None:
                 group = [i for i in group if bound[i] > best[0]]
                 if not group:
                     break
-            for index, score, state in self._expand(pre, lists, group):
+            for index, score, keep in self._expand(pre, lists, group):
                 if best is None or score > best[0]:
-                    best = (score, index, state)
-        _, index, (cache, row, added, last) = best
-        self.cache = self._row(cache, row, self.cache.get_seq_length() + added)
-        self.last = last
-        return candidates[index]
+                    best = (score, index, keep)
+        best[2]()
+        return candidates[best[1]]
 
     def _expand(self, pre, lists, group):
-        """(index, joint log-probability, (batched cache, its row, tokens added, next-token
-        log-probabilities)) for each candidate of `group` after the forced tokens `pre`, in
-        one batched pass."""
+        """(index, joint log-probability, keep) for each candidate of `group` after the forced
+        tokens `pre`, in one batched pass; keep() makes that candidate the turn's text."""
         rows = [pre + lists[i] for i in group]
         width, past = max(len(r) for r in rows), self.cache.get_seq_length()
         pad = self.vlm.tokenizer.pad_token_id or 0
@@ -92,17 +89,21 @@ class CachedTurn:
             # last forced token, or (no forced text) by the logits the turn already has
             firsts = self.last[tokens[0]] if not pre else logp[row, start - 1, tokens[0]]
             later = logp[row, torch.arange(start, start + len(tokens) - 1), tokens[1:]].sum()
-            yield i, float(firsts + later), (cache, row, len(rows[row]),
-                                             logp[row, len(rows[row]) - 1])
+            yield i, float(firsts + later), self._keeper(cache, row, past + len(rows[row]),
+                                                         logp[row, len(rows[row]) - 1])
 
-    @staticmethod
-    def _row(cache, row, length):
-        """One row of a batched cache (in place), cut to that row's own `length`."""
-        cache.batch_select_indices(torch.tensor([row]))
-        extra = cache.get_seq_length() - length
-        if extra > 0:
-            cache.crop(-extra)                  # the row's right padding
-        return cache
+    def _keeper(self, cache, row, length, last):
+        def keep():
+            """One row of the batched cache (in place), cut to that row's own length."""
+            cache.batch_select_indices(torch.tensor([row]))
+            extra = cache.get_seq_length() - length
+            if extra > 0:
+                cache.crop(-extra)                  # the row's right padding
+            self.cache, self.last = cache, last
+        return keep
+
+    def length(self):
+        return self.cache.get_seq_length()
 
     @torch.no_grad()
     def number(self, max_tokens=6, after=""):
@@ -124,6 +125,79 @@ class CachedTurn:
             return float(text.strip(".") or "nan")
         except ValueError:
             return float("nan")
+
+
+class FastTurn(CachedTurn):
+    """The same turn on dermvlm.vlm.fastlm: one preallocated cache; the candidates of a
+    choice are scored in one row whose attention mask is a tree (each candidate sees the
+    prompt, the forced text and its own earlier tokens), so no cache is copied or padded."""
+
+    @torch.no_grad()
+    def __init__(self, vlm, prompt_ids, pixels, fast, room=512):
+        self.vlm, self.fast = vlm, fast
+        ids = torch.tensor([prompt_ids], device=vlm.device)
+        self.cache = fast.new_cache(1, len(prompt_ids) + room)
+        self.last = self._logp(fast.forward(self.cache, vlm.embed(ids, pixels))[0, -1])
+        digits = {str(d) for d in range(10)} | {"."}
+        vocab = vlm.tokenizer.get_vocab()
+        self.number_ids = torch.tensor(sorted(i for t, i in vocab.items() if t in digits))
+
+    def _logp(self, hidden):
+        return self.fast.logits(hidden).log_softmax(-1)
+
+    def length(self):
+        return self.cache.length
+
+    @torch.no_grad()
+    def append(self, text_or_ids):
+        ids = self.ids(text_or_ids) if isinstance(text_or_ids, str) else list(text_or_ids)
+        if ids:
+            embeds = self.fast.embed(torch.tensor([ids], device=self.vlm.device))
+            self.last = self._logp(self.fast.forward(self.cache, embeds)[0, -1])
+
+    def _expand(self, pre, lists, group):
+        """Forced tokens `pre` once, then each candidate of `group` as a branch."""
+        past, cache = self.cache.length, self.cache
+        tokens, positions, spans = list(pre), list(range(past, past + len(pre))), []
+        for i in group:
+            spans.append((i, len(tokens)))
+            tokens += lists[i]
+            positions += range(past + len(pre), past + len(pre) + len(lists[i]))
+        count = len(tokens)
+        attend = torch.zeros(1, count, past + count, dtype=torch.bool)
+        attend[0, :, :past] = True
+        attend[0, :, past:past + len(pre)] = True                  # branches see the text
+        attend[0, :len(pre), past:past + len(pre)] = torch.ones(len(pre), len(pre),
+                                                                 dtype=torch.bool).tril()
+        for i, first in spans:
+            end = first + len(lists[i])
+            attend[0, first:end, past + first:past + end] = torch.ones(
+                len(lists[i]), len(lists[i]), dtype=torch.bool).tril()
+        embeds = self.fast.embed(torch.tensor([tokens], device=self.vlm.device))
+        logp = self._logp(self.fast.forward(cache, embeds, positions=torch.tensor([positions]),
+                                            attend=attend)[0])           # (count, V)
+        for i, first in spans:
+            ids = lists[i]
+            # the first candidate token follows the last forced token, or the turn's logits
+            firsts = self.last[ids[0]] if not pre else logp[len(pre) - 1, ids[0]]
+            later = logp[torch.arange(first, first + len(ids) - 1), ids[1:]].sum()
+            yield i, float(firsts + later), self._keeper(past, len(pre), first, len(ids),
+                                                         logp[first + len(ids) - 1])
+
+    def _keeper(self, past, forced, first, count, last):
+        def keep():
+            """The forced text stays where it is; the chosen branch moves after it."""
+            self.cache.move(list(range(past + first, past + first + count)), past + forced)
+            self.last = last
+        return keep
+
+
+def new_turn(vlm, prompt_ids, pixels):
+    """A FastTurn when the LM runs on dermvlm.vlm.fastlm, else a CachedTurn (HF cache)."""
+    from dermvlm.vlm.infer import fast_lm
+    fast = fast_lm(vlm)
+    return CachedTurn(vlm, prompt_ids, pixels) if fast is None else \
+        FastTurn(vlm, prompt_ids, pixels, fast)
 
 
 def decode_report(turn, choices, diagnoses, max_items=5, given=None):

@@ -78,10 +78,79 @@ def _generate_kwargs(vlm, image, messages, max_new_tokens, temperature, top_p, u
     return kwargs
 
 
+def fast_lm(vlm):
+    """The VLM's dermvlm.vlm.fastlm.FastLM (made once; int8 when vlm.decode_int8 is set), or
+    None when its LM cannot run there or vlm.fast_decode is False (HF is used instead)."""
+    from dermvlm.vlm.fastlm import FastLM, unsupported
+    if not getattr(vlm, "fast_decode", True):
+        return None
+    quantize = "int8" if getattr(vlm, "decode_int8", False) else None
+    fast = getattr(vlm, "_fast_lm", None)
+    if fast is None or fast.quantize != quantize:
+        fast = None if unsupported(vlm.lm) else FastLM(vlm.lm, quantize)
+        vlm._fast_lm, vlm._prompt_cache = fast, None
+    return fast
+
+
+def _prefilled(vlm, fast, ids, pixels):
+    """(KV cache holding `ids`, logits (1, V) after them). The cache of the previous call is
+    kept: when it holds the same image and a prefix of `ids` (a chat's earlier turns), only
+    the rest is run, so a new question costs its own tokens, not the whole conversation."""
+    held = vlm._prompt_cache
+    start = 0
+    if held is not None and torch.equal(held["pixels"], pixels):
+        old = held["ids"]
+        limit = min(len(old), len(ids) - 1, held["cache"].length)   # slots really filled
+        while start < limit and old[start] == ids[start]:
+            start += 1
+    tensor = torch.tensor([ids], device=vlm.device)
+    if start == 0 or vlm.image_token_id in ids[start:]:
+        start, cache = 0, fast.new_cache(1, vlm.config.max_length)
+        embeds = vlm.embed(tensor, pixels)
+    else:
+        cache = held["cache"]
+        embeds = fast.embed(tensor[:, start:])
+    cache.truncate(start)
+    logits = fast.logits(fast.forward(cache, embeds)[:, -1])
+    vlm._prompt_cache = {"pixels": pixels, "ids": list(ids), "cache": cache}
+    return cache, logits
+
+
+def _fast_tokens(vlm, fast, image, messages, max_new_tokens, temperature, top_p):
+    """Yield the reply's token ids one by one (dermvlm's decode loop)."""
+    from dermvlm.vlm.fastlm import decode
+    ids = prompt_ids(vlm, _as_messages(messages), max_new_tokens)
+    cache, logits = _prefilled(vlm, fast, ids, load_image(vlm, image))
+    stop = fast.stop_ids(vlm.tokenizer)
+    for token in decode(fast, cache, logits, max_new_tokens, stop, temperature, top_p,
+                        suppress=fast.suppressed()):
+        token = int(token[0])
+        if token in stop:
+            return
+        vlm._prompt_cache["ids"].append(token)        # the reply is in the cache too
+        yield token
+
+
+def _text_pieces(tokenizer, tokens):
+    """Text pieces as tokens arrive; a piece never ends inside a multi-byte character."""
+    seen, text = [], ""
+    for token in tokens:
+        seen.append(token)
+        now = tokenizer.decode(seen, skip_special_tokens=True)
+        if len(now) > len(text) and not now.endswith("\ufffd"):
+            yield now[len(text):]
+            text = now
+
+
 @torch.no_grad()
 def generate_ids(vlm, image, messages, max_new_tokens=128, temperature=0.0, top_p=1.0,
                  use_cache=True, **generate_kwargs):
-    """(1, T) new token ids. Extra keyword arguments go to the HF `generate`."""
+    """(1, T) new token ids. Extra keyword arguments go to the HF `generate` (and choose it
+    over dermvlm's decode loop, as does use_cache=False)."""
+    fast = fast_lm(vlm) if use_cache and not generate_kwargs else None
+    if fast is not None:
+        return torch.tensor([list(_fast_tokens(vlm, fast, image, messages, max_new_tokens,
+                                               temperature, top_p))], dtype=torch.long)
     return vlm.lm.generate(**_generate_kwargs(vlm, image, messages, max_new_tokens,
                                               temperature, top_p, use_cache, generate_kwargs))
 
@@ -93,6 +162,13 @@ def generate(vlm, image, messages, max_new_tokens=128, temperature=0.0, top_p=1.
         out = generate_ids(vlm, image, messages, max_new_tokens, temperature, top_p,
                            use_cache, **generate_kwargs)
         return vlm.tokenizer.decode(out[0], skip_special_tokens=True).strip()
+    fast = fast_lm(vlm) if use_cache and not generate_kwargs else None
+    if fast is not None:
+        def fast_pieces():
+            with torch.no_grad():
+                yield from _text_pieces(vlm.tokenizer, _fast_tokens(
+                    vlm, fast, image, messages, max_new_tokens, temperature, top_p))
+        return fast_pieces()
     from transformers import TextIteratorStreamer
     kwargs = _generate_kwargs(vlm, image, messages, max_new_tokens, temperature, top_p,
                               use_cache, generate_kwargs)
@@ -119,6 +195,17 @@ def generate_batch(vlm, images, questions, max_new_tokens=64, **generate_kwargs)
     ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=vlm.device)
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=vlm.device)
     pixels = torch.cat([load_image(vlm, im) for im in images])
+    fast = None if generate_kwargs else fast_lm(vlm)
+    if fast is not None:
+        from dermvlm.vlm.fastlm import decode
+        cache = fast.new_cache(len(rows), width + max_new_tokens)
+        stop = fast.stop_ids(vlm.tokenizer)
+        logits = fast.logits(fast.forward(cache, vlm.embed(ids, pixels), valid=mask.bool())[:, -1])
+        out = torch.stack(list(decode(fast, cache, logits, max_new_tokens, stop,
+                                      suppress=fast.suppressed())), 1).tolist()
+        return [vlm.tokenizer.decode(row[:next((k for k, t in enumerate(row) if t in stop),
+                                               len(row))], skip_special_tokens=True).strip()
+                for row in out]
     out = vlm.lm.generate(inputs_embeds=vlm.embed(ids, pixels), attention_mask=mask,
                           max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
                           eos_token_id=vlm.tokenizer.eos_token_id, **generate_kwargs)
@@ -187,9 +274,8 @@ def describe(vlm, image, max_new_tokens=400, ood=None, method="constrained", cas
     names = [c.name for c in CONDITIONS]
     given = _given(case)
     if method == "constrained":
-        from dermvlm.vlm.constrained import CachedTurn, decode_report
-        turn = CachedTurn(vlm, prompt_ids(vlm, _as_messages(messages), 0),
-                          load_image(vlm, image))
+        from dermvlm.vlm.constrained import decode_report, new_turn
+        turn = new_turn(vlm, prompt_ids(vlm, _as_messages(messages), 0), load_image(vlm, image))
         data = decode_report(turn, _CHOICES, names, given=given)
         raw = json.dumps(data, separators=(",", ":"))
     elif method == "generate":

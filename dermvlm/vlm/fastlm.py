@@ -1,0 +1,276 @@
+"""The VLM's language model for inference on a preallocated KV cache: the arithmetic of the HF
+forward for Llama-family decoders (Llama, SmolLM2, Mistral, Qwen2), with less in the way.
+
+Why: on a CPU, one decoding step is bounded by reading the weights once. HF's `generate`
+reads every matrix in the (out, in) layout, for which MKL's matrix-vector product runs on one
+core, and grows its cache token by token. Here
+- passes of many tokens (prefill) use the model's own fp32 weights, as HF does;
+- passes of one token (fp32) or a few (int8) use a copy of each matrix laid out for the
+  matrix-vector product: fp32 transposed (the same sums, rounding apart), or with
+  `quantize="int8"` int8 per output channel with bf16 activations (4x less to read; its
+  accuracy cost is measured in docs/EXPERIMENTS.md);
+- the q/k/v and gate/up matrices of that copy are fused, one product each;
+- the cache is written in place, and a pass may attend along any mask, so the structured
+  report scores several candidate continuations in one row (a tree), with no cache copy.
+"""
+import torch
+import torch.nn.functional as F
+
+from dermvlm.errors import DermvlmError
+
+SUPPORTED = ("llama", "mistral", "qwen2")
+QUANTIZE = (None, "int8")
+INT8_MAX_TOKENS = 32     # int8 x bf16 beats fp32 GEMM up to about this many rows on a CPU
+
+
+def unsupported(lm):
+    """None when `lm` can run here, else why not (the caller falls back to HF)."""
+    config = getattr(lm, "config", None)
+    generation = getattr(lm, "generation_config", None)
+    if any(getattr(generation, name, None) not in (None, 1.0, 0, [])
+           for name in ("repetition_penalty", "no_repeat_ngram_size", "bad_words_ids",
+                        "begin_suppress_tokens", "sequence_bias")):
+        return "generation settings other than suppress_tokens (HF applies them)"
+    if getattr(config, "model_type", None) not in SUPPORTED:
+        return f"model type {getattr(config, 'model_type', None)!r} (supported: {SUPPORTED})"
+    if getattr(config, "hidden_act", "silu") != "silu" or getattr(config, "mlp_bias", False):
+        return "an MLP other than SwiGLU without bias"
+    if getattr(lm, "hf_quantizer", None) is not None or hasattr(lm, "peft_config"):
+        return "a quantized or unmerged-adapter LM (merge LoRA first)"
+    return None
+
+
+class KVCache:
+    """Keys and values of `capacity` positions for `batch` rows: k, v (L, B, kv_heads,
+    capacity, head_dim); `length` slots are filled; `valid` (B, capacity) marks the filled
+    slots a later token may see (left padding is not valid)."""
+
+    def __init__(self, layers, batch, kv_heads, capacity, head_dim, device="cpu"):
+        self.k = torch.zeros(layers, batch, kv_heads, capacity, head_dim, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.valid = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
+        self.position = torch.zeros(batch, dtype=torch.long, device=device)  # next, per row
+        self.length = 0
+
+    @property
+    def capacity(self):
+        return self.k.shape[3]
+
+    def grow(self, capacity):
+        """Room for `capacity` positions, the filled slots kept."""
+        old = self.capacity
+        pad = [0, 0, 0, capacity - old]                     # the last-but-one dim grows
+        self.k, self.v = F.pad(self.k, pad), F.pad(self.v, pad)
+        self.valid = F.pad(self.valid, [0, capacity - old])
+
+    def truncate(self, length):
+        """Forget every slot from `length` on (a shared prompt prefix is kept)."""
+        self.valid[:, length:] = False
+        self.position = self.valid[:, :length].sum(1)
+        self.length = length
+
+    def move(self, slots, to):
+        """Copy the slots `slots` (list) to `to`, `to` + 1, ... and cut the cache there: the
+        chosen branch of a tree pass becomes the sequence."""
+        source = torch.tensor(slots, device=self.k.device)
+        end = to + len(slots)
+        self.k[:, :, :, to:end] = self.k[:, :, :, source]
+        self.v[:, :, :, to:end] = self.v[:, :, :, source]
+        self.valid[:, to:end] = True
+        self.truncate(end)
+
+
+class _Linear:
+    """Several nn.Linear of one input, fused along the output (q, k, v or gate, up)."""
+
+    def __init__(self, linears, quantize, cpu, groups=None):
+        self.linears = linears
+        if not cpu:                   # a GPU's GEMM reads the (out, in) layout at full speed
+            quantize = "none"
+        weight = torch.cat([m.weight.detach().float() for m in linears])       # (out, in)
+        biases = [m.bias for m in linears]
+        self.bias = None if biases[0] is None else torch.cat(biases).detach().float()
+        sizes = [m.out_features for m in linears]
+        groups = groups or [1] * len(linears)        # outputs returned joined: (q, k), v
+        self.sizes = [sum(sizes[sum(groups[:i]):sum(groups[:i + 1])])
+                      for i in range(len(groups))]
+        self.quantize = quantize
+        if quantize == "int8":
+            scale = weight.abs().amax(1).clamp(min=1e-12) / 127
+            self.int8 = (weight / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
+            self.scale = scale.to(torch.bfloat16)
+        elif quantize is None:
+            self.transposed = weight.t().contiguous()                          # (in, out)
+
+    def __call__(self, x):
+        """x (..., in) fp32 -> one (..., out_i) per fused matrix."""
+        rows = x.numel() // x.shape[-1]
+        if self.quantize == "int8" and rows <= INT8_MAX_TOKENS:
+            y = torch._weight_int8pack_mm(x.reshape(rows, -1).to(torch.bfloat16), self.int8,
+                                          self.scale).float().reshape(*x.shape[:-1], -1)
+        elif self.quantize is None and rows == 1:
+            y = (x.reshape(1, -1) @ self.transposed).reshape(*x.shape[:-1], -1)
+        else:
+            y = torch.cat([F.linear(x.to(m.weight.dtype), m.weight, m.bias).float()
+                           for m in self.linears], -1) if len(self.linears) > 1 else \
+                F.linear(x.to(self.linears[0].weight.dtype), self.linears[0].weight,
+                         self.linears[0].bias).float()
+            return y.split(self.sizes, dim=-1)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.split(self.sizes, dim=-1)
+
+
+def _rms_norm(x, weight, eps):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def _rotate(x, cos, sin):
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
+
+
+class FastLM:
+    """Inference forward of a merged HF causal LM; see the module's docstring."""
+
+    def __init__(self, lm, quantize=None):
+        reason = unsupported(lm)
+        if reason:
+            raise DermvlmError(f"the fast inference path cannot run {reason}")
+        if quantize not in QUANTIZE:
+            raise DermvlmError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
+        if quantize == "int8" and not hasattr(torch, "_weight_int8pack_mm"):
+            raise DermvlmError("int8 decoding needs torch._weight_int8pack_mm (torch >= 2.4)")
+        config = lm.config
+        self.lm, self.quantize, self.device = lm, quantize, lm.device
+        cpu = self.device.type == "cpu"
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or \
+            config.hidden_size // config.num_attention_heads
+        self.eps = config.rms_norm_eps
+        self.layers = []
+        for layer in lm.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            self.layers.append(dict(
+                norm1=layer.input_layernorm.weight, norm2=layer.post_attention_layernorm.weight,
+                qkv=_Linear([attn.q_proj, attn.k_proj, attn.v_proj], quantize, cpu,
+                            groups=[2, 1]),
+                o=_Linear([attn.o_proj], quantize, cpu),
+                gate_up=_Linear([mlp.gate_proj, mlp.up_proj], quantize, cpu),
+                down=_Linear([mlp.down_proj], quantize, cpu)))
+        self.head = _Linear([lm.lm_head], quantize, cpu)
+        self.cos = self.sin = torch.empty(0, self.head_dim, device=self.device)
+
+    def _rope(self, positions):
+        """cos, sin (B, 1, T, head_dim) for positions (B, T), from the model's own rotary
+        embedding (any rope scaling it has), tabled once."""
+        need = int(positions.max()) + 1
+        if need > self.cos.shape[0]:
+            table = torch.arange(max(need, 2 * self.cos.shape[0], 256), device=self.device)
+            cos, sin = self.lm.model.rotary_emb(torch.zeros(1, device=self.device), table[None])
+            self.cos, self.sin = cos[0].float(), sin[0].float()
+        return self.cos[positions][:, None], self.sin[positions][:, None]
+
+    def new_cache(self, batch, capacity):
+        return KVCache(len(self.layers), batch, self.kv_heads, capacity, self.head_dim,
+                       self.device)
+
+    def embed(self, ids):
+        return self.lm.model.embed_tokens(ids).float()
+
+    @torch.no_grad()
+    def forward(self, cache, embeds, valid=None, positions=None, attend=None):
+        """Run embeds (B, T, H) as cache slots [length, length + T); returns the last hidden
+        states (B, T, H) after the final norm. `valid` (B, T): which new tokens are real
+        (left padding is not); `positions` (B, T): their positions (default: each row's
+        next ones); `attend` (B, T, length + T) bool: which slots each new token sees
+        (default: valid earlier slots and itself)."""
+        batch, count, _ = embeds.shape
+        start, end = cache.length, cache.length + count
+        if end > cache.capacity:
+            cache.grow(max(end, 2 * cache.capacity))
+        if valid is None:
+            valid = torch.ones(batch, count, dtype=torch.bool, device=self.device)
+        if positions is None:
+            positions = cache.position[:, None] + valid.long().cumsum(1) - 1
+            positions = positions.clamp(min=0)
+            cache.position = cache.position + valid.sum(1)
+        cache.valid[:, start:end] = valid
+        if attend is None and not (count == 1 and bool(cache.valid[:, :end].all())):
+            causal = torch.ones(count, end, dtype=torch.bool, device=self.device).tril(start)
+            attend = cache.valid[:, None, :end] & causal
+            own = torch.arange(count, device=self.device)
+            attend[:, own, start + own] = True          # a padding token sees itself, no NaN
+        mask = None if attend is None else attend[:, None]           # (B, 1, T, S)
+        cos, sin = self._rope(positions)
+        x = embeds.float()
+        for index, layer in enumerate(self.layers):
+            h = _rms_norm(x, layer["norm1"], self.eps)
+            qk, v = layer["qkv"](h)
+            qk = _rotate(qk.view(batch, count, self.heads + self.kv_heads, -1).transpose(1, 2),
+                         cos, sin)                          # q and k rotated together
+            q, k = qk[:, :self.heads], qk[:, self.heads:]
+            cache.k[index, :, :, start:end] = k
+            cache.v[index, :, :, start:end] = v.view(batch, count, self.kv_heads,
+                                                     -1).transpose(1, 2)
+            x = x + layer["o"](self._attend(q, cache.k[index, :, :, :end],
+                                            cache.v[index, :, :, :end], mask))[0]
+            gate, up = layer["gate_up"](_rms_norm(x, layer["norm2"], self.eps))
+            x = x + layer["down"](F.silu(gate) * up)[0]
+        cache.length = end
+        return _rms_norm(x, self.lm.model.norm.weight, self.eps)
+
+    @staticmethod
+    def _attend(q, k, v, mask):
+        """q (B, heads, T, d), k and v (B, kv_heads, S, d) -> (B, T, heads * d)."""
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        return a.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
+
+    def stop_ids(self, tokenizer):
+        """The ids that end a reply: the tokenizer's end of sequence and the LM's own."""
+        ids = getattr(self.lm.generation_config, "eos_token_id", None)
+        ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+        return [tokenizer.eos_token_id] + [i for i in ids if i != tokenizer.eos_token_id]
+
+    def suppressed(self):
+        return list(getattr(self.lm.generation_config, "suppress_tokens", None) or [])
+
+    @torch.no_grad()
+    def logits(self, hidden):
+        """(..., H) -> fp32 logits (..., V)."""
+        return self.head(hidden)[0].float()
+
+
+def choose_next(logits, temperature=0.0, top_p=1.0, generator=None):
+    """(B, V) logits -> (B,) next tokens: greedy at temperature 0, else nucleus sampling."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = (logits / temperature).softmax(-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(-1, descending=True)
+        drop = sorted_probs.cumsum(-1) - sorted_probs > top_p    # keep the first over top_p
+        sorted_probs[drop] = 0
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+@torch.no_grad()
+def decode(fast, cache, logits, max_new_tokens, eos_ids, temperature=0.0, top_p=1.0,
+           generator=None, suppress=()):
+    """Yield (B,) token ids, one step at a time, starting from the prompt's last logits
+    (B, V). `eos_ids`: an id or ids that end a row; a row that has ended writes its first
+    end id again (padding) until all have. `suppress`: ids never chosen (the LM's
+    generation_config.suppress_tokens, as HF `generate` applies them)."""
+    eos = torch.tensor([eos_ids] if isinstance(eos_ids, int) else list(eos_ids),
+                       device=logits.device)
+    suppress = torch.tensor(list(suppress), dtype=torch.long, device=logits.device)
+    done = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
+    for step in range(max_new_tokens):
+        logits[:, suppress] = -float("inf")
+        token = choose_next(logits, temperature, top_p, generator)
+        token = torch.where(done, eos[0], token)
+        done |= torch.isin(token, eos)
+        yield token
+        if bool(done.all()) or step == max_new_tokens - 1 or cache.length >= cache.capacity:
+            return
+        logits = fast.logits(fast.forward(cache, fast.embed(token[:, None]))[:, -1])
