@@ -18,11 +18,13 @@ WHOLE_BATCH = 8          # candidates expanded in one batched pass
 
 
 class CachedTurn:
-    """The assistant's turn being written after a prompt, with its KV cache."""
+    """The assistant's turn being written after a prompt, with its KV cache. Forced text is
+    held until the next pass needs it, so it rides in the same pass as the choice after it."""
+    MERGE_TOKENS = 64          # forced x candidate tokens worth one batched pass (HF rows)
 
     @torch.no_grad()
     def __init__(self, vlm, prompt_ids, pixels):
-        self.vlm, self.lm = vlm, vlm.lm
+        self.vlm, self.lm, self.pending = vlm, vlm.lm, []
         ids = torch.tensor([prompt_ids], device=vlm.device)
         out = self.lm(inputs_embeds=vlm.embed(ids, pixels), use_cache=True)
         self.cache, self.last = out.past_key_values, out.logits[0, -1].float().log_softmax(-1)
@@ -30,26 +32,47 @@ class CachedTurn:
         vocab = vlm.tokenizer.get_vocab()
         self.number_ids = torch.tensor(sorted(i for t, i in vocab.items() if t in digits))
 
+    @property
+    def last(self):
+        """Log-probabilities of the next token after all text so far (V,)."""
+        if self.pending:
+            ids, self.pending = self.pending, []
+            self._run(ids)
+        return self._last
+
+    @last.setter
+    def last(self, value):
+        self._last = value
+
     def ids(self, text):
         return self.vlm.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    @torch.no_grad()
     def append(self, text_or_ids):
-        ids = self.ids(text_or_ids) if isinstance(text_or_ids, str) else list(text_or_ids)
-        if not ids:
-            return
+        """Forced text (run with the next pass)."""
+        self.pending += self.ids(text_or_ids) if isinstance(text_or_ids, str) \
+            else list(text_or_ids)
+
+    @torch.no_grad()
+    def _run(self, ids):
         out = self.lm(input_ids=torch.tensor([ids], device=self.vlm.device),
                       past_key_values=self.cache, use_cache=True)
         self.cache, self.last = out.past_key_values, out.logits[0, -1].float().log_softmax(-1)
+
+    def _merge(self, pre, candidates):
+        """Whether forced tokens `pre` go into the candidates' pass (HF: each row repeats
+        them; with many candidates they run first so that the candidates can be bounded)."""
+        return len(candidates) <= WHOLE_BATCH and len(pre) * len(candidates) <= \
+            self.MERGE_TOKENS
 
     @torch.no_grad()
     def choose(self, candidates, before=""):
         """Append `before` (forced text) and then the candidate with the highest joint
         log-probability after it; returns that candidate. With no forced text the candidates
         are expanded in order of their first token's log-probability (branch and bound)."""
-        pre, lists = (self.ids(before) if before else []), [self.ids(c) for c in candidates]
-        if pre and len(candidates) > WHOLE_BATCH:     # many candidates: bound them instead
-            self.append(pre)
+        lists = [self.ids(c) for c in candidates]
+        pre, self.pending = self.pending + (self.ids(before) if before else []), []
+        if pre and not self._merge(pre, candidates):
+            self._run(pre)
             pre = []
         if pre:
             groups = [list(range(len(candidates)))]
@@ -103,6 +126,7 @@ class CachedTurn:
         return keep
 
     def length(self):
+        self.last                                   # forced text held back runs now
         return self.cache.get_seq_length()
 
     @torch.no_grad()
@@ -134,7 +158,7 @@ class FastTurn(CachedTurn):
 
     @torch.no_grad()
     def __init__(self, vlm, prompt_ids, pixels, fast, room=512):
-        self.vlm, self.fast = vlm, fast
+        self.vlm, self.fast, self.pending = vlm, fast, []
         ids = torch.tensor([prompt_ids], device=vlm.device)
         self.cache = fast.new_cache(1, len(prompt_ids) + room)
         self.last = self._logp(fast.forward(self.cache, vlm.embed(ids, pixels))[0, -1])
@@ -146,14 +170,16 @@ class FastTurn(CachedTurn):
         return self.fast.logits(hidden).log_softmax(-1)
 
     def length(self):
+        self.last                                   # forced text held back runs now
         return self.cache.length
 
     @torch.no_grad()
-    def append(self, text_or_ids):
-        ids = self.ids(text_or_ids) if isinstance(text_or_ids, str) else list(text_or_ids)
-        if ids:
-            embeds = self.fast.embed(torch.tensor([ids], device=self.vlm.device))
-            self.last = self._logp(self.fast.forward(self.cache, embeds)[0, -1])
+    def _run(self, ids):
+        embeds = self.fast.embed(torch.tensor([ids], device=self.vlm.device))
+        self.last = self._logp(self.fast.forward(self.cache, embeds)[0, -1])
+
+    def _merge(self, pre, candidates):
+        return len(candidates) <= WHOLE_BATCH       # the tree runs `pre` once for all
 
     def _expand(self, pre, lists, group):
         """Forced tokens `pre` once, then each candidate of `group` as a branch."""
