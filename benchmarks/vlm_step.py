@@ -7,7 +7,8 @@ Training: both wrap the LM in peft LoRA (r16, all linear). Plain HF computes the
 full-vocabulary logits of every position; dermvlm computes it on target positions only, in
 chunks (`chunked_lm_loss`), so fp32 logits for the whole batch are never materialised. Half of
 each sequence is target tokens, as in instruction tuning. Decoding: HF `generate` with the
-adapter unmerged vs dermvlm's inference path (adapter merged), greedy, batch 1.
+adapter unmerged and merged vs dermvlm's decode loop (dermvlm.vlm.fastlm, merged), greedy,
+batch 1.
 """
 import argparse
 
@@ -60,17 +61,30 @@ def train_rates(lm, args, device):
 
 @torch.no_grad()
 def decode_rates(lm, args, device):
-    """(tok/s, time to first token) for the unmerged and merged adapter."""
+    """{name: (tok/s, time to first token)}: HF `generate` with the adapter unmerged and
+    merged, and dermvlm's decode loop (dermvlm.vlm.fastlm) on the merged LM."""
+    from dermvlm.vlm.fastlm import FastLM, decode
     prompt = torch.randint(0, lm.config.vocab_size, (1, args.prompt), device=device)
     out = {}
-    for name, model in (("unmerged", lm), ("merged", lm.merge_and_unload())):
+
+    def rate(run):
+        first = seconds_per_call(lambda: run(1), 2, device)
+        full = seconds_per_call(lambda: run(args.decode), 1, device)
+        return (args.decode - 1) / max(full - first, 1e-9), first
+    for name, model in (("HF generate, unmerged", lm), ("HF generate, merged",
+                                                         lm.merge_and_unload())):
         model.eval()
-        run = dict(input_ids=prompt, do_sample=False, pad_token_id=0)
-        first = seconds_per_call(
-            lambda: model.generate(**run, max_new_tokens=1, min_new_tokens=1), 2, device)
-        full = seconds_per_call(lambda: model.generate(**run, max_new_tokens=args.decode,
-                                                       min_new_tokens=args.decode), 1, device)
-        out[name] = (args.decode - 1) / max(full - first, 1e-9), first
+        out[name] = rate(lambda new: model.generate(
+            input_ids=prompt, do_sample=False, pad_token_id=0, max_new_tokens=new,
+            min_new_tokens=new))
+    fast = FastLM(model)
+
+    def ours(new):
+        cache = fast.new_cache(1, args.prompt + new)
+        logits = fast.logits(fast.forward(cache, fast.embed(prompt))[:, -1])
+        for _ in decode(fast, cache, logits, new, -1):
+            pass
+    out["dermvlm decode, merged"] = rate(ours)
     return out
 
 
@@ -92,12 +106,10 @@ def main(argv=None):
     print(f"  SFT, HF + peft        : {hf:9.1f} tok/s")
     print(f"  SFT, dermvlm          : {ours:9.1f} tok/s   ratio {ours / hf:.2f}x")
     rates = decode_rates(lm, args, device)
-    (u_rate, u_first), (m_rate, m_first) = rates["unmerged"], rates["merged"]
-    print(f"  decode bs1, HF unmerged : {u_rate:7.1f} tok/s, first token {u_first * 1000:.0f} ms"
-          f" after a {args.prompt}-token prompt")
-    print(f"  decode bs1, dermvlm (merged): {m_rate:7.1f} tok/s, first token "
-          f"{m_first * 1000:.0f} ms   ratio {m_rate / u_rate:.2f}x")
-
+    base = rates["HF generate, unmerged"][0]
+    for name, (rate, first) in rates.items():
+        print(f"  decode bs1, {name:23s}: {rate:7.1f} tok/s, first token {first * 1000:.0f} ms "
+              f"after a {args.prompt}-token prompt   ratio {rate / base:.2f}x")
 
 if __name__ == "__main__":
     main()

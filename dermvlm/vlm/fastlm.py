@@ -122,7 +122,7 @@ class _Linear:
 
 
 def _rms_norm(x, weight, eps):
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+    return F.rms_norm(x, weight.shape, weight.float(), eps)      # one op, fp32 as HF does
 
 
 def _rotate(x, cos, sin):
