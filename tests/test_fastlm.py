@@ -9,7 +9,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 
 from dermvlm.errors import DermvlmError
 from dermvlm.vlm import infer
-from dermvlm.vlm.fastlm import INT8_MAX_TOKENS, FastLM, choose_next, decode, unsupported
+from dermvlm.vlm.fastlm import (INT8_MAX_TOKENS, FastLM, choose_next, decode, for_vlm,
+                                 unsupported)
 
 SHAPE = dict(vocab_size=120, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
@@ -145,7 +146,7 @@ def test_a_chat_turn_runs_only_its_new_tokens(vlm, image):
     reply = infer.generate(vlm, image, first, max_new_tokens=8)
     second = first + [{"role": "assistant", "content": reply},
                       {"role": "user", "content": "What is the most likely diagnosis?"}]
-    fast = infer.fast_lm(vlm)
+    fast = for_vlm(vlm)
     ran = []
     original = fast.forward
     fast.forward = lambda cache, embeds, **kw: ran.append(embeds.shape[1]) or \

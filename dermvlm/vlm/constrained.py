@@ -220,8 +220,8 @@ class FastTurn(CachedTurn):
 
 def new_turn(vlm, prompt_ids, pixels):
     """A FastTurn when the LM runs on dermvlm.vlm.fastlm, else a CachedTurn (HF cache)."""
-    from dermvlm.vlm.infer import fast_lm
-    fast = fast_lm(vlm)
+    from dermvlm.vlm.fastlm import for_vlm
+    fast = for_vlm(vlm)
     return CachedTurn(vlm, prompt_ids, pixels) if fast is None else \
         FastTurn(vlm, prompt_ids, pixels, fast)
 

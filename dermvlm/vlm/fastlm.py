@@ -241,6 +241,19 @@ class FastLM:
         return self.head(hidden)[0].float()
 
 
+def for_vlm(vlm):
+    """The VLM's FastLM (made once; int8 weights when vlm.decode_int8 is set), or
+    None when its LM cannot run there or vlm.fast_decode is False (HF is used instead)."""
+    if not getattr(vlm, "fast_decode", True):
+        return None
+    quantize = "int8" if getattr(vlm, "decode_int8", False) else None
+    fast = getattr(vlm, "_fast_lm", None)
+    if fast is None or fast.quantize != quantize:
+        fast = None if unsupported(vlm.lm) else FastLM(vlm.lm, quantize)
+        vlm._fast_lm, vlm._prompt_cache = fast, None
+    return fast
+
+
 def choose_next(logits, temperature=0.0, top_p=1.0, generator=None):
     """(B, V) logits -> (B,) next tokens: greedy at temperature 0, else nucleus sampling."""
     if temperature <= 0:

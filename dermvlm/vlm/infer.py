@@ -22,6 +22,7 @@ from dermvlm.report import (DISCLAIMER, MALIGNANCY_CONCERN, LesionReport, abstai
                             field_choices)
 from dermvlm.trust import ABSTAIN_MESSAGE
 from dermvlm.vlm.data import to_messages
+from dermvlm.vlm.fastlm import for_vlm
 from dermvlm.vlm.model import IMAGE_TOKEN
 
 REPORT_PROMPT = "Write the structured lesion report for this image."
@@ -76,20 +77,6 @@ def _generate_kwargs(vlm, image, messages, max_new_tokens, temperature, top_p, u
     if temperature > 0:
         kwargs.update(temperature=temperature, top_p=top_p)
     return kwargs
-
-
-def fast_lm(vlm):
-    """The VLM's dermvlm.vlm.fastlm.FastLM (made once; int8 when vlm.decode_int8 is set), or
-    None when its LM cannot run there or vlm.fast_decode is False (HF is used instead)."""
-    from dermvlm.vlm.fastlm import FastLM, unsupported
-    if not getattr(vlm, "fast_decode", True):
-        return None
-    quantize = "int8" if getattr(vlm, "decode_int8", False) else None
-    fast = getattr(vlm, "_fast_lm", None)
-    if fast is None or fast.quantize != quantize:
-        fast = None if unsupported(vlm.lm) else FastLM(vlm.lm, quantize)
-        vlm._fast_lm, vlm._prompt_cache = fast, None
-    return fast
 
 
 def _prefilled(vlm, fast, ids, pixels):
@@ -147,7 +134,7 @@ def generate_ids(vlm, image, messages, max_new_tokens=128, temperature=0.0, top_
                  use_cache=True, **generate_kwargs):
     """(1, T) new token ids. Extra keyword arguments go to the HF `generate` (and choose it
     over dermvlm's decode loop, as does use_cache=False)."""
-    fast = fast_lm(vlm) if use_cache and not generate_kwargs else None
+    fast = for_vlm(vlm) if use_cache and not generate_kwargs else None
     if fast is not None:
         return torch.tensor([list(_fast_tokens(vlm, fast, image, messages, max_new_tokens,
                                                temperature, top_p))], dtype=torch.long)
@@ -162,7 +149,7 @@ def generate(vlm, image, messages, max_new_tokens=128, temperature=0.0, top_p=1.
         out = generate_ids(vlm, image, messages, max_new_tokens, temperature, top_p,
                            use_cache, **generate_kwargs)
         return vlm.tokenizer.decode(out[0], skip_special_tokens=True).strip()
-    fast = fast_lm(vlm) if use_cache and not generate_kwargs else None
+    fast = for_vlm(vlm) if use_cache and not generate_kwargs else None
     if fast is not None:
         def fast_pieces():
             with torch.no_grad():
@@ -195,7 +182,7 @@ def generate_batch(vlm, images, questions, max_new_tokens=64, **generate_kwargs)
     ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=vlm.device)
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=vlm.device)
     pixels = torch.cat([load_image(vlm, im) for im in images])
-    fast = None if generate_kwargs else fast_lm(vlm)
+    fast = None if generate_kwargs else for_vlm(vlm)
     if fast is not None:
         from dermvlm.vlm.fastlm import decode
         cache = fast.new_cache(len(rows), width + max_new_tokens)
