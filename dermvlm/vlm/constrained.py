@@ -17,6 +17,12 @@ import torch
 WHOLE_BATCH = 8          # candidates expanded in one batched pass
 
 
+def _number_ids(tokenizer):
+    """Ids of the digit and '.' tokens (a number is decoded over these)."""
+    digits = {str(d) for d in range(10)} | {"."}
+    return torch.tensor(sorted(i for t, i in tokenizer.get_vocab().items() if t in digits))
+
+
 class CachedTurn:
     """The assistant's turn being written after a prompt, with its KV cache. Forced text is
     held until the next pass needs it, so it rides in the same pass as the choice after it."""
@@ -28,9 +34,7 @@ class CachedTurn:
         ids = torch.tensor([prompt_ids], device=vlm.device)
         out = self.lm(inputs_embeds=vlm.embed(ids, pixels), use_cache=True)
         self.cache, self.last = out.past_key_values, out.logits[0, -1].float().log_softmax(-1)
-        digits = {str(d) for d in range(10)} | {"."}
-        vocab = vlm.tokenizer.get_vocab()
-        self.number_ids = torch.tensor(sorted(i for t, i in vocab.items() if t in digits))
+        self.number_ids = _number_ids(vlm.tokenizer)
 
     @property
     def last(self):
@@ -162,9 +166,7 @@ class FastTurn(CachedTurn):
         ids = torch.tensor([prompt_ids], device=vlm.device)
         self.cache = fast.new_cache(1, len(prompt_ids) + room)
         self.last = self._logp(fast.forward(self.cache, vlm.embed(ids, pixels))[0, -1])
-        digits = {str(d) for d in range(10)} | {"."}
-        vocab = vlm.tokenizer.get_vocab()
-        self.number_ids = torch.tensor(sorted(i for t, i in vocab.items() if t in digits))
+        self.number_ids = _number_ids(vlm.tokenizer)
 
     def _logp(self, hidden):
         return self.fast.logits(hidden).log_softmax(-1)

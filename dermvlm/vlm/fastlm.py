@@ -49,7 +49,6 @@ class KVCache:
         self.k = torch.zeros(layers, batch, kv_heads, capacity, head_dim, device=device)
         self.v = torch.zeros_like(self.k)
         self.valid = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
-        self.position = torch.zeros(batch, dtype=torch.long, device=device)  # next, per row
         self.length = 0
 
     @property
@@ -66,7 +65,6 @@ class KVCache:
     def truncate(self, length):
         """Forget every slot from `length` on (a shared prompt prefix is kept)."""
         self.valid[:, length:] = False
-        self.position = self.valid[:, :length].sum(1)
         self.length = length
 
     def move(self, slots, to):
@@ -85,36 +83,36 @@ class _Linear:
 
     def __init__(self, linears, quantize, cpu, groups=None):
         self.linears = linears
-        if not cpu:                   # a GPU's GEMM reads the (out, in) layout at full speed
-            quantize = "none"
-        weight = torch.cat([m.weight.detach().float() for m in linears])       # (out, in)
-        biases = [m.bias for m in linears]
-        self.bias = None if biases[0] is None else torch.cat(biases).detach().float()
         sizes = [m.out_features for m in linears]
         groups = groups or [1] * len(linears)        # outputs returned joined: (q, k), v
         self.sizes = [sum(sizes[sum(groups[:i]):sum(groups[:i + 1])])
                       for i in range(len(groups))]
-        self.quantize = quantize
-        if quantize == "int8":
+        # a GPU's GEMM reads the (out, in) layout at full speed: no decode copy there
+        self.layout = None if not cpu else "int8" if quantize == "int8" else "transposed"
+        if self.layout is None:
+            return
+        weight = torch.cat([m.weight.detach().float() for m in linears])       # (out, in)
+        biases = [m.bias for m in linears]
+        self.bias = None if biases[0] is None else torch.cat(biases).detach().float()
+        if self.layout == "int8":
             scale = weight.abs().amax(1).clamp(min=1e-12) / 127
             self.int8 = (weight / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
             self.scale = scale.to(torch.bfloat16)
-        elif quantize is None:
+        else:
             self.transposed = weight.t().contiguous()                          # (in, out)
 
     def __call__(self, x):
         """x (..., in) fp32 -> one (..., out_i) per fused matrix."""
         rows = x.numel() // x.shape[-1]
-        if self.quantize == "int8" and rows <= INT8_MAX_TOKENS:
+        if self.layout == "int8" and rows <= INT8_MAX_TOKENS:
             y = torch._weight_int8pack_mm(x.reshape(rows, -1).to(torch.bfloat16), self.int8,
                                           self.scale).float().reshape(*x.shape[:-1], -1)
-        elif self.quantize is None and rows == 1:
+        elif self.layout == "transposed" and rows == 1:
             y = (x.reshape(1, -1) @ self.transposed).reshape(*x.shape[:-1], -1)
-        else:
-            y = torch.cat([F.linear(x.to(m.weight.dtype), m.weight, m.bias).float()
-                           for m in self.linears], -1) if len(self.linears) > 1 else \
-                F.linear(x.to(self.linears[0].weight.dtype), self.linears[0].weight,
-                         self.linears[0].bias).float()
+        else:                                             # the model's own weights (GEMM)
+            outs = [F.linear(x.to(m.weight.dtype), m.weight, m.bias).float()
+                    for m in self.linears]
+            y = outs[0] if len(outs) == 1 else torch.cat(outs, -1)
             return y.split(self.sizes, dim=-1)
         if self.bias is not None:
             y = y + self.bias
@@ -191,10 +189,9 @@ class FastLM:
             cache.grow(max(end, 2 * cache.capacity))
         if valid is None:
             valid = torch.ones(batch, count, dtype=torch.bool, device=self.device)
-        if positions is None:
-            positions = cache.position[:, None] + valid.long().cumsum(1) - 1
-            positions = positions.clamp(min=0)
-            cache.position = cache.position + valid.sum(1)
+        if positions is None:                   # each row's next ones, past its valid slots
+            before = cache.valid[:, :start].sum(1, keepdim=True)
+            positions = (before + valid.long().cumsum(1) - 1).clamp(min=0)
         cache.valid[:, start:end] = valid
         if attend is None and not (count == 1 and bool(cache.valid[:, :end].all())):
             causal = torch.ones(count, end, dtype=torch.bool, device=self.device).tril(start)

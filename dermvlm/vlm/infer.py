@@ -129,12 +129,18 @@ def _text_pieces(tokenizer, tokens):
             text = now
 
 
+def _fast_path(vlm, use_cache, generate_kwargs):
+    """dermvlm's decode loop, or None for HF `generate` (asked for by HF keyword arguments or
+    use_cache=False, or an LM the loop cannot run)."""
+    return for_vlm(vlm) if use_cache and not generate_kwargs else None
+
+
 @torch.no_grad()
 def generate_ids(vlm, image, messages, max_new_tokens=128, temperature=0.0, top_p=1.0,
                  use_cache=True, **generate_kwargs):
     """(1, T) new token ids. Extra keyword arguments go to the HF `generate` (and choose it
     over dermvlm's decode loop, as does use_cache=False)."""
-    fast = for_vlm(vlm) if use_cache and not generate_kwargs else None
+    fast = _fast_path(vlm, use_cache, generate_kwargs)
     if fast is not None:
         return torch.tensor([list(_fast_tokens(vlm, fast, image, messages, max_new_tokens,
                                                temperature, top_p))], dtype=torch.long)
@@ -149,7 +155,7 @@ def generate(vlm, image, messages, max_new_tokens=128, temperature=0.0, top_p=1.
         out = generate_ids(vlm, image, messages, max_new_tokens, temperature, top_p,
                            use_cache, **generate_kwargs)
         return vlm.tokenizer.decode(out[0], skip_special_tokens=True).strip()
-    fast = for_vlm(vlm) if use_cache and not generate_kwargs else None
+    fast = _fast_path(vlm, use_cache, generate_kwargs)
     if fast is not None:
         def fast_pieces():
             with torch.no_grad():
