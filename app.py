@@ -23,6 +23,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from dermvlm.cliargs import add_quantize_option
 from dermvlm.embedded import trained_on
 from dermvlm.errors import DermvlmError
 from dermvlm.imaging import ImageError, open_image
@@ -34,7 +35,7 @@ EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / "docs" / "examples").
 DEFAULT_MODEL = "embedded default"
 NOT_OFFERED = "This model is not available on this server."
 _assistants, _assistants_lock = {}, threading.Lock()
-DECODE = {"int8": False}          # --int8: every Assistant decodes with int8 weights
+DECODE = {"quantize": None}       # --quantize: every Assistant decodes with these weights
 
 
 class NotOffered(DermvlmError):
@@ -64,7 +65,7 @@ def get_assistant(choice, models):
     key = models[choice]
     with _assistants_lock:
         if key not in _assistants:
-            _assistants[key] = Assistant(*key, int8=DECODE["int8"])
+            _assistants[key] = Assistant(*key, quantize=DECODE["quantize"])
         return _assistants[key]
 
 
@@ -200,11 +201,9 @@ def main(argv=None):
     parser.add_argument("--model", dest="models", action="append", default=[],
                         metavar="NAME=VLM_FOLDER[|CLIP_SPEC]",
                         help="another model the selector offers (repeatable)")
-    parser.add_argument("--int8", action="store_true", help="decode chat replies with int8 "
-                        "weights: about twice as fast on a CPU, at a small accuracy cost "
-                        "(docs/EXPERIMENTS.md)")
+    add_quantize_option(parser)
     args = parser.parse_args(argv)
-    DECODE["int8"] = args.int8
+    DECODE["quantize"] = args.quantize
     try:
         models = model_table((args.vlm, args.clip), args.models)
         assistant = get_assistant(DEFAULT_MODEL, models)

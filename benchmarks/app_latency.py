@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from dermvlm.cliargs import add_quantize_option
 from dermvlm.imaging import open_image
 from dermvlm.serve import Assistant
 
@@ -29,9 +30,10 @@ def main(argv=None):
     parser.add_argument("--images", default=str(Path(__file__).parent.parent / "docs" /
                                                 "examples"))
     parser.add_argument("--max-new-tokens", type=int, default=256)
+    add_quantize_option(parser)
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    assistant = Assistant(args.vlm, args.clip)
+    assistant = Assistant(args.vlm, args.clip, quantize=args.quantize)
     load = time.perf_counter() - started
     images = [open_image(p) for p in sorted(Path(args.images).glob("*.jpg"))]
     classify = []
@@ -60,6 +62,7 @@ def main(argv=None):
     print(json.dumps({
         "device": "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} "
                                                             "threads)",
+        "quantize": args.quantize,
         "load_seconds": round(load, 2),
         "classify_seconds_median": round(statistics.median(classify), 3),
         "chat_first_token_seconds_median": round(statistics.median(first), 3),

@@ -1,7 +1,7 @@
 """Decoding speed of the VLM at batch 1, in one run, side by side: HF `generate` (the model
-as loaded, fp32) against dermvlm's decode loop (dermvlm.vlm.fastlm) in fp32 and int8, on the
-same model, the same prompt (an image and a chat padded to --prompt tokens) and the same
-number of new tokens. First-token latency cold (the whole prompt prefilled) and in a chat
+as loaded, fp32) against dermvlm's decode loop (dermvlm.vlm.fastlm) in fp32, int8 and
+dynamic int8, on the same model, the same prompt (an image and a chat padded to --prompt
+tokens) and the same number of new tokens. First-token latency cold (the whole prompt prefilled) and in a chat
 whose earlier turns are cached (only the new question prefilled, as the app does).
 
     python -m benchmarks.decode_speed                 # embedded default, 600-token prompt
@@ -71,7 +71,7 @@ def main(argv=None):
                                          min_new_tokens=args.new), args.repeats)
     rows["HF generate, fp32"] = ((args.new - 1) / (full - first), first, None)
 
-    for quantize in (None, "int8"):
+    for quantize in (None, "int8", "dynamic"):
         fast = FastLM(vlm.lm, quantize)
 
         def prefill(cache, start=0):

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from dermvlm.embedded import checked_part
+from dermvlm.vlm.fastlm import QUANTIZE
 from dermvlm.vlm.infer import describe
 from dermvlm.vlm.model import DermVLM
 
@@ -43,13 +44,13 @@ def main(argv=None):
                                                 "examples"))
     parser.add_argument("--n", type=int, default=6, help="images")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--int8", action="store_true", help="int8 weights on the fast path")
+    parser.add_argument("--quantize", choices=QUANTIZE[1:], help="weights on the fast path")
     parser.add_argument("--clip", help="CLIP folder for the app's report (default: the "
                         "embedded one when --vlm is not given)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     vlm = DermVLM.from_pretrained(args.vlm or checked_part("vlm"))
-    vlm.decode_int8 = args.int8
+    vlm.decode_quantize = args.quantize
     images = sorted(Path(args.images).glob("*.jpg"))[:args.n]
     describe(vlm, images[0])                                   # warm-up
     figures = {}
@@ -59,7 +60,7 @@ def main(argv=None):
     if args.clip or not args.vlm:
         from dermvlm.imaging import open_image
         from dermvlm.serve import Assistant
-        assistant = Assistant(args.vlm, args.clip, int8=args.int8)
+        assistant = Assistant(args.vlm, args.clip, quantize=args.quantize)
         for fast in (True, False):
             assistant.vlm.fast_decode = fast
             name = "app report with case, " + ("dermvlm decode" if fast else "HF cache (before)")
@@ -67,7 +68,7 @@ def main(argv=None):
     base = figures["constrained, dermvlm decode"]["median_s"]
     for name, row in figures.items():
         row["vs dermvlm decode"] = round(row["median_s"] / base, 2)
-    print(json.dumps({"images": len(images), "threads": args.threads, "int8": args.int8,
+    print(json.dumps({"images": len(images), "threads": args.threads, "quantize": args.quantize,
                       **figures}, indent=1))
 
 

@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from dermvlm.cliargs import OneLineParser, add_config_args, positive_int
+from dermvlm.cliargs import OneLineParser, add_config_args, add_quantize_option, positive_int
 from dermvlm.errors import DermvlmError
 from dermvlm.bench.command import (add_compare_args, add_dermabench_args, run_compare,
                                    run_dermabench)
@@ -144,15 +144,18 @@ def _vlm_parsers(sub):
     p = sub.add_parser("describe", help="structured lesion report (JSON + readable) for an "
                        "image", description="Generate a structured lesion report with a "
                        "trained VLM; the JSON always validates against the report schema.")
-    p.add_argument("image", help="image file")
+    p.add_argument("images", nargs="+", metavar="image", help="image files or folders; with "
+                   "more than one image, one JSON line per report")
     p.add_argument("--model", default="default", help=VLM_HELP)
     p.add_argument("--json-only", action="store_true", help="print only the JSON")
+    p.add_argument("--out", help="write the reports as JSON lines to this file; images "
+                   "already in it are skipped (a stopped run resumes)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--method", choices=("constrained", "generate"), default="constrained",
                    help="constrained: decode the JSON under the schema on one KV cache (the "
                    "default, faster); generate: write it freely, then repair invalid fields")
     p.add_argument("--clip", help=CLIP_HELP)
-    p.add_argument("--int8", action="store_true", help="decode with int8 weights: about "
-                   "twice as fast on a CPU, at a small accuracy cost (docs/EXPERIMENTS.md)")
+    add_quantize_option(p)
     p.set_defaults(func=cmd_describe)
     c = sub.add_parser("chat", help="terminal chat about an image",
                        description="Chat about an image with a trained VLM (streamed). "
@@ -161,8 +164,7 @@ def _vlm_parsers(sub):
     c.add_argument("--model", default="default", help=VLM_HELP)
     c.add_argument("--max-new-tokens", type=positive_int, default=160)
     c.add_argument("--clip", help=CLIP_HELP)
-    c.add_argument("--int8", action="store_true", help="decode with int8 weights: about "
-                   "twice as fast on a CPU, at a small accuracy cost (docs/EXPERIMENTS.md)")
+    add_quantize_option(c)
     c.set_defaults(func=cmd_chat)
     e = sub.add_parser("merge-export", help="write a standard transformers LLaVA checkpoint",
                        description="Merge the LoRA adapter and write a LLaVA checkpoint that "
@@ -186,9 +188,10 @@ def _load_vlm_folder(spec):
 
 def _load_vlm(args):
     from dermvlm.imaging import open_image
-    open_image(args.image)                  # a bad file fails before the model loads
+    if hasattr(args, "image"):
+        open_image(args.image)              # a bad file fails before the model loads
     vlm = _load_vlm_folder(args.model)
-    vlm.decode_int8 = args.int8
+    vlm.decode_quantize = args.quantize
     return vlm
 
 
@@ -201,29 +204,101 @@ def _assistant(args):
         return None
     from dermvlm.imaging import open_image
     from dermvlm.serve import Assistant
-    open_image(args.image)                  # a bad file fails before the models load
-    return Assistant(embedded_or(args.model, "vlm"), clip, int8=args.int8)
+    if hasattr(args, "image"):
+        open_image(args.image)              # a bad file fails before the models load
+    return Assistant(embedded_or(args.model, "vlm"), clip, quantize=args.quantize)
 
 
 def cmd_describe(args):
-    from dermvlm.imaging import open_image
-    from dermvlm.report import render_report_text
-    from dermvlm.vlm.infer import describe
+    import json
+
+    from tqdm import tqdm
+
+    from dermvlm.imaging import collect_images, open_image
+    failures = []
+    paths = collect_images(args.images, failures)
+    done = _reports_done(args.out)
+    todo = [p for p in paths if str(p) not in done]
+    if not todo:
+        for path, reason in failures:
+            print(f"skipped: {path} ({reason})", file=sys.stderr)
+        if paths:
+            print(f"dermvlm describe: all {len(paths)} image(s) are already in {args.out}",
+                  file=sys.stderr)
+            return 0
+        raise DermvlmError("no images among the inputs")
+    one = len(paths) == 1 and not args.out
+    if one:
+        open_image(paths[0])                # a bad file fails before the models load
     assistant = _assistant(args)
+    vlm = assistant.vlm if assistant else _load_vlm(args)
+    out = open(args.out, "a", encoding="utf-8") if args.out else None
+    written = 0
+    try:
+        for path in tqdm(todo, desc="describe", unit="img", disable=args.quiet or one):
+            try:
+                report, repaired = _describe_one(args, assistant, vlm, path)
+            except DermvlmError as exc:              # an unreadable image: the rest go on
+                if one:
+                    raise
+                failures.append((str(path), str(exc).partition(": ")[2] or str(exc)))
+                continue
+            if one:
+                _print_report(report, repaired, args.json_only)
+                continue
+            line = json.dumps({"image": str(path), "report": json.loads(
+                report.model_dump_json()), "repaired": repaired})
+            print(line, file=out or sys.stdout, flush=True)
+            written += 1
+    finally:
+        if out:
+            out.close()
+    for path, reason in failures:
+        print(f"skipped: {path} ({reason})", file=sys.stderr)
+    if failures:
+        print(f"dermvlm describe: {written} report(s) written, {len(failures)} image(s) "
+              "could not be read (listed above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _reports_done(out):
+    """The images already reported in a JSON-lines file (a resumed run skips them)."""
+    import json
+    from pathlib import Path
+    done = set()
+    if out and Path(out).is_file():
+        for number, line in enumerate(Path(out).read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                done.add(json.loads(line)["image"])
+            except (ValueError, KeyError, TypeError):
+                raise DermvlmError(f"{out}, line {number}: not a report line from dermvlm "
+                                   "describe (expected JSON with an 'image' key)") from None
+    return done
+
+
+def _describe_one(args, assistant, vlm, path):
+    """(LesionReport, repaired fields) for one image file."""
+    from dermvlm.imaging import open_image
+    from dermvlm.vlm.infer import describe
+    image = open_image(path)
     if assistant is None:
-        report, _, repaired = describe(_load_vlm(args), args.image, method=args.method)
+        report, _, repaired = describe(vlm, image, method=args.method)
     else:
-        image = open_image(args.image)
         case = assistant.case(image, top_k=5)
-        report, _, repaired = describe(assistant.vlm, image, ood=case.verdict,
-                                       method=args.method, case=case)
+        report, _, repaired = describe(vlm, image, ood=case.verdict, method=args.method,
+                                       case=case)
+    return report, repaired
+
+
+def _print_report(report, repaired, json_only):
+    from dermvlm.report import render_report_text
     print(report.model_dump_json(indent=1))
-    if not args.json_only:
+    if not json_only:
         print()
         print(render_report_text(report))
         if repaired:
             print(f"(fields not taken as the model wrote them: {', '.join(repaired)})")
-    return 0
 
 
 def cmd_merge_export(args):

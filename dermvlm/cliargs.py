@@ -33,6 +33,16 @@ def add_config_args(parser):
                         " (repeatable)")
 
 
+def add_quantize_option(parser):
+    """--quantize for the commands that decode (chat, describe, the app): the weights of
+    dermvlm's CPU decode path (dermvlm.vlm.fastlm); their speed and accuracy cost are in
+    docs/EXPERIMENTS.md."""
+    parser.add_argument("--quantize", choices=("dynamic", "int8"), default=None,
+                        help="int8 weights on a CPU, at a small accuracy cost (default: fp32):"
+                        " dynamic (activations in int8 too; the fastest, reports included) or"
+                        " int8 (weight-only; chat replies)")
+
+
 def print_result(prog, compute, out=None, show=True):
     """Run `compute()` and print its JSON result (also written to `out`, its folder made);
     a DermvlmError becomes one line on stderr and exit code 2. The evaluation and fitting

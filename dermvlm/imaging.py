@@ -25,6 +25,21 @@ class ImageError(DataError):
     a server's temporary paths are not shown to a web visitor) and says why."""
 
 
+def collect_images(inputs, failures):
+    """Files named directly, plus image files under named folders (sorted); a name that does
+    not exist is added to `failures` as (path, reason)."""
+    paths = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.exists():
+            paths.append(path)
+        else:
+            failures.append((str(path), "no such file"))
+    return paths
+
+
 def open_image(source, max_bytes=MAX_FILE_BYTES, max_pixels=MAX_PIXELS, name=None):
     """An upright 8-bit RGB PIL image from a path, encoded bytes (a shard sample; `name` says
     which) or a PIL image (normalised the same way), or ImageError. Handles EXIF rotation,

@@ -60,10 +60,10 @@ class LesionReport(BaseModel):
     @model_validator(mode="after")
     def _answered_unless_abstained(self):
         abstained = self.out_of_distribution is not None and self.out_of_distribution.abstained
-        findings = [getattr(self, name) for name in self.model_fields
+        findings = [getattr(self, name) for name in type(self).model_fields
                     if name not in ("disclaimer", "out_of_distribution")]
         given = [bool(v) if name == "differential" else v is not None
-                 for name, v in zip(self.model_fields, findings)]
+                 for name, v in zip(type(self).model_fields, findings)]
         if abstained and any(given):
             raise ValueError("an abstained report gives no findings, differential, concern "
                              "or next step")

@@ -23,7 +23,7 @@ class Assistant:
     """Zero-shot classification, concept scores, chat and reports for one image at a time.
     Thread-safe for Gradio's worker threads (one lock around each model)."""
 
-    def __init__(self, vlm_folder=None, clip_spec=None, int8=False):
+    def __init__(self, vlm_folder=None, clip_spec=None, quantize=None):
         if vlm_folder is None or clip_spec is None:
             embedded.check_default()
         self.vlm_folder = str(vlm_folder or embedded.vlm_folder())
@@ -34,7 +34,7 @@ class Assistant:
         self.transform = eval_transform(model_cfg["vision_cfg"]["image_size"])
         self.trust = TrustModel.load(self.clip_spec)        # None: no OOD check, raw softmax
         self.vlm = DermVLM.from_pretrained(self.vlm_folder, vision=self._shared_tower(model))
-        self.vlm.decode_int8 = int8          # int8 weights when decoding (dermvlm.vlm.fastlm)
+        self.vlm.decode_quantize = quantize  # "int8"/"dynamic" weights (dermvlm.vlm.fastlm)
         self._clip_lock, self._vlm_lock = threading.Lock(), threading.Lock()
         self.warm_up()
         self.load_seconds = time.perf_counter() - started

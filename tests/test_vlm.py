@@ -203,6 +203,40 @@ def test_cached_choice_equals_scoring_each_candidate_from_scratch(synth, kind):
         assert torch.allclose(turn.last, reference.last, atol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["hf cache", "fastlm tree"])
+def test_a_one_token_favourite_wins_without_a_pass(synth, kind):
+    """With no forced text pending, a one-token candidate whose log-probability is the
+    highest first-token bound wins outright (its joint is that bound): choose runs no pass,
+    the token rides in the next one, and the turn ends where appending it would."""
+    from dermvlm.vlm.constrained import CachedTurn, FastTurn
+    from dermvlm.vlm.fastlm import FastLM
+    from dermvlm.vlm.infer import load_image, prompt_ids
+    vlm = _vlm().eval()
+    fast = FastLM(vlm.lm)
+
+    def new_turn():
+        prompt = prompt_ids(vlm, [{"role": "user", "content": "<image>\nReport."}], 0)
+        pixels = load_image(vlm, next((synth / "images").iterdir()))
+        turn = CachedTurn(vlm, prompt, pixels) if kind == "hf cache" else \
+            FastTurn(vlm, prompt, pixels, fast)
+        turn.append('{"x":"')
+        turn.length()                                 # the forced text has run
+        return turn
+    turn = new_turn()
+    one_token = {vlm.tokenizer.decode([i]): i for i in range(66, 92)}       # "a" .. "z"
+    favourite = max(one_token, key=lambda text: float(turn.last[one_token[text]]))
+    candidates = list(one_token) + ["plaque"]
+    runs = []
+    turn._run = lambda ids, run=turn._run: runs.append(ids) or run(ids)
+    turn._expand = lambda *a, expand=turn._expand: runs.append(a) or expand(*a)
+    assert turn.choose(candidates) == favourite
+    assert runs == []
+    reference = new_turn()
+    reference.append(favourite)
+    assert torch.allclose(turn.last, reference.last, atol=1e-4)
+    assert turn.length() == reference.length()
+
+
 def test_constrained_report_validates_and_needs_no_field_repair(synth):
     vlm = _vlm().eval()
     report, raw, repaired = describe(vlm, next((synth / "images").iterdir()))
@@ -791,3 +825,36 @@ def test_the_exported_chat_template_takes_typed_image_content_as_trained():
                                                        "content": f"{IMAGE_TOKEN}\nHi"}]) \
         == f"<|im_start|>user\n{IMAGE_TOKEN}\nHi<|im_end|>\n"
     assert multimodal_chat_template("no content here") == "no content here"
+
+
+def test_describe_cli_reports_a_folder_keeps_going_and_resumes(synth, tmp_path, capsys):
+    """`dermvlm describe FOLDER --out F`: one valid report line per readable image, the
+    unreadable one named with its reason (exit 1), and a second run adds nothing twice."""
+    from dermvlm.cli import main
+    tok = tiny_tokenizer()
+    tiny_lm(tok).save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    vanilla_open_clip_folder(tmp_path / "clip")
+    config = get_config("tiny", SMALL + [f"vlm.lm={tmp_path / 'lm'}",
+                                         f"vlm.vision={tmp_path / 'clip'}"]).vlm
+    build_vlm(config).save_pretrained(tmp_path / "vlm")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in sorted((synth / "images").iterdir())[:2]:
+        shutil.copy(path, folder / path.name)
+    (folder / "zz_broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "reports.jsonl"
+    args = ["describe", str(folder), "--model", str(tmp_path / "vlm"), "--out", str(out),
+            "--quiet"]
+    assert main(args) == 1
+    assert "zz_broken.jpg" in capsys.readouterr().err
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [Path(line["image"]).name for line in lines] == sorted(
+        p.name for p in folder.iterdir())[:2]
+    for line in lines:
+        LesionReport.model_validate(line["report"])
+    assert main(args) == 1                       # only the broken image is tried again
+    assert len(out.read_text().splitlines()) == 2
+    out.write_text(out.read_text() + "{not json\n")
+    assert main(args) == 2
+    assert f"{out}, line 3" in capsys.readouterr().err

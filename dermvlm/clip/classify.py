@@ -7,25 +7,10 @@ from tqdm import tqdm
 
 from dermvlm.clip.model import load_model
 from dermvlm.errors import DermvlmError
-from dermvlm.imaging import IMAGE_SUFFIXES, ImageError, eval_transform, open_image
+from dermvlm.imaging import ImageError, collect_images, eval_transform, open_image
 from dermvlm.trust import ABSTAIN_MESSAGE, TrustModel, concept_scaling, image_statistics
 from dermvlm.vocab import SKINCON_CONCEPTS
 from dermvlm.zeroshot import DERMLIP_TEMPLATES, ZeroShot
-
-
-def collect_images(inputs, failures):
-    """Files named directly, plus image files under named folders (sorted); a name that does
-    not exist is added to `failures` as (path, reason)."""
-    paths = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            paths += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.exists():
-            paths.append(path)
-        else:
-            failures.append((str(path), "no such file"))
-    return paths
 
 
 def read_labels(labels=None, labels_file=None):

@@ -83,6 +83,12 @@ class CachedTurn:
             bound = None
         else:
             bound = torch.tensor([float(self.last[t[0]]) for t in lists])
+            top = int(bound.argmax())
+            if len(lists[top]) == 1:
+                # a one-token candidate's joint log-probability is its bound, which no other
+                # candidate can exceed: it wins with no pass, and rides in the next one
+                self.append(lists[top])
+                return candidates[top]
             order = bound.argsort(descending=True).tolist()
             groups = [order[i:i + WHOLE_BATCH] for i in range(0, len(order), WHOLE_BATCH)]
         best = None                                   # (score, index, keep)
@@ -202,15 +208,19 @@ class FastTurn(CachedTurn):
             attend[0, first:end, past + first:past + end] = torch.ones(
                 len(lists[i]), len(lists[i]), dtype=torch.bool).tril()
         embeds = self.fast.embed(torch.tensor([tokens], device=self.vlm.device))
-        logp = self._logp(self.fast.forward(cache, embeds, positions=torch.tensor([positions]),
-                                            attend=attend)[0])           # (count, V)
+        hidden = self.fast.forward(cache, embeds, positions=torch.tensor([positions]),
+                                   attend=attend)[0]                     # (count, H)
+        # only the last forced token's and the branches' next-token logits are read: the LM
+        # head (the largest matrix) skips the rest of the forced text
+        skip = max(len(pre) - 1, 0)
+        logp = self._logp(hidden[skip:])                                 # (count - skip, V)
         for i, first in spans:
-            ids = lists[i]
+            ids, first = lists[i], first - skip
             # the first candidate token follows the last forced token, or the turn's logits
-            firsts = self.last[ids[0]] if not pre else logp[len(pre) - 1, ids[0]]
+            firsts = self.last[ids[0]] if not pre else logp[0, ids[0]]
             later = logp[torch.arange(first, first + len(ids) - 1), ids[1:]].sum()
-            yield i, float(firsts + later), self._keeper(past, len(pre), first, len(ids),
-                                                         logp[first + len(ids) - 1])
+            yield i, float(firsts + later), self._keeper(past, len(pre), first + skip,
+                                                         len(ids), logp[first + len(ids) - 1])
 
     def _keeper(self, past, forced, first, count, last):
         def keep():

@@ -5,22 +5,30 @@ Why: on a CPU, one decoding step is bounded by reading the weights once. HF's `g
 reads every matrix in the (out, in) layout, for which MKL's matrix-vector product runs on one
 core, and grows its cache token by token. Here
 - passes of many tokens (prefill) use the model's own fp32 weights, as HF does;
-- passes of one token (fp32) or a few (int8) use a copy of each matrix laid out for the
-  matrix-vector product: fp32 transposed (the same sums, rounding apart), or with
-  `quantize="int8"` int8 per output channel with bf16 activations (4x less to read; its
-  accuracy cost is measured in docs/EXPERIMENTS.md);
+- passes of one token (fp32) or a few (quantized) use a copy of each matrix laid out for
+  the matrix-vector product: fp32 transposed (the same sums, rounding apart), or quantized:
+  `"int8"` per output channel with bf16 activations (4x less to read), or `"dynamic"`: int8
+  weights and int8 activations quantized per pass (x86 int8 GEMM: the fastest here at every
+  pass length up to DYNAMIC_MAX_TOKENS); their speed and accuracy cost are measured in
+  docs/EXPERIMENTS.md (int4 weights were as fast as dynamic int8 and cost 16 points of VQA);
 - the q/k/v and gate/up matrices of that copy are fused, one product each;
 - the cache is written in place, and a pass may attend along any mask, so the structured
   report scores several candidate continuations in one row (a tree), with no cache copy.
 """
+import warnings
+
 import torch
 import torch.nn.functional as F
 
 from dermvlm.errors import DermvlmError
 
 SUPPORTED = ("llama", "mistral", "qwen2")
-QUANTIZE = (None, "int8")
+QUANTIZE = (None, "int8", "dynamic")
 INT8_MAX_TOKENS = 32     # int8 x bf16 beats fp32 GEMM up to about this many rows on a CPU
+# dynamic int8 (activations too) on passes up to this many tokens: a report's forced text and
+# a chat's new question; a prompt with the image (145 tokens for the default) prefills in
+# fp32, since quantizing it moved the VLM's own diagnosis on 6 of 10 held-out reports
+DYNAMIC_MAX_TOKENS = 128
 
 
 def unsupported(lm):
@@ -78,6 +86,17 @@ class KVCache:
         self.truncate(end)
 
 
+def _kernel_missing(quantize):
+    """What this torch lacks for `quantize`, or None."""
+    if quantize == "int8" and not hasattr(torch, "_weight_int8pack_mm"):
+        return "torch._weight_int8pack_mm (torch >= 2.4)"
+    if quantize == "dynamic" and not (
+            hasattr(torch, "quantize_per_channel")
+            and {"x86", "fbgemm"} & set(torch.backends.quantized.supported_engines)):
+        return "torch's x86 (fbgemm) quantized engine: an x86 CPU build of torch"
+    return None
+
+
 class _Linear:
     """Several nn.Linear of one input, fused along the output (q, k, v or gate, up)."""
 
@@ -88,7 +107,7 @@ class _Linear:
         self.sizes = [sum(sizes[sum(groups[:i]):sum(groups[:i + 1])])
                       for i in range(len(groups))]
         # a GPU's GEMM reads the (out, in) layout at full speed: no decode copy there
-        self.layout = None if not cpu else "int8" if quantize == "int8" else "transposed"
+        self.layout = None if not cpu else quantize or "transposed"
         if self.layout is None:
             return
         weight = torch.cat([m.weight.detach().float() for m in linears])       # (out, in)
@@ -98,6 +117,14 @@ class _Linear:
             scale = weight.abs().amax(1).clamp(min=1e-12) / 127
             self.int8 = (weight / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
             self.scale = scale.to(torch.bfloat16)
+        elif self.layout == "dynamic":        # fbgemm/x86 int8 x int8 GEMM, bias inside
+            scale = (weight.abs().amax(1).clamp(min=1e-12) / 127).double()
+            with warnings.catch_warnings():       # torch marks quantized tensors deprecated
+                warnings.simplefilter("ignore")
+                codes = torch.quantize_per_channel(weight, scale, torch.zeros_like(scale).long(),
+                                                   0, torch.qint8)
+                self.packed = torch.ops.quantized.linear_prepack(codes, self.bias)
+            self.bias = None
         else:
             self.transposed = weight.t().contiguous()                          # (in, out)
 
@@ -107,6 +134,11 @@ class _Linear:
         if self.layout == "int8" and rows <= INT8_MAX_TOKENS:
             y = torch._weight_int8pack_mm(x.reshape(rows, -1).to(torch.bfloat16), self.int8,
                                           self.scale).float().reshape(*x.shape[:-1], -1)
+        elif self.layout == "dynamic" and rows <= DYNAMIC_MAX_TOKENS:
+            # activations quantized per pass to 7 bits (reduce_range: no overflow in AVX2's
+            # 8-bit multiply-add), weights per output channel
+            y = torch.ops.quantized.linear_dynamic(x.reshape(rows, -1).float(), self.packed,
+                                                   True).reshape(*x.shape[:-1], -1)
         elif self.layout == "transposed" and rows == 1:
             y = (x.reshape(1, -1) @ self.transposed).reshape(*x.shape[:-1], -1)
         else:                                             # the model's own weights (GEMM)
@@ -137,8 +169,9 @@ class FastLM:
             raise DermvlmError(f"the fast inference path cannot run {reason}")
         if quantize not in QUANTIZE:
             raise DermvlmError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
-        if quantize == "int8" and not hasattr(torch, "_weight_int8pack_mm"):
-            raise DermvlmError("int8 decoding needs torch._weight_int8pack_mm (torch >= 2.4)")
+        missing = _kernel_missing(quantize)
+        if missing:
+            raise DermvlmError(f"{quantize} decoding needs {missing}")
         config = lm.config
         self.lm, self.quantize, self.device = lm, quantize, lm.device
         cpu = self.device.type == "cpu"
@@ -239,11 +272,11 @@ class FastLM:
 
 
 def for_vlm(vlm):
-    """The VLM's FastLM (made once; int8 weights when vlm.decode_int8 is set), or
+    """The VLM's FastLM (made once; quantized weights when vlm.decode_quantize is set), or
     None when its LM cannot run there or vlm.fast_decode is False (HF is used instead)."""
     if not getattr(vlm, "fast_decode", True):
         return None
-    quantize = "int8" if getattr(vlm, "decode_int8", False) else None
+    quantize = getattr(vlm, "decode_quantize", None)
     fast = getattr(vlm, "_fast_lm", None)
     if fast is None or fast.quantize != quantize:
         fast = None if unsupported(vlm.lm) else FastLM(vlm.lm, quantize)
