@@ -192,6 +192,8 @@ def _load_vlm(args):
         open_image(args.image)              # a bad file fails before the model loads
     vlm = _load_vlm_folder(args.model)
     vlm.decode_quantize = args.quantize
+    from dermvlm.vlm.fastlm import for_vlm
+    for_vlm(vlm)                            # a quantize this CPU cannot run fails here
     return vlm
 
 
@@ -214,7 +216,7 @@ def cmd_describe(args):
 
     from tqdm import tqdm
 
-    from dermvlm.imaging import collect_images, open_image
+    from dermvlm.imaging import ImageError, collect_images, open_image
     failures = []
     paths = collect_images(args.images, failures)
     done = _reports_done(args.out)
@@ -238,7 +240,7 @@ def cmd_describe(args):
         for path in tqdm(todo, desc="describe", unit="img", disable=args.quiet or one):
             try:
                 report, repaired = _describe_one(args, assistant, vlm, path)
-            except DermvlmError as exc:              # an unreadable image: the rest go on
+            except ImageError as exc:                # an unreadable image: the rest go on
                 if one:
                     raise
                 failures.append((str(path), str(exc).partition(": ")[2] or str(exc)))

@@ -14,6 +14,7 @@ from dermvlm.chat import REDIRECTS, analysis_line, question_kind
 from dermvlm.clip.model import load_model
 from dermvlm.imaging import eval_transform
 from dermvlm.trust import ABSTAIN_MESSAGE, TrustModel, concept_scaling
+from dermvlm.vlm.fastlm import for_vlm
 from dermvlm.vlm.infer import describe, generate
 from dermvlm.vlm.model import DermVLM, vision_weights_file
 from dermvlm.zeroshot import ZeroShot, zeroshot_findings
@@ -35,6 +36,9 @@ class Assistant:
         self.trust = TrustModel.load(self.clip_spec)        # None: no OOD check, raw softmax
         self.vlm = DermVLM.from_pretrained(self.vlm_folder, vision=self._shared_tower(model))
         self.vlm.decode_quantize = quantize  # "int8"/"dynamic" weights (dermvlm.vlm.fastlm)
+        # the decode weights are made at load, not on the first request (and a quantize
+        # this CPU cannot run fails here)
+        for_vlm(self.vlm)
         self._clip_lock, self._vlm_lock = threading.Lock(), threading.Lock()
         self.warm_up()
         self.load_seconds = time.perf_counter() - started
