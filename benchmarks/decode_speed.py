@@ -1,8 +1,9 @@
 """Decoding speed of the VLM at batch 1, in one run, side by side: HF `generate` (the model
 as loaded, fp32) against dermvlm's decode loop (dermvlm.vlm.fastlm) in fp32, int8 and
 dynamic int8, on the same model, the same prompt (an image and a chat padded to --prompt
-tokens) and the same number of new tokens. First-token latency cold (the whole prompt prefilled) and in a chat
-whose earlier turns are cached (only the new question prefilled, as the app does).
+tokens) and the same number of new tokens. First-token latency cold (the whole prompt
+prefilled) and in a chat whose earlier turns are cached (only the new question prefilled, as
+the app does).
 
     python -m benchmarks.decode_speed                 # embedded default, 600-token prompt
     python -m benchmarks.decode_speed --vlm runs/x/vlm --prompt 300 --new 64

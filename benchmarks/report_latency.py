@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
+from dermvlm.cliargs import add_quantize_option
 from dermvlm.embedded import checked_part
-from dermvlm.vlm.fastlm import QUANTIZE
 from dermvlm.vlm.infer import describe
 from dermvlm.vlm.model import DermVLM
 
@@ -44,7 +44,7 @@ def main(argv=None):
                                                 "examples"))
     parser.add_argument("--n", type=int, default=6, help="images")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quantize", choices=QUANTIZE[1:], help="weights on the fast path")
+    add_quantize_option(parser)
     parser.add_argument("--clip", help="CLIP folder for the app's report (default: the "
                         "embedded one when --vlm is not given)")
     args = parser.parse_args(argv)

@@ -187,9 +187,6 @@ def _load_vlm_folder(spec):
 
 
 def _load_vlm(args):
-    from dermvlm.imaging import open_image
-    if hasattr(args, "image"):
-        open_image(args.image)              # a bad file fails before the model loads
     vlm = _load_vlm_folder(args.model)
     vlm.decode_quantize = args.quantize
     from dermvlm.vlm.fastlm import for_vlm
@@ -204,10 +201,7 @@ def _assistant(args):
     clip = args.clip or (embedded_or("default", "clip") if args.model == "default" else None)
     if clip is None:
         return None
-    from dermvlm.imaging import open_image
     from dermvlm.serve import Assistant
-    if hasattr(args, "image"):
-        open_image(args.image)              # a bad file fails before the models load
     return Assistant(embedded_or(args.model, "vlm"), clip, quantize=args.quantize)
 
 
@@ -314,9 +308,9 @@ def cmd_merge_export(args):
 def cmd_chat(args):
     from dermvlm.imaging import open_image
     from dermvlm.vlm.infer import generate
+    image = open_image(args.image)          # a bad file fails before the models load
     assistant = _assistant(args)
     vlm = assistant.vlm if assistant else _load_vlm(args)
-    image = open_image(args.image)
     print("dermvlm chat: research tool, not a diagnosis. Empty line or /quit to stop.")
     messages = []
     while True:
