@@ -201,7 +201,7 @@ def main(argv=None):
     parser.add_argument("--model", dest="models", action="append", default=[],
                         metavar="NAME=VLM_FOLDER[|CLIP_SPEC]",
                         help="another model the selector offers (repeatable)")
-    add_quantize_option(parser)
+    add_quantize_option(parser, default="auto")
     args = parser.parse_args(argv)
     DECODE["quantize"] = args.quantize
     try:

@@ -30,7 +30,7 @@ def main(argv=None):
     parser.add_argument("--images", default=str(Path(__file__).parent.parent / "docs" /
                                                 "examples"))
     parser.add_argument("--max-new-tokens", type=int, default=256)
-    add_quantize_option(parser)
+    add_quantize_option(parser, default="auto")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     assistant = Assistant(args.vlm, args.clip, quantize=args.quantize)

@@ -1,7 +1,8 @@
 """Decoding speed of the VLM at batch 1, in one run, side by side: HF `generate` (the model
 as loaded, fp32) against dermvlm's decode loop (dermvlm.vlm.fastlm) in fp32, int8 and
-dynamic int8, on the same model, the same prompt (an image and a chat padded to --prompt
-tokens) and the same number of new tokens. First-token latency cold (the whole prompt
+dynamic int8 (also with drafts: dermvlm.vlm.drafts, the app's path with --quantize dynamic),
+on the same model, the same prompt (an image and a chat padded to --prompt tokens) and the
+same number of new tokens. First-token latency cold (the whole prompt
 prefilled) and in a chat whose earlier turns are cached (only the new question prefilled, as
 the app does).
 
@@ -15,6 +16,7 @@ import time
 import torch
 
 from dermvlm.embedded import checked_part
+from dermvlm.vlm.drafts import Drafter, store_for
 from dermvlm.vlm.fastlm import FastLM, decode
 from dermvlm.vlm.model import DermVLM
 
@@ -68,7 +70,8 @@ def main(argv=None):
         lambda: vlm.lm.generate(**run, max_new_tokens=1),
         lambda: vlm.lm.generate(**run, max_new_tokens=args.new, min_new_tokens=args.new),
         None)}
-    for quantize in (None, "int8", "dynamic"):
+    for quantize, drafts in ((None, False), ("int8", False), ("dynamic", False),
+                             ("dynamic", True)):
         fast = FastLM(vlm.lm, quantize)
         cache = fast.new_cache(1, len(ids) + args.new)
 
@@ -76,14 +79,16 @@ def main(argv=None):
             cache.truncate(start)
             return fast.logits(fast.forward(cache, embeds[:, start:])[:, -1])
 
-        def generate(fast=fast, cache=cache, prefill=prefill):
-            for _ in decode(fast, cache, prefill(), args.new, -1):
+        def generate(fast=fast, cache=cache, prefill=prefill, drafts=drafts):
+            drafter = Drafter(ids, store_for(vlm)) if drafts else None
+            for _ in decode(fast, cache, prefill(), args.new, -1, drafter=drafter):
                 pass
 
         def warm(cache=cache, prefill=prefill):
             prefill()                                     # the earlier turns, cached
             return timed(lambda: prefill(start=cached))
-        paths[f"dermvlm, {quantize or 'fp32'}"] = (prefill, generate, warm)
+        paths[f"dermvlm, {quantize or 'fp32'}{' + drafts' if drafts else ''}"] = (
+            prefill, generate, warm)
 
     # rounds interleave the paths, so that this machine's drift hits them alike; a path's
     # ratio to HF is the median of its per-round ratios
@@ -97,14 +102,14 @@ def main(argv=None):
     print(f"CPU, {args.threads} threads; batch 1; prompt {len(ids)} tokens "
           f"({vlm.num_image_tokens} image tokens); {args.new} new tokens; median of "
           f"{args.repeats} interleaved rounds")
-    print(f"{'':22s} {'tokens/s':>9s} {'vs HF':>6s} {'first token, cold':>18s} "
+    print(f"{'':25s} {'tokens/s':>9s} {'vs HF':>6s} {'first token, cold':>18s} "
           f"{'first token, chat cached':>25s}")
     for name, rounds in seconds.items():
         rate, first, warm = (statistics.median(x) if x[0] is not None else None
                              for x in zip(*rounds))
         ratio = statistics.median(r[0] / b for r, b in zip(rounds, base))
         warm_text = f"{warm * 1000:.0f} ms ({len(ids) - cached} new)" if warm else "-"
-        print(f"{name:22s} {rate:9.1f} {ratio:5.2f}x {first * 1000:15.0f} ms "
+        print(f"{name:25s} {rate:9.1f} {ratio:5.2f}x {first * 1000:15.0f} ms "
               f"{warm_text:>25s}")
 
 

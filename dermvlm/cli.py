@@ -155,7 +155,7 @@ def _vlm_parsers(sub):
                    help="constrained: decode the JSON under the schema on one KV cache (the "
                    "default, faster); generate: write it freely, then repair invalid fields")
     p.add_argument("--clip", help=CLIP_HELP)
-    add_quantize_option(p)
+    add_quantize_option(p, default="auto")
     p.set_defaults(func=cmd_describe)
     c = sub.add_parser("chat", help="terminal chat about an image",
                        description="Chat about an image with a trained VLM (streamed). "
@@ -164,7 +164,7 @@ def _vlm_parsers(sub):
     c.add_argument("--model", default="default", help=VLM_HELP)
     c.add_argument("--max-new-tokens", type=positive_int, default=160)
     c.add_argument("--clip", help=CLIP_HELP)
-    add_quantize_option(c)
+    add_quantize_option(c, default="auto")
     c.set_defaults(func=cmd_chat)
     e = sub.add_parser("merge-export", help="write a standard transformers LLaVA checkpoint",
                        description="Merge the LoRA adapter and write a LLaVA checkpoint that "

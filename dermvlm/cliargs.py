@@ -33,14 +33,16 @@ def add_config_args(parser):
                         " (repeatable)")
 
 
-def add_quantize_option(parser):
-    """--quantize for the commands that decode (chat, describe, the app): the weights of
-    dermvlm's CPU decode path (dermvlm.vlm.fastlm); their speed and accuracy cost are in
-    docs/EXPERIMENTS.md."""
-    parser.add_argument("--quantize", choices=("dynamic", "int8"), default=None,
-                        help="int8 weights on a CPU, at a small accuracy cost (default: fp32):"
-                        " dynamic (activations in int8 too; the fastest, reports included) or"
-                        " int8 (weight-only; chat replies)")
+def add_quantize_option(parser, default="none"):
+    """--quantize for the commands that decode: the weights of dermvlm's CPU decode path
+    (dermvlm.vlm.fastlm). The interactive commands (chat, describe, the app) default to
+    "auto"; evaluations to "none" (fp32). Speed and accuracy of each: docs/EXPERIMENTS.md."""
+    parser.add_argument("--quantize", choices=("auto", "none", "dynamic", "int8"),
+                        default=default,
+                        help=f"decode weights on a CPU (default: {default}): dynamic (int8 "
+                        "weights and activations, with drafts: the fastest; answers as good as "
+                        "fp32 on the held-out checks), int8 (weight-only), none (fp32), auto "
+                        "(dynamic on an x86 CPU, else fp32)")
 
 
 def print_result(prog, compute, out=None, show=True):

@@ -57,6 +57,15 @@ def check_default(root=DEFAULT_DIR):
     return manifest
 
 
+def record_file(path, root=DEFAULT_DIR):
+    """Add (or update) the sha256 of `path`, a file made inside the embedded default after
+    its build (e.g. the VLM's draft store), to the manifest."""
+    root, path = Path(root), Path(path)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["files"][str(path.resolve().relative_to(root.resolve()))] = sha256(path)
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
 def trained_on(root=DEFAULT_DIR):
     """One sentence saying what the embedded default was trained on (from its manifest)."""
     manifest_file = Path(root) / "manifest.json"

@@ -35,7 +35,8 @@ class Assistant:
         self.transform = eval_transform(model_cfg["vision_cfg"]["image_size"])
         self.trust = TrustModel.load(self.clip_spec)        # None: no OOD check, raw softmax
         self.vlm = DermVLM.from_pretrained(self.vlm_folder, vision=self._shared_tower(model))
-        self.vlm.decode_quantize = quantize  # "int8"/"dynamic" weights (dermvlm.vlm.fastlm)
+        # None/"none" (fp32), "int8", "dynamic" or "auto" weights (dermvlm.vlm.fastlm)
+        self.vlm.decode_quantize = quantize
         # the decode weights are made at load, not on the first request (and a quantize
         # this CPU cannot run fails here)
         for_vlm(self.vlm)

@@ -18,7 +18,8 @@ import sys
 import zlib
 from pathlib import Path
 
-from dermvlm.cliargs import OneLineParser, positive_int, print_result
+from dermvlm.cliargs import (OneLineParser, add_quantize_option, positive_int,
+                             print_result)
 
 SCRIPT = ("Describe this lesion.", "What is the most likely diagnosis?",
           "What are the differential diagnoses?", "Should I see a doctor about it?",
@@ -65,11 +66,13 @@ def build_parser():
     parser.add_argument("--real", action="append", default=[], help="labelled real images: a "
                         "folder of class subfolders or a manifest (repeatable)")
     parser.add_argument("--n", type=positive_int, default=50, help="images per set")
-    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="1: the app's own "
+                        "decoding path (a chat's cached prefix, drafts with --quantize dynamic)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=96)
     parser.add_argument("--transcripts", type=int, default=4, help="whole conversations "
                         "kept in the report")
     parser.add_argument("--out", help="write the report JSON here (also printed)")
+    add_quantize_option(parser)
     return parser
 
 
@@ -94,10 +97,11 @@ def evaluate(args):
     items = [(record, kind, spec) for spec, kind in sets
              for record in pick(labelled_records(spec), args.n)]
     vlm = embedded.vlm_folder() if args.model == "default" else args.model
-    assistant = Assistant(vlm, args.clip or embedded.clip_spec())
+    assistant = Assistant(vlm, args.clip or embedded.clip_spec(), quantize=args.quantize)
     conversations = converse(assistant, items, args.batch_size, args.max_new_tokens)
     scored = [score(c) for c in conversations]
-    return {"model": args.model, "sets": [s for s, _ in sets], "script": list(SCRIPT),
+    return {"model": args.model, "quantize": args.quantize, "sets": [s for s, _ in sets],
+            "script": list(SCRIPT),
             "conversations": len(scored), **summarise(scored),
             "refusals": refusal_suite(assistant),
             "transcripts": transcripts(conversations, args.transcripts)}

@@ -56,6 +56,7 @@ def test_shipped_default_classifies_chats_and_reports():
     from dermvlm.serve import Assistant
     assistant = Assistant()
     assert assistant.vlm.vision.visual is assistant.zeroshot.model.visual   # loaded once
+    assert len(assistant.vlm.draft_texts) > 100                 # its draft store, read
     image = open_image(next((Path(__file__).parent.parent / "docs" / "examples")
                              .glob("*.jpg")))
     diagnoses, concepts, verdict = assistant.classify(image)

@@ -9,8 +9,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 
 from dermvlm.errors import DermvlmError
 from dermvlm.vlm import infer
-from dermvlm.vlm.fastlm import (DYNAMIC_MAX_TOKENS, INT8_MAX_TOKENS, FastLM, choose_next,
-                                 decode, for_vlm, unsupported)
+from dermvlm.vlm.fastlm import (DYNAMIC_MAX_TOKENS, INT8_MAX_TOKENS, FastLM, _kernel_missing,
+                                 choose_next, decode, for_vlm, resolve_quantize, unsupported)
 
 SHAPE = dict(vocab_size=120, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
@@ -94,6 +94,14 @@ def test_quantized_weights_stay_close_to_fp32(quantize, tolerance):
     assert not torch.equal(step[0], step[1])     # the quantized weights were used
     with pytest.raises(DermvlmError, match="quantize must be"):
         FastLM(lm, quantize="int4")
+
+
+def test_auto_quantize_is_dynamic_int8_on_a_cpu_that_has_the_kernel():
+    expected = None if _kernel_missing("dynamic") else "dynamic"
+    assert resolve_quantize("auto", "cpu") == expected
+    assert resolve_quantize("auto", "cuda") is None            # a GPU decodes its own weights
+    assert resolve_quantize("none", "cpu") is None and resolve_quantize(None, "cpu") is None
+    assert resolve_quantize("int8", "cpu") == "int8"
 
 
 def test_sampling_follows_temperature_and_top_p():

@@ -309,6 +309,7 @@ def build_default(work="runs/build_default", out=DEFAULT_DIR, overrides=(), prog
     """Train and evaluate every part, then write the compact artefacts and the manifest.
     `warm_start`: a previous default's folder (clip/, vlm/) to continue from."""
     from dermvlm.clip.model import load_model
+    from train.drafts import drafts_stage
     work, out = Path(work), Path(out)
     if warm_start and not (Path(warm_start) / "clip").is_dir():
         raise DermvlmError(f"--warm-start {warm_start}: expected a default's folder with "
@@ -325,6 +326,8 @@ def build_default(work="runs/build_default", out=DEFAULT_DIR, overrides=(), prog
     _stage(f"writing {out}")
     tmp = package(clip, clip_cfg, work / "vlm2/model", out)
     trust = fit_trust_stage(work, tmp / "clip", progress)
+    _stage("draft store: the assistant's replies on SynthDerm (faster dynamic-int8 chat)")
+    drafts_stage(tmp / "vlm", str(tmp / "clip"), progress=progress)
     heldout = {"zeroshot": _zeroshot_summary(zeroshot), "vqa": vqa, "trust": trust}
     manifest = write_manifest(tmp, overrides, heldout, started, reused, warm_start)
     (tmp / "zeroshot_full.json").write_text(json.dumps(zeroshot, indent=1))

@@ -29,6 +29,10 @@ INT8_MAX_TOKENS = 32     # int8 x bf16 beats fp32 GEMM up to about this many row
 # a chat's new question; a prompt with the image (145 tokens for the default) prefills in
 # fp32, since quantizing it moved the VLM's own diagnosis on 6 of 10 held-out reports
 DYNAMIC_MAX_TOKENS = 128
+# draft tokens checked per decoding pass (dermvlm.vlm.drafts), by weight kind: only where a
+# pass of several tokens costs about what one does (dynamic: +13 % for 6 more tokens; fp32
+# and int8 weight-only passes cost 2-3x as much at a few tokens)
+DRAFT_TOKENS = {"dynamic": 6}
 
 
 def unsupported(lm):
@@ -180,6 +184,7 @@ class FastLM:
             raise DermvlmError(f"{quantize} decoding needs {missing}")
         config = lm.config
         self.lm, self.quantize, self.device = lm, quantize, lm.device
+        self.draft_tokens = DRAFT_TOKENS.get(quantize, 0) if self.device.type == "cpu" else 0
         cpu = self.device.type == "cpu"
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or \
@@ -277,12 +282,21 @@ class FastLM:
         return self.head(hidden)[0].float()
 
 
+def resolve_quantize(choice, device):
+    """A --quantize choice -> a QUANTIZE value: "auto" is dynamic int8 on a CPU with the x86
+    kernel (the fastest, and as accurate as fp32 on the held-out checks), else fp32."""
+    if choice == "auto":
+        cpu = torch.device(device).type == "cpu"
+        return "dynamic" if cpu and _kernel_missing("dynamic") is None else None
+    return None if choice == "none" else choice
+
+
 def for_vlm(vlm):
     """The VLM's FastLM (made once; quantized weights when vlm.decode_quantize is set), or
     None when its LM cannot run there or vlm.fast_decode is False (HF is used instead)."""
     if not getattr(vlm, "fast_decode", True):
         return None
-    quantize = getattr(vlm, "decode_quantize", None)
+    quantize = resolve_quantize(getattr(vlm, "decode_quantize", None), vlm.device)
     fast = getattr(vlm, "_fast_lm", None)
     if fast is None or fast.quantize != quantize:
         fast = None if unsupported(vlm.lm) else FastLM(vlm.lm, quantize)
@@ -305,14 +319,19 @@ def choose_next(logits, temperature=0.0, top_p=1.0, generator=None):
 
 @torch.inference_mode()
 def decode(fast, cache, logits, max_new_tokens, eos_ids, temperature=0.0, top_p=1.0,
-           generator=None, suppress=()):
+           generator=None, suppress=(), drafter=None):
     """Yield (B,) token ids, one step at a time, starting from the prompt's last logits
     (B, V). `eos_ids`: an id or ids that end a row; a row that has ended writes its first
     end id again (padding) until all have. `suppress`: ids never chosen (the LM's
-    generation_config.suppress_tokens, as HF `generate` applies them)."""
+    generation_config.suppress_tokens, as HF `generate` applies them). `drafter` (batch 1;
+    dermvlm.vlm.drafts.Drafter over the prompt): check its drafts, several tokens a pass."""
     eos = torch.tensor([eos_ids] if isinstance(eos_ids, int) else list(eos_ids),
                        device=logits.device)
     suppress = torch.tensor(list(suppress), dtype=torch.long, device=logits.device)
+    if drafter is not None and logits.shape[0] == 1:
+        yield from _drafted(fast, cache, logits, max_new_tokens, set(eos.tolist()),
+                            temperature, top_p, generator, suppress, drafter)
+        return
     done = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
     for step in range(max_new_tokens):
         logits[:, suppress] = -float("inf")
@@ -323,3 +342,64 @@ def decode(fast, cache, logits, max_new_tokens, eos_ids, temperature=0.0, top_p=
         if bool(done.all()) or step == max_new_tokens - 1 or cache.length >= cache.capacity:
             return
         logits = fast.logits(fast.forward(cache, fast.embed(token[:, None]))[:, -1])
+
+
+def _probs(logits, temperature, top_p):
+    """(V,) logits -> the (V,) distribution choose_next samples from."""
+    probs = (logits / temperature).softmax(-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        sorted_probs[sorted_probs.cumsum(-1) - sorted_probs > top_p] = 0
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return probs / probs.sum()
+
+
+def _verify(rows, draft, temperature, top_p, generator):
+    """(how many draft tokens the model keeps, its own next token after them). rows
+    (len(draft) + 1, V): the logits after the pending token and after each draft token.
+    Greedy: a draft token is kept while it is the argmax. Sampling: kept with the model's
+    probability of it, else the next token is drawn from the model's distribution without
+    it; this is exactly sampling from the model (speculative sampling, one-point draft)."""
+    if temperature <= 0:
+        best = rows.argmax(-1).tolist()
+        kept = 0
+        while kept < len(draft) and best[kept] == draft[kept]:
+            kept += 1
+        return kept, best[kept]
+    for kept, token in enumerate(draft):
+        probs = _probs(rows[kept], temperature, top_p)
+        if float(torch.rand((), generator=generator)) >= float(probs[token]):
+            probs[token] = 0
+            return kept, int(torch.multinomial(probs, 1, generator=generator))
+    probs = _probs(rows[len(draft)], temperature, top_p)
+    return len(draft), int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _drafted(fast, cache, logits, max_new_tokens, eos, temperature, top_p, generator,
+             suppress, drafter):
+    """decode at batch 1 with drafts: each pass runs the pending token and its draft; the
+    pending token is yielded before its pass, the draft tokens the model keeps after it.
+    At every yield the cache holds only tokens that are yielded (no rejected draft)."""
+    logits[:, suppress] = -float("inf")
+    pending = int(choose_next(logits, temperature, top_p, generator)[0])
+    produced = 0
+    while True:
+        produced += 1
+        yield torch.tensor([pending], device=logits.device)
+        if pending in eos or produced >= max_new_tokens or cache.length >= cache.capacity:
+            return
+        drafter.append(pending)
+        room = min(max_new_tokens - produced, cache.capacity - cache.length - 1)
+        draft = drafter.propose(min(fast.draft_tokens, room))
+        start = cache.length
+        ids = torch.tensor([[pending] + draft], device=logits.device)
+        rows = fast.logits(fast.forward(cache, fast.embed(ids))[0])     # (1 + draft, V)
+        rows[:, suppress] = -float("inf")
+        kept, pending = _verify(rows, draft, temperature, top_p, generator)
+        cache.truncate(start + 1 + kept)                # the rejected draft's slots are free
+        for token in draft[:kept]:
+            produced += 1
+            drafter.append(token)
+            yield torch.tensor([token], device=logits.device)
+            if token in eos or produced >= max_new_tokens:
+                return

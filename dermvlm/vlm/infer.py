@@ -105,17 +105,24 @@ def _prefilled(vlm, fast, ids, pixels):
 
 def _fast_tokens(vlm, fast, image, messages, max_new_tokens, temperature, top_p):
     """Yield the reply's token ids one by one (dermvlm's decode loop)."""
+    from dermvlm.vlm.drafts import Drafter, remember, store_for
     from dermvlm.vlm.fastlm import decode
     ids = prompt_ids(vlm, _as_messages(messages), max_new_tokens)
     cache, logits = _prefilled(vlm, fast, ids, load_image(vlm, image))
     stop = fast.stop_ids(vlm.tokenizer)
+    drafting = fast.draft_tokens > 0 and getattr(vlm, "draft_decode", True)
+    drafter = Drafter(ids, store_for(vlm)) if drafting else None
+    reply = []
     for token in decode(fast, cache, logits, max_new_tokens, stop, temperature, top_p,
-                        suppress=fast.suppressed()):
+                        suppress=fast.suppressed(), drafter=drafter):
         token = int(token[0])
         if token in stop:
-            return
+            break
         vlm._prompt_cache["ids"].append(token)        # the reply is in the cache too
+        reply.append(token)
         yield token
+    if drafting:
+        remember(vlm, reply)              # later replies draft from this one too
 
 
 def _text_pieces(tokenizer, tokens):
@@ -179,7 +186,12 @@ def generate(vlm, image, messages, max_new_tokens=128, temperature=0.0, top_p=1.
 @torch.no_grad()
 def generate_batch(vlm, images, questions, max_new_tokens=64, **generate_kwargs):
     """Greedy answers for several (image, question) pairs in one left-padded batch; a
-    question may also be a whole chat ([{"role", "content"}], ending with the user)."""
+    question may also be a whole chat ([{"role", "content"}], ending with the user). A batch
+    of one is the app's own path (generate: the chat's cached prefix, drafts)."""
+    if len(questions) == 1 and not generate_kwargs:
+        question = questions[0]
+        return [generate(vlm, images[0], question if isinstance(question, list) else
+                         [{"role": "user", "content": question}], max_new_tokens)]
     rows = [prompt_ids(vlm, _as_messages(q if isinstance(q, list) else
                                          [{"role": "user", "content": q}]), max_new_tokens)
             for q in questions]

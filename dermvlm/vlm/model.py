@@ -266,6 +266,7 @@ def load_vlm_folder(folder, device="cpu", dtype=torch.float32, lm=None, merge_lo
     import open_clip
     from transformers import AutoTokenizer
 
+    from dermvlm.vlm.drafts import read_drafts
     from dermvlm.vlm.lm import load_lm
     folder = Path(folder)
     meta_file = folder / "dermvlm_vlm.json"
@@ -295,4 +296,5 @@ def load_vlm_folder(folder, device="cpu", dtype=torch.float32, lm=None, merge_lo
         raise DermvlmError(f"{folder}: the LoRA adapter folder {folder / 'adapter'} is missing")
     vlm = DermVLM(config, VisionTower(vision).eval(), lm, tokenizer, meta["vision_cfg"])
     vlm.projector.load_state_dict(load_file(folder / "projector.safetensors"))
+    vlm.draft_texts = read_drafts(folder)     # replies to draft from (dermvlm.vlm.drafts)
     return vlm.to(device).eval()

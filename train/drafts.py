@@ -1,0 +1,80 @@
+"""Write a VLM folder's draft store (reply_drafts.json, dermvlm.vlm.drafts): the assistant's
+own greedy replies to common questions on SynthDerm images, decoded as the app decodes them.
+The replies a model gives do not depend on its store; its decoding speed with --quantize
+dynamic does.
+
+    python -m train.drafts                                  # the embedded default
+    python -m train.drafts --vlm runs/vlm2/model --clip runs/clip/model --images 24
+"""
+import sys
+
+from dermvlm.cliargs import OneLineParser, positive_int
+from dermvlm.vlm.drafts import read_drafts, write_drafts
+
+# the questions a store is made from: the kinds of question the chat was trained on (what,
+# which, how serious, what next, describe, the report), in wordings of their own
+QUESTIONS = ("What is the most likely diagnosis?", "Could it be something else?",
+             "Is this lesion dangerous?", "Should I see a doctor about it?",
+             "Can you describe the findings?", "What changes should worry me?",
+             "Describe this lesion as a structured JSON report.")
+
+
+def make_drafts(assistant, images, questions=QUESTIONS, max_new_tokens=256, progress=True):
+    """The assistant's greedy replies to `questions` on `images`, as the app asks them."""
+    from tqdm import tqdm
+
+    from dermvlm.vlm.infer import generate
+    replies = []
+    jobs = [(image, question) for image in images for question in questions]
+    for image, question in tqdm(jobs, desc="replies", disable=not progress):
+        _, _, messages = assistant.prepare_turn(image, [], question)
+        if not isinstance(messages, str):          # a ready answer needs no draft
+            replies.append(generate(assistant.vlm, image, messages, max_new_tokens))
+    return replies
+
+
+def synthderm_images(count, seed=20261130):
+    """`count` SynthDerm images (PIL), in memory, of a seed no build trains on."""
+    from dermvlm.config import SynthConfig
+    from dermvlm.synth.render import render
+    from dermvlm.synth.sample import sample_attributes
+    config = SynthConfig(n=count, seed=seed)
+    return [render(sample_attributes(config, i), config.size) for i in range(count)]
+
+
+def drafts_stage(vlm_folder, clip_spec, images=24, progress=True):
+    """Write vlm_folder's draft store from the models in vlm_folder and clip_spec. Replies
+    are decoded as the app decodes them (--quantize auto: dynamic int8 where this CPU has
+    the kernel), whose replies the store serves."""
+    from dermvlm.serve import Assistant
+    assistant = Assistant(vlm_folder, clip_spec, quantize="auto")
+    return write_drafts(vlm_folder, make_drafts(assistant, synthderm_images(images),
+                                                progress=progress))
+
+
+def main(argv=None):
+    parser = OneLineParser(
+        prog="python -m train.drafts",
+        description=__doc__.split("\n\n")[0] + " Without --vlm and --clip: the embedded "
+                    "default's, and its manifest records the new file.")
+    parser.add_argument("--vlm", help="VLM folder (default: the embedded default's)")
+    parser.add_argument("--clip", help="CLIP model whose analysis opens each chat (default: "
+                                       "the embedded default's)")
+    parser.add_argument("--images", type=positive_int, default=24,
+                        help="SynthDerm images to ask about")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    from dermvlm import embedded
+    if bool(args.vlm) != bool(args.clip):
+        parser.error("give both --vlm and --clip, or neither (the embedded default)")
+    if args.vlm is None:
+        embedded.check_default()
+    path = drafts_stage(args.vlm or embedded.vlm_folder(), args.clip or embedded.clip_spec(),
+                        args.images, progress=not args.quiet)
+    if args.vlm is None:
+        embedded.record_file(path)
+    print(f"{path}: {len(read_drafts(path.parent))} replies", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
