@@ -14,6 +14,7 @@ from dermvlm.chat import REDIRECTS, analysis_line, question_kind
 from dermvlm.clip.model import load_model
 from dermvlm.imaging import eval_transform
 from dermvlm.trust import ABSTAIN_MESSAGE, TrustModel, concept_scaling
+from dermvlm.vlm.drafts import store_for
 from dermvlm.vlm.fastlm import for_vlm
 from dermvlm.vlm.infer import describe, generate
 from dermvlm.vlm.model import DermVLM, vision_weights_file
@@ -40,6 +41,7 @@ class Assistant:
         # the decode weights are made at load, not on the first request (and a quantize
         # this CPU cannot run fails here)
         for_vlm(self.vlm)
+        store_for(self.vlm)                 # the draft store too (dermvlm.vlm.drafts)
         self._clip_lock, self._vlm_lock = threading.Lock(), threading.Lock()
         self.warm_up()
         self.load_seconds = time.perf_counter() - started

@@ -30,8 +30,8 @@ INT8_MAX_TOKENS = 32     # int8 x bf16 beats fp32 GEMM up to about this many row
 # fp32, since quantizing it moved the VLM's own diagnosis on 6 of 10 held-out reports
 DYNAMIC_MAX_TOKENS = 128
 # draft tokens checked per decoding pass (dermvlm.vlm.drafts), by weight kind: only where a
-# pass of several tokens costs about what one does (dynamic: +13 % for 6 more tokens; fp32
-# and int8 weight-only passes cost 2-3x as much at a few tokens)
+# pass of several tokens costs little more than one (dynamic: 7 tokens ~1.3x one; fp32 and
+# int8 weight-only passes of a few tokens cost 2-3x one)
 DRAFT_TOKENS = {"dynamic": 6}
 
 
