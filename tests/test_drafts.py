@@ -129,3 +129,5 @@ def test_the_build_step_writes_a_store_the_folder_then_loads(tmp_path):
     assert DermVLM.from_pretrained(tmp_path / "default/vlm").draft_texts == replies
     with pytest.raises(SystemExit):
         drafts.main(["--vlm", str(tmp_path / "default/vlm")])      # --clip missing
+    with pytest.raises(SystemExit, match="2"):                      # one line, exit 2
+        drafts.main(["--vlm", str(tmp_path / "none"), "--clip", str(tmp_path / "none")])

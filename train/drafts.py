@@ -65,12 +65,17 @@ def main(argv=None):
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     from dermvlm import embedded
+    from dermvlm.errors import DermvlmError
     if bool(args.vlm) != bool(args.clip):
         parser.error("give both --vlm and --clip, or neither (the embedded default)")
-    if args.vlm is None:
-        embedded.check_default()
-    path = drafts_stage(args.vlm or embedded.vlm_folder(), args.clip or embedded.clip_spec(),
-                        args.images, progress=not args.quiet)
+    try:
+        if args.vlm is None:
+            embedded.check_default()
+        path = drafts_stage(args.vlm or embedded.vlm_folder(),
+                            args.clip or embedded.clip_spec(), args.images,
+                            progress=not args.quiet)
+    except DermvlmError as exc:
+        parser.exit(2, f"{parser.prog}: {exc}\n")
     if args.vlm is None:
         embedded.record_file(path)
     print(f"{path}: {len(read_drafts(path.parent))} replies", file=sys.stderr)
