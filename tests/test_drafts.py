@@ -131,3 +131,17 @@ def test_the_build_step_writes_a_store_the_folder_then_loads(tmp_path):
         drafts.main(["--vlm", str(tmp_path / "default/vlm")])      # --clip missing
     with pytest.raises(SystemExit, match="2"):                      # one line, exit 2
         drafts.main(["--vlm", str(tmp_path / "none"), "--clip", str(tmp_path / "none")])
+
+
+def test_real_images_for_a_store_are_picked_by_name_not_folder_order(tmp_path):
+    from PIL import Image
+
+    from train.drafts import real_images
+    for label, name, shade in (("nevus", "b.jpg", 10), ("melanoma", "a.jpg", 200),
+                               ("nevus", "c.jpg", 90)):
+        (tmp_path / label).mkdir(exist_ok=True)
+        Image.new("RGB", (8, 8), (shade, shade, shade)).save(tmp_path / label / name)
+    picked = [image.getpixel((0, 0))[0] for image in real_images(tmp_path, 2)]
+    assert len(picked) == 2 and len(set(picked)) == 2
+    (tmp_path / "nevus" / "b.jpg").rename(tmp_path / "melanoma" / "b.jpg")   # relabelled
+    assert [image.getpixel((0, 0))[0] for image in real_images(tmp_path, 2)] == picked

@@ -326,8 +326,11 @@ def build_default(work="runs/build_default", out=DEFAULT_DIR, overrides=(), prog
     _stage(f"writing {out}")
     tmp = package(clip, clip_cfg, work / "vlm2/model", out)
     trust = fit_trust_stage(work, tmp / "clip", progress)
-    _stage("draft store: the assistant's replies on SynthDerm (faster dynamic-int8 chat)")
-    drafts_stage(tmp / "vlm", str(tmp / "clip"), progress=progress)
+    _stage("draft store: the assistant's replies on SynthDerm and isic9 train images")
+    real = work / "data/isic9/train"
+    drafts_stage(tmp / "vlm", str(tmp / "clip"),
+                 real=str(real) if (real / "manifest.jsonl").is_file() else None,
+                 progress=progress)
     heldout = {"zeroshot": _zeroshot_summary(zeroshot), "vqa": vqa, "trust": trust}
     manifest = write_manifest(tmp, overrides, heldout, started, reused, warm_start)
     (tmp / "zeroshot_full.json").write_text(json.dumps(zeroshot, indent=1))

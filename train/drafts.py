@@ -1,9 +1,9 @@
 """Write a VLM folder's draft store (reply_drafts.json, dermvlm.vlm.drafts): the assistant's
-own greedy replies to common questions on SynthDerm images, decoded as the app decodes them.
-The replies a model gives do not depend on its store; its decoding speed with --quantize
-dynamic does.
+own greedy replies to common questions on SynthDerm images (and real training images, with
+--real), decoded as the app decodes them. The replies a model gives do not depend on its
+store; its decoding speed with --quantize dynamic does.
 
-    python -m train.drafts                                  # the embedded default
+    python -m train.drafts --real runs/build_default/data/isic9/train   # the embedded default
     python -m train.drafts --vlm runs/vlm2/model --clip runs/clip/model --images 24
 """
 import sys
@@ -42,14 +42,27 @@ def synthderm_images(count, seed=20261130):
     return [render(sample_attributes(config, i), config.size) for i in range(count)]
 
 
-def drafts_stage(vlm_folder, clip_spec, images=24, progress=True):
-    """Write vlm_folder's draft store from the models in vlm_folder and clip_spec. Replies
-    are decoded as the app decodes them (--quantize auto: dynamic int8 where this CPU has
-    the kernel), whose replies the store serves."""
+def real_images(spec, count):
+    """`count` images of a labelled set (dermvlm.labelled: a manifest, or a folder of class
+    subfolders), picked by a hash of the file name (not by the folder's order)."""
+    import zlib
+    from pathlib import Path
+
+    from dermvlm.imaging import open_image
+    from dermvlm.labelled import labelled_records
+    records = sorted(labelled_records(spec), key=lambda r: zlib.crc32(Path(r.image).name.encode()))
+    return [open_image(r.image) for r in records[:count]]
+
+
+def drafts_stage(vlm_folder, clip_spec, images=24, real=None, real_count=12, progress=True):
+    """Write vlm_folder's draft store from the models in vlm_folder and clip_spec: replies on
+    `images` SynthDerm images and, given `real` (a labelled set the model trained on),
+    `real_count` of its images. Replies are decoded as the app decodes them (--quantize
+    auto: dynamic int8 where this CPU has the kernel), whose replies the store serves."""
     from dermvlm.serve import Assistant
     assistant = Assistant(vlm_folder, clip_spec, quantize="auto")
-    return write_drafts(vlm_folder, make_drafts(assistant, synthderm_images(images),
-                                                progress=progress))
+    pictures = synthderm_images(images) + (real_images(real, real_count) if real else [])
+    return write_drafts(vlm_folder, make_drafts(assistant, pictures, progress=progress))
 
 
 def main(argv=None):
@@ -62,6 +75,10 @@ def main(argv=None):
                                        "the embedded default's)")
     parser.add_argument("--images", type=positive_int, default=24,
                         help="SynthDerm images to ask about")
+    parser.add_argument("--real", help="real images the model was trained on (a manifest or "
+                        "a folder of class subfolders): their replies too, for real photos")
+    parser.add_argument("--real-images", type=positive_int, default=12,
+                        help="how many of --real to ask about")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     from dermvlm import embedded
@@ -72,8 +89,8 @@ def main(argv=None):
         if args.vlm is None:
             embedded.check_default()
         path = drafts_stage(args.vlm or embedded.vlm_folder(),
-                            args.clip or embedded.clip_spec(), args.images,
-                            progress=not args.quiet)
+                            args.clip or embedded.clip_spec(), args.images, args.real,
+                            args.real_images, progress=not args.quiet)
     except DermvlmError as exc:
         parser.exit(2, f"{parser.prog}: {exc}\n")
     if args.vlm is None:
