@@ -379,7 +379,8 @@ def _drafted(fast, cache, logits, max_new_tokens, eos, temperature, top_p, gener
              suppress, drafter):
     """decode at batch 1 with drafts: each pass runs the pending token and its draft; the
     pending token is yielded before its pass, the draft tokens the model keeps after it.
-    At every yield the cache holds only tokens that are yielded (no rejected draft)."""
+    The cache is cut back before any of them is yielded, so it never holds a rejected draft
+    token (a chat's next turn reuses it)."""
     logits[:, suppress] = -float("inf")
     pending = int(choose_next(logits, temperature, top_p, generator)[0])
     produced = 0
