@@ -108,6 +108,12 @@ def embedded_or(spec, part):
     return checked_part(part)
 
 
+def _print_skipped(failures):
+    """One stderr line per input that was not used: [(path, reason)]."""
+    for path, reason in failures:
+        print(f"skipped: {path} ({reason})", file=sys.stderr)
+
+
 def cmd_classify(args):
     from dermvlm.hub import check_model_spec
     args.model = embedded_or(args.model, "clip")
@@ -120,8 +126,7 @@ def cmd_classify(args):
                        batch_size=args.batch_size, progress=not args.quiet)
     for result in results:
         print("\n".join(result_lines(*result)))
-    for path, reason in failures:
-        print(f"skipped: {path} ({reason})", file=sys.stderr)
+    _print_skipped(failures)
     if args.out:
         write_predictions(results, args.out)
     if not results:
@@ -216,8 +221,7 @@ def cmd_describe(args):
     done = _reports_done(args.out)
     todo = [p for p in paths if str(p) not in done]
     if not todo:
-        for path, reason in failures:
-            print(f"skipped: {path} ({reason})", file=sys.stderr)
+        _print_skipped(failures)
         if paths:
             print(f"dermvlm describe: all {len(paths)} image(s) are already in {args.out}",
                   file=sys.stderr)
@@ -249,8 +253,7 @@ def cmd_describe(args):
     finally:
         if out:
             out.close()
-    for path, reason in failures:
-        print(f"skipped: {path} ({reason})", file=sys.stderr)
+    _print_skipped(failures)
     if failures:
         print(f"dermvlm describe: {written} report(s) written, {len(failures)} image(s) "
               "could not be read (listed above)", file=sys.stderr)

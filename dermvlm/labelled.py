@@ -41,6 +41,12 @@ def labelled_records(spec):
             for image, label in labelled_images(spec)]
 
 
+def pick_records(records, n):
+    """n records in a stable order that does not depend on the folder's layout (by a hash of
+    each image's file name)."""
+    return sorted(records, key=lambda r: zlib.crc32(Path(r.image).name.encode()))[:n]
+
+
 def held_out(path, fraction):
     """Whether an image is in the deterministic held-out `fraction` of its set (by a hash of
     its file name, so a set's split does not depend on what else is in it); 0 and 1 give

@@ -15,8 +15,6 @@ and the differential put the same condition first. A
 questions must not be. --transcripts N writes N whole conversations into the report.
 """
 import sys
-import zlib
-from pathlib import Path
 
 from dermvlm.cliargs import (OneLineParser, add_quantize_option, positive_int,
                              print_result)
@@ -81,21 +79,16 @@ def main(argv=None):
     return print_result("eval.chat", lambda: evaluate(args), args.out)
 
 
-def pick(records, n):
-    """n records in a stable order that does not depend on the folder's layout."""
-    return sorted(records, key=lambda r: zlib.crc32(Path(r.image).name.encode()))[:n]
-
-
 def evaluate(args):
     from dermvlm import embedded
-    from dermvlm.labelled import labelled_records
+    from dermvlm.labelled import labelled_records, pick_records
     from dermvlm.serve import Assistant
     sets = [(spec, "synth") for spec in args.synth] + [(spec, "real") for spec in args.real]
     if not sets:
         from dermvlm.errors import DermvlmError
         raise DermvlmError("give at least one --synth or --real image set")
     items = [(record, kind, spec) for spec, kind in sets
-             for record in pick(labelled_records(spec), args.n)]
+             for record in pick_records(labelled_records(spec), args.n)]
     vlm = embedded.vlm_folder() if args.model == "default" else args.model
     assistant = Assistant(vlm, args.clip or embedded.clip_spec(), quantize=args.quantize)
     conversations = converse(assistant, items, args.batch_size, args.max_new_tokens)

@@ -45,13 +45,9 @@ def synthderm_images(count, seed=20261130):
 def real_images(spec, count):
     """`count` images of a labelled set (dermvlm.labelled: a manifest, or a folder of class
     subfolders), picked by a hash of the file name (not by the folder's order)."""
-    import zlib
-    from pathlib import Path
-
     from dermvlm.imaging import open_image
-    from dermvlm.labelled import labelled_records
-    records = sorted(labelled_records(spec), key=lambda r: zlib.crc32(Path(r.image).name.encode()))
-    return [open_image(r.image) for r in records[:count]]
+    from dermvlm.labelled import labelled_records, pick_records
+    return [open_image(r.image) for r in pick_records(labelled_records(spec), count)]
 
 
 def drafts_stage(vlm_folder, clip_spec, images=24, real=None, real_count=12, progress=True):

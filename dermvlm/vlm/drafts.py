@@ -34,12 +34,21 @@ class NgramTable:
         self.tokens = 0
 
     def add(self, tokens):
-        index = len(self.sequences)
-        self.sequences.append(list(tokens))
-        for end in range(1, len(tokens)):             # n-grams ending before position `end`
-            for n in range(1, min(MAX_N, end) + 1):
-                self.follows[tuple(tokens[end - n:end])] = (index, end)
-        self.tokens += len(tokens)
+        """Index a new sequence; returns its index (extend it token by token)."""
+        self.sequences.append([])
+        index = len(self.sequences) - 1
+        for token in tokens:
+            self.extend(index, token)
+        return index
+
+    def extend(self, index, token):
+        """Append `token` to sequence `index`: the n-grams just before it now lead to it."""
+        tokens = self.sequences[index]
+        tokens.append(token)
+        end = len(tokens) - 1
+        for n in range(1, min(MAX_N, end) + 1):
+            self.follows[tuple(tokens[end - n:end])] = (index, end)
+        self.tokens += 1
 
     def after(self, gram, count):
         """Up to `count` tokens that followed `gram` (a tuple) last time, or []."""
@@ -56,15 +65,11 @@ class Drafter:
 
     def __init__(self, context, store=None):
         self.context = NgramTable()
-        self.context.add(list(context))
+        self.context.add(context)
         self.store = store
 
     def append(self, token):
-        tokens = self.context.sequences[0]
-        tokens.append(token)
-        end = len(tokens) - 1                          # the n-grams that `token` now follows
-        for n in range(1, min(MAX_N, end) + 1):
-            self.context.follows[tuple(tokens[end - n:end])] = (0, end)
+        self.context.extend(0, token)
 
     def propose(self, count):
         """Up to `count` draft tokens to follow the context."""

@@ -184,8 +184,8 @@ class FastLM:
             raise DermvlmError(f"{quantize} decoding needs {missing}")
         config = lm.config
         self.lm, self.quantize, self.device = lm, quantize, lm.device
-        self.draft_tokens = DRAFT_TOKENS.get(quantize, 0) if self.device.type == "cpu" else 0
         cpu = self.device.type == "cpu"
+        self.draft_tokens = DRAFT_TOKENS.get(quantize, 0) if cpu else 0
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or \
             config.hidden_size // config.num_attention_heads
@@ -304,16 +304,23 @@ def for_vlm(vlm):
     return fast
 
 
-def choose_next(logits, temperature=0.0, top_p=1.0, generator=None):
-    """(B, V) logits -> (B,) next tokens: greedy at temperature 0, else nucleus sampling."""
-    if temperature <= 0:
-        return logits.argmax(-1)
+def sampling_probs(logits, temperature, top_p):
+    """(..., V) logits -> the nucleus distribution (..., V) sampling draws from: softmax at
+    `temperature`, the likeliest tokens kept up to the first past `top_p`, normalised."""
     probs = (logits / temperature).softmax(-1)
     if top_p < 1.0:
         sorted_probs, order = probs.sort(-1, descending=True)
         drop = sorted_probs.cumsum(-1) - sorted_probs > top_p    # keep the first over top_p
         sorted_probs[drop] = 0
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return probs / probs.sum(-1, keepdim=True)
+
+
+def choose_next(logits, temperature=0.0, top_p=1.0, generator=None):
+    """(B, V) logits -> (B,) next tokens: greedy at temperature 0, else nucleus sampling."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = sampling_probs(logits, temperature, top_p)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
@@ -344,16 +351,6 @@ def decode(fast, cache, logits, max_new_tokens, eos_ids, temperature=0.0, top_p=
         logits = fast.logits(fast.forward(cache, fast.embed(token[:, None]))[:, -1])
 
 
-def _probs(logits, temperature, top_p):
-    """(V,) logits -> the (V,) distribution choose_next samples from."""
-    probs = (logits / temperature).softmax(-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        sorted_probs[sorted_probs.cumsum(-1) - sorted_probs > top_p] = 0
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return probs / probs.sum()
-
-
 def _verify(rows, draft, temperature, top_p, generator):
     """(how many draft tokens the model keeps, its own next token after them). rows
     (len(draft) + 1, V): the logits after the pending token and after each draft token.
@@ -367,11 +364,11 @@ def _verify(rows, draft, temperature, top_p, generator):
             kept += 1
         return kept, best[kept]
     for kept, token in enumerate(draft):
-        probs = _probs(rows[kept], temperature, top_p)
+        probs = sampling_probs(rows[kept], temperature, top_p)
         if float(torch.rand((), generator=generator)) >= float(probs[token]):
             probs[token] = 0
             return kept, int(torch.multinomial(probs, 1, generator=generator))
-    probs = _probs(rows[len(draft)], temperature, top_p)
+    probs = sampling_probs(rows[len(draft)], temperature, top_p)
     return len(draft), int(torch.multinomial(probs, 1, generator=generator))
 
 
