@@ -62,6 +62,21 @@ def train_transform(image_size):
         T.RandomHorizontalFlip(), T.RandomVerticalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
 
 
+def real_train_transform(image_size):
+    """Real photos: crops at several scales, the eight flips and right-angle turns (a lesion
+    has no up), mild colour jitter (lighting and device differ; the diagnosis does not
+    change), and some blur (phone focus). SynthDerm keeps `train_transform`: its colours are
+    labels."""
+    turn = T.RandomChoice([T.Lambda(lambda im, k=k: im.rotate(90 * k)) for k in range(4)])
+    return T.Compose([
+        T.RandomResizedCrop(image_size, scale=(0.5, 1.0), ratio=(0.8, 1.25),
+                            interpolation=T.InterpolationMode.BICUBIC),
+        turn, T.RandomHorizontalFlip(),
+        T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.15, hue=0.02),
+        T.RandomApply([T.GaussianBlur(5, sigma=(0.3, 1.5))], p=0.2),
+        T.ToTensor(), T.Normalize(MEAN, STD)])
+
+
 def sample_key(*parts):
     return zlib.crc32(repr(parts).encode())
 

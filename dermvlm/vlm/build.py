@@ -3,17 +3,20 @@
 import torch
 
 from dermvlm.errors import DermvlmError
-from dermvlm.vlm.model import DermVLM, VisionTower, add_image_token, load_vlm_folder
+from dermvlm.vlm.model import DermVLM, add_image_token, load_vlm_folder, vision_tower
 
 
 def vision_from_clip(spec):
-    """(VisionTower, vision-only model_cfg) from a CLIP model folder or spec."""
+    """(vision tower, vision-only model_cfg) from a CLIP model folder or spec."""
+    from open_clip.timm_model import TimmModel
+
     from dermvlm.clip.model import load_model
     model, model_cfg, _ = load_model(spec)
-    if not hasattr(model.visual, "_embeds"):
-        raise DermvlmError(f"{spec}: the VLM needs an open_clip VisionTransformer image tower")
-    return VisionTower(model.visual), {"embed_dim": model_cfg["embed_dim"],
-                                       "vision_cfg": model_cfg["vision_cfg"]}
+    if not hasattr(model.visual, "_embeds") and not isinstance(model.visual, TimmModel):
+        raise DermvlmError(f"{spec}: the VLM needs an open_clip VisionTransformer or timm "
+                           "(convolutional) image tower")
+    return vision_tower(model.visual), {"embed_dim": model_cfg["embed_dim"],
+                                        "vision_cfg": model_cfg["vision_cfg"]}
 
 
 def apply_lora(lm, config):

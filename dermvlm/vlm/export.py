@@ -65,6 +65,11 @@ def _check_exportable(vlm):
         raise DermvlmError("merge-export needs vlm.token_pool=1 (LLaVA has no token pooling)")
     if vlm.config.projector != "mlp2x_gelu":
         raise DermvlmError("merge-export needs the mlp2x_gelu projector (LLaVA's)")
+    if hasattr(visual, "trunk"):
+        raise DermvlmError("merge-export needs a ViT image tower: transformers' LLaVA reads "
+                           "a sequence of hidden states from its vision model, and a "
+                           "convolutional (timm EfficientNet) tower has none; serve this "
+                           "VLM with dermvlm (chat, describe, app) instead")
     if getattr(visual, "attn_pool", None) is not None or not hasattr(visual, "conv1"):
         raise DermvlmError("merge-export needs a plain open_clip ViT image tower")
 

@@ -47,6 +47,33 @@ class VisionTower(torch.nn.Module):
         return self.visual.transformer(x)        # (B, 1 + N, W)
 
 
+class ConvVisionTower(torch.nn.Module):
+    """The pooled feature, then the final feature map's positions, of an open_clip timm
+    (convolutional) tower (B, 1 + h*w, C). The pooled feature plays the class token: it is
+    what the CLIP head reads, so it carries what alignment learnt; the map keeps where."""
+
+    def __init__(self, visual):
+        super().__init__()
+        self.visual = visual
+        self.width = visual.trunk.num_features
+        self.image_size = visual.image_size[0]
+        with torch.no_grad():                        # h*w of the final map at this size
+            probe = visual.trunk.forward_features(torch.zeros(1, 3, self.image_size,
+                                                              self.image_size))
+        self.num_tokens = probe.shape[2] * probe.shape[3]
+
+    def forward(self, pixels):
+        fmap = self.visual.trunk.forward_features(pixels)        # (B, C, h, w)
+        tokens = fmap.flatten(2).transpose(1, 2)                 # (B, h*w, C)
+        return torch.cat([tokens.mean(1, keepdim=True), tokens], dim=1)
+
+
+def vision_tower(visual):
+    """The VLM's view of an open_clip image tower: a ViT's tokens or a conv tower's map."""
+    from open_clip.timm_model import TimmModel
+    return ConvVisionTower(visual) if isinstance(visual, TimmModel) else VisionTower(visual)
+
+
 def make_projector(kind, in_dim, out_dim):
     if check_choice("vlm.projector", kind) == "linear":
         return torch.nn.Linear(in_dim, out_dim)
@@ -278,7 +305,7 @@ def load_vlm_folder(folder, device="cpu", dtype=torch.float32, lm=None, merge_lo
         weights = load_file(vision_weights_file(folder))
         vision = open_clip.model._build_vision_tower(meta["vision_cfg"]["embed_dim"],
                                                      meta["vision_cfg"]["vision_cfg"])
-        VisionTower(vision).load_state_dict(
+        vision_tower(vision).load_state_dict(
             {k: v for k, v in weights.items() if k.startswith("visual.")})
     if lm is None:
         try:
@@ -294,7 +321,7 @@ def load_vlm_folder(folder, device="cpu", dtype=torch.float32, lm=None, merge_lo
             lm = lm.merge_and_unload()
     elif meta.get("has_adapter"):
         raise DermvlmError(f"{folder}: the LoRA adapter folder {folder / 'adapter'} is missing")
-    vlm = DermVLM(config, VisionTower(vision).eval(), lm, tokenizer, meta["vision_cfg"])
+    vlm = DermVLM(config, vision_tower(vision).eval(), lm, tokenizer, meta["vision_cfg"])
     vlm.projector.load_state_dict(load_file(folder / "projector.safetensors"))
     vlm.draft_texts = read_drafts(folder)     # replies to draft from (dermvlm.vlm.drafts)
     return vlm.to(device).eval()

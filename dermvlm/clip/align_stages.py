@@ -1,0 +1,160 @@
+"""The staged alignment run behind `python -m train.align`: build the tower, cache, fit the
+probe, train the stages, score each set's val and test split after each, save the model.
+
+Scores per set, in its own label space (DESIGN.md 5b), with 95 % bootstrap intervals that
+resample images: balanced accuracy, top-1, malignant (melanoma, BCC, SCC) vs the rest AUROC,
+melanoma vs nevus AUROC, and melanoma vs the rest AUROC.
+"""
+import json
+import sys
+
+import numpy as np
+import torch
+
+from dermvlm.bench.metrics import bootstrap_statistic_ci
+from dermvlm.clip.align import (StageConfig, TextTargets, embed_cached, pooled_features,
+                                sampling_weights, train_stage)
+from dermvlm.clip.cache import cut_to_pool
+from dermvlm.clip.evaluate import balanced_accuracy
+from dermvlm.ontology import find_condition
+from dermvlm.zeroshot import binary_auroc
+
+MELANOMA, NEVI = "melanoma", ("melanocytic nevus", "nevus")
+
+
+def set_scores(probs, truth, classes):
+    """Metrics of (N, C) class probabilities against truth indices, with intervals."""
+    probs, truth = np.asarray(probs, dtype=np.float64), np.asarray(truth)
+    malignant = np.array([find_condition(c).malignancy == "malignant" for c in classes])
+    predicted = probs.argmax(1)
+    out = {"n": int(len(truth)), "classes": len(classes),
+           "top1": round(float((predicted == truth).mean()), 4),
+           "balanced_accuracy": round(balanced_accuracy(predicted, truth), 4),
+           "balanced_accuracy_ci": _ci(lambda i: balanced_accuracy(predicted[i], truth[i]),
+                                       len(truth))}
+    if malignant.any() and not malignant.all():
+        score, positive = probs[:, malignant].sum(1), malignant[truth]
+        out.update(_auroc("malignant_auroc", score, positive))
+    if MELANOMA in classes:
+        mel = classes.index(MELANOMA)
+        out.update(_auroc("melanoma_auroc", probs[:, mel], truth == mel))
+        nevus = [classes.index(c) for c in NEVI if c in classes]
+        if nevus:
+            rows = (truth == mel) | (truth == nevus[0])
+            out.update(_auroc("melanoma_vs_nevus_auroc", probs[rows, mel],
+                              truth[rows] == mel))
+    return out
+
+
+def _auroc(key, score, positive):
+    value = binary_auroc(score, positive)
+    if value is None:
+        return {}
+    return {key: round(value, 4),
+            key + "_ci": _ci(lambda i: binary_auroc(score[i], positive[i]), len(score))}
+
+
+def _ci(statistic, n):
+    interval = bootstrap_statistic_ci(statistic, n)
+    return None if interval is None else [round(float(v), 4) for v in interval]
+
+
+def score_split(probs_by_set, items, classes):
+    """{set: metrics} from per-item probabilities (rows of `items`, grouped by set)."""
+    out = {}
+    for name in dict.fromkeys(n for n, _ in items):
+        rows = [i for i, (n, _) in enumerate(items) if n == name]
+        truth = [classes[name].index(items[i][1].label) for i in rows]
+        out[name] = set_scores(probs_by_set[name][rows], truth, list(classes[name]))
+    return out
+
+
+def zero_shot_probs(model, targets, cached, cut, items):
+    """{set: (N, C) softmax(100 * image @ classifier)} for every item (DermLIP's logits)."""
+    image = embed_cached(model, cached, cut)
+    return {name: (100.0 * image @ w).softmax(1).numpy()
+            for name, w in targets.classifiers.items()}
+
+
+def probe_scores(pooled, data, classes):
+    """Logistic regression on frozen ImageNet features, fitted per set on its own train
+    split (class-balanced), scored on its val and test splits."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    out = {"val": {}, "test": {}}
+    train_sets = [n for n, _ in data["train"]]
+    for name in classes:
+        rows = [i for i, n in enumerate(train_sets) if n == name]
+        labels = [data["train"][i][1].label for i in rows]
+        if len(set(labels)) < 2:
+            continue
+        scaler = StandardScaler().fit(pooled["train"][rows, 0])
+        fit = LogisticRegression(max_iter=2000, class_weight="balanced", C=0.5).fit(
+            scaler.transform(pooled["train"][rows, 0]),
+            [classes[name].index(label) for label in labels])
+        for split in ("val", "test"):
+            rows = [i for i, (n, _) in enumerate(data[split]) if n == name]
+            if not rows:
+                continue
+            probs = np.zeros((len(rows), len(classes[name])))
+            probs[:, fit.classes_] = fit.predict_proba(
+                scaler.transform(pooled[split][rows, 0]))
+            truth = [classes[name].index(data[split][i][1].label) for i in rows]
+            out[split][name] = set_scores(probs, truth, list(classes[name]))
+    return out
+
+
+def run_stages(args, work, data, classes, shares, cache):
+    from dermvlm.clip.model import build_model, save_model
+    from dermvlm.config import get_config
+    config = get_config("tiny", [f"clip.model={args.tower}", f"clip.image_size={args.image_size}",
+                                 "clip.text_proj=none", "clip.embed_dim=384"])
+    model, model_cfg, tokenizer = build_model(config.clip)
+    model.eval()
+    trunk, cut = model.visual.trunk, args.cut
+    caches = cache(model, args, work, data)
+    targets = TextTargets(model, tokenizer, classes,
+                          [r.captions or [f"A skin image of {r.label}."]
+                           for _, r in data["train"]])
+    meta = {"set_names": [n for n, _ in data["train"]],
+            "class_ids": np.array([classes[n].index(r.label) for n, r in data["train"]]),
+            "weights": sampling_weights([n for n, _ in data["train"]],
+                                        [r.label for _, r in data["train"]], shares)}
+    pooled = {split: pooled_features(trunk, caches[split], cut, progress=not args.quiet)
+              for split in ("train", "val", "test")}
+    report = {"tower": args.tower, "image_size": args.image_size, "cut": cut,
+              "images": {s: len(v) for s, v in data.items()}, "classes": classes,
+              "probe": probe_scores(pooled, data, classes), "stages": {}}
+    small = args.tiny
+    stages = [("frozen", StageConfig(steps=3 if small else args.frozen_steps, lr=2e-3,
+                                     batch_size=16 if small else 256)),
+              ("last", StageConfig(steps=2 if small else args.last_steps, lr=5e-4,
+                                   trunk_lr=1e-4, batch_size=8 if small else 96))]
+    for name, stage_cfg in stages:
+        if name == "frozen":
+            inputs = pooled["train"]
+            curve = train_stage(model, cut, list(model.visual.head.parameters()), inputs,
+                                model.visual.head, targets, meta, stage_cfg, not args.quiet)
+        else:
+            tail = ([p for block in trunk.blocks[cut:] for p in block.parameters()]
+                    + list(trunk.conv_head.parameters()) + list(trunk.bn2.parameters()))
+            trunk.eval()                  # BN statistics stay ImageNet's (module docstring)
+            curve = train_stage(model, cut, tail + list(model.visual.head.parameters()),
+                                caches["train"],
+                                lambda x: model.visual.head(cut_to_pool(trunk, x, cut)),
+                                targets, meta, stage_cfg, not args.quiet)
+        report["stages"][name] = {
+            "steps": stage_cfg.steps, "loss_first_last": [round(np.mean(curve[:10]), 4),
+                                                          round(np.mean(curve[-10:]), 4)],
+            **{split: score_split(zero_shot_probs(model, targets, caches[split], cut,
+                                                  data[split]), data[split], classes)
+               for split in ("val", "test")}}
+        print(f"stage {name}: " + json.dumps({k: v.get("balanced_accuracy") for k, v in
+                                              report["stages"][name]["test"].items()}),
+              file=sys.stderr)
+    save_model(model, model_cfg, work / "model", extra_config=config.to_dict())
+    report["summary"] = {stage: {name: {k: v for k, v in m.items() if not k.endswith("_ci")}
+                                 for name, m in r["test"].items()}
+                         for stage, r in [("probe", report["probe"])]
+                         + list(report["stages"].items())}
+    return report

@@ -1,0 +1,169 @@
+"""Align a pretrained EfficientNet-Lite tower with all-MiniLM-L6-v2 on the real sets of
+../shared/realdata and SynthDerm, in stages on cached features (dermvlm.clip.align):
+
+    python -m train.align --out runs/align/lite0 --synth runs/data/train --synth-test runs/data/test
+    python -m train.align --out runs/tiny --tiny          # a few images, a few steps (tests)
+
+Stages: "frozen" (the ImageNet trunk, only the CLIP head learns), then "last" (the trunk's
+blocks after --cut, its head conv and the CLIP head). A logistic-regression probe on the
+frozen ImageNet features of each set's own train split is reported beside them. Training
+uses every real train split (ham10000, isic2017, isic9 by its lesion-grouped recipe,
+pad-ufes-20) with every image of an evaluation lesion removed (realdata.held_out_ids);
+val and test splits are only encoded and scored. Writes OUT/model (a vanilla open_clip
+folder) and OUT/report.json (per set: balanced accuracy, malignant AUROC, ... with 95 %
+intervals, for the probe and after each stage). Caches and stage checkpoints in OUT are
+reused by a rerun.
+"""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dermvlm.cliargs import OneLineParser
+from dermvlm.errors import DermvlmError
+
+SHARES = {"ham10000": 0.3, "isic9": 0.2, "isic2017": 0.15, "pad-ufes-20": 0.2,
+          "synthderm": 0.15}
+
+
+def build_parser():
+    parser = OneLineParser(prog="python -m train.align", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="output folder (caches, model, report)")
+    parser.add_argument("--realdata", help="the shared realdata folder (default: "
+                        "../shared/realdata beside the project)")
+    parser.add_argument("--synth", help="SynthDerm train folder (dermvlm synth)")
+    parser.add_argument("--synth-test", help="SynthDerm held-out folder")
+    parser.add_argument("--tower", default="efficientnet-lite0",
+                        help="efficientnet-lite0 | efficientnet-lite1 | efficientnet-lite2")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--cut", type=int, default=4, help="trunk stage the cache stops at")
+    parser.add_argument("--views", type=int, default=3, help="augmented views per train image")
+    parser.add_argument("--frozen-steps", type=int, default=600)
+    parser.add_argument("--last-steps", type=int, default=1500)
+    parser.add_argument("--per-set", type=int, help="at most N images per set and split")
+    parser.add_argument("--tiny", action="store_true", help="8 images per set and split, "
+                        "a few steps: the whole path in seconds")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def gather(args, work):
+    """{split: [(set name, Record)]} of every set; train without evaluation lesions."""
+    from data_recipes.isic9 import main as isic9_recipe
+    from dermvlm.clip.data import load_records
+    from dermvlm.data.realdata import READERS, drop_leaks, held_out_ids, isic_id, read_set
+    realdata = Path(args.realdata) if args.realdata else None
+    from dermvlm.data.realdata import REALDATA
+    realdata = realdata or REALDATA
+    if not realdata.is_dir():
+        raise DermvlmError(f"{realdata}: not found (the shared realdata folder)")
+    sets = {}
+    for name in READERS:
+        records, rejects = read_set(name, realdata / name)
+        for row_id, reason in rejects:
+            print(f"{name}: rejected {row_id}: {reason}", file=sys.stderr)
+        sets[name] = records
+    isic9 = work / "isic9"
+    if not (isic9 / "report.json").is_file() and isic9_recipe(
+            ["--root", str(realdata / "isic9"), "--out", str(isic9)]) != 0:
+        raise DermvlmError(f"the isic9 recipe failed on {realdata / 'isic9'}")
+    sets["isic9"] = load_records(isic9.resolve())
+    if args.synth:
+        sets["synthderm"] = [r for r in load_records(args.synth) if r.label]
+        for r in sets["synthderm"]:
+            r.split = "train"
+    if args.synth_test:
+        test = [r for r in load_records(args.synth_test) if r.label]
+        for r in test:
+            r.split = "test"
+        sets.setdefault("synthderm", []).extend(test)
+    held_out, seen = held_out_ids(realdata), set()
+    out = {"train": [], "val": [], "test": []}
+    for name, records in sets.items():
+        for split in out:
+            chosen = [r for r in records if r.split == split]
+            if split == "train":
+                chosen, dropped = drop_leaks(chosen, held_out)
+                unique = []
+                for r in chosen:             # one copy of an ISIC image across the sets
+                    if isic_id(r) is None or isic_id(r) not in seen:
+                        seen.add(isic_id(r))
+                        unique.append(r)
+                if dropped or len(unique) < len(chosen):
+                    print(f"{name}: {len(dropped)} train images of evaluation lesions and "
+                          f"{len(chosen) - len(unique)} repeats left out", file=sys.stderr)
+                chosen = unique
+            limit = 8 if args.tiny else args.per_set
+            if limit:
+                rng = np.random.default_rng(0)
+                chosen = [chosen[i] for i in sorted(rng.permutation(len(chosen))[:limit])]
+            out[split] += [(name, r) for r in chosen]
+    out["train"].sort(key=lambda item: item[0] == "synthderm")   # real first (cache order)
+    return out
+
+
+def class_lists(data):
+    """{set: sorted classes} from the train and evaluation records together."""
+    classes = {}
+    for items in data.values():
+        for name, record in items:
+            classes.setdefault(name, set()).add(record.label)
+    return {name: tuple(sorted(c)) for name, c in classes.items()}
+
+
+def cache(model, args, work, data):
+    """{split: (N, V, C, h, w) float16 array} of the cut tensors. Train: the plain view and
+    --views augmented ones (SynthDerm's without colour jitter: its colours are labels);
+    val and test: the plain view. Train items must list real sets before SynthDerm."""
+    from dermvlm.clip.cache import cache_views
+    from dermvlm.clip.data import real_train_transform, train_transform
+    from dermvlm.imaging import eval_transform
+    size = args.image_size
+    plain, views = eval_transform(size), max(1, args.views)
+    groups = {"val": (data["val"], [plain]), "test": (data["test"], [plain]),
+              "train_real": ([i for i in data["train"] if i[0] != "synthderm"],
+                             [plain] + [real_train_transform(size)] * views),
+              "train_synth": ([i for i in data["train"] if i[0] == "synthderm"],
+                              [plain] + [train_transform(size)] * views)}
+    caches = {}
+    for group, (items, transforms) in groups.items():
+        if not items:
+            continue
+        file = work / f"cache_{group}.npy"
+        skipped = cache_views(model.visual.trunk, args.cut, [r.image for _, r in items],
+                              transforms, file, progress=not args.quiet)
+        for path in skipped:
+            print(f"skipped unreadable image {path}", file=sys.stderr)
+        caches[group] = np.load(file, mmap_mode="r")
+    parts = [caches.pop(g) for g in ("train_real", "train_synth") if g in caches]
+    caches["train"] = np.concatenate(parts) if len(parts) > 1 else np.asarray(parts[0])
+    return caches
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except DermvlmError as exc:
+        print(f"python -m train.align: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(args):
+    from dermvlm.clip.align_stages import run_stages
+    work = Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    data = gather(args, work)
+    counts = {s: len(v) for s, v in data.items()}
+    print(f"images: {counts}", file=sys.stderr)
+    report = run_stages(args, work, data, class_lists(data), SHARES, cache)
+    (work / "report.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps(report["summary"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
