@@ -41,6 +41,7 @@ class Case:
                                     # malignancy threshold (a benign top, a risky runner-up)
     risky: str | None = None        # the most probable malignant or premalignant condition
     findings: dict | None = None    # {"lesion_type", "colours", "modality"} seen in the image
+    scores: dict | None = None      # {diagnosis: calibrated probability} over every label
 
     @property
     def abstained(self):
@@ -64,7 +65,8 @@ class Case:
         level = MALIGNANCY_CONCERN[find_condition(differential[0][0]).malignancy]
         raised = threshold is not None and risky >= threshold and level == "low"
         return cls(differential, float(risky), "moderate" if raised else level, verdict,
-                   raised, labels[risky_rows[0]] if risky_rows else None, findings)
+                   raised, labels[risky_rows[0]] if risky_rows else None, findings,
+                   {label: float(p) for label, p in zip(labels, probs)})
 
 
 # ---- what a reply says ----------------------------------------------------------------

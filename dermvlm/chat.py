@@ -60,12 +60,14 @@ _SKIN = re.compile(r"\b(skin|lesions?|spots?|moles?|rash\w*|bumps?|patch\w*|mark
                    r"cancer\w*|malignan\w*|benign|melanoma|nevus|colou?rs?|borders?|shape|"
                    r"surface|itch\w*|bleed\w*|biopsy|concern\w*|worr\w*|serious|urgent\w*|"
                    r"describe|findings?|image|photo|picture|raised|flat|size|big|"
-                   r"spread\w*|symptoms?|conditions?|watch (for|out)|look out)\b", re.I)
+                   r"spread\w*|symptoms?|conditions?|watch (for|out)|look out|how soon|"
+                   r"what should i do)\b", re.I)
 _REFERS = re.compile(r"\b(it|its|this|that|these|those|they|why|else)\b", re.I)
 _KINDS = (("differential", r"differential|what else|something else|other (conditions|"
            r"possibilit|diagnos)|could it be"),
           ("watch", r"watch|changes? should|look out"),
-          ("advice", r"doctor|dangerous|worr|urgent|serious|need to|should i|is it cancer"),
+          ("advice", r"doctor|dangerous|worr|urgent|serious|need to|should i|is it cancer|"
+           r"how soon"),
           ("why", r"\bwhy\b|makes you say|how do you know|reason"),
           ("diagnosis", r"diagnos|what (is|could) (this|it)|what do you think|what .* lesion is"),
           ("describe", r"describe|what do you see|look like|findings"))

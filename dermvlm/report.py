@@ -14,6 +14,11 @@ LesionType = Literal[vocab.LESION_TYPES]
 Colour = Literal[vocab.COLOURS]
 Surface = Literal[vocab.SURFACES]
 Secondary = Literal[vocab.SECONDARY_CHANGES]
+# a finding the image cannot show (a dermoscopic close-up has no scale and no body around
+# it): set from the image's case, never decoded
+NOT_ASSESSABLE = "not assessable"
+# fields the app's case fills in, not the model
+CASE_FIELDS = ("modality",)
 
 
 class DifferentialItem(BaseModel):
@@ -42,33 +47,37 @@ class LesionReport(BaseModel):
     border_regularity: Optional[Literal[vocab.BORDER_REGULARITY]]
     border_definition: Optional[Literal[vocab.BORDER_DEFINITION]]
     shape: Optional[Literal[vocab.SHAPES]]
-    size: Optional[Literal[vocab.SIZES]]
-    size_mm_estimate: Optional[float] = Field(gt=0.0, le=200.0)
+    size: Optional[Literal[vocab.SIZES + (NOT_ASSESSABLE,)]]
+    size_mm_estimate: Optional[float] = Field(gt=0.0, le=200.0)   # None when not assessable
     count: Optional[Literal[vocab.COUNTS]]
     distribution: Optional[Literal[vocab.DISTRIBUTIONS]]
     surface_features: Optional[List[Surface]] = Field(min_length=1)
     secondary_changes: Optional[List[Secondary]] = Field(min_length=1)
-    body_site: Optional[Literal[vocab.BODY_SITES]]
+    body_site: Optional[Literal[vocab.BODY_SITES + (NOT_ASSESSABLE,)]]
     image_quality: Optional[Literal[vocab.IMAGE_QUALITY]]
     differential: List[DifferentialItem] = Field(max_length=5)
     malignancy_concern: Optional[Literal[vocab.MALIGNANCY_CONCERNS]]
     suggested_next_step: Optional[Literal[vocab.NEXT_STEPS]]
     disclaimer: str = DISCLAIMER
+    # the modality the app judged the image to be (its case); absent in ground truth
+    modality: Optional[Literal[vocab.MODALITIES]] = None
     # absent in ground truth; set by describe when the model has an OOD reference
     out_of_distribution: Optional[OutOfDistribution] = None
 
     @model_validator(mode="after")
     def _answered_unless_abstained(self):
         abstained = self.out_of_distribution is not None and self.out_of_distribution.abstained
-        findings = [getattr(self, name) for name in type(self).model_fields
-                    if name not in ("disclaimer", "out_of_distribution")]
-        given = [bool(v) if name == "differential" else v is not None
-                 for name, v in zip(type(self).model_fields, findings)]
+        names = [name for name in type(self).model_fields
+                 if name not in ("disclaimer", "out_of_distribution") + CASE_FIELDS]
+        findings = [getattr(self, name) for name in names]
+        given = [bool(v) if name == "differential" else
+                 v is not None or (name == "size_mm_estimate" and self.size == NOT_ASSESSABLE)
+                 for name, v in zip(names, findings)]
         if abstained and any(given):
             raise ValueError("an abstained report gives no findings, differential, concern "
                              "or next step")
         if not abstained and not all(given):
-            missing = [n for n, g in zip(self.model_fields, given) if not g]
+            missing = [n for n, g in zip(names, given) if not g]
             raise ValueError(f"a report needs every field (missing: {', '.join(missing)}); "
                              "the differential has 1-5 items")
         return self
@@ -92,6 +101,8 @@ def field_choices():
     from a closed vocabulary, in schema order, read off the schema itself."""
     choices = {}
     for name, field in LesionReport.model_fields.items():
+        if name in CASE_FIELDS:
+            continue
         annotation = field.annotation
         if type(None) in get_args(annotation):                      # Optional[...]
             annotation = next(a for a in get_args(annotation) if a is not type(None))
@@ -99,7 +110,8 @@ def field_choices():
         if is_list:
             annotation = get_args(annotation)[0]
         if get_origin(annotation) is Literal:
-            choices[name] = (get_args(annotation), is_list)
+            choices[name] = (tuple(v for v in get_args(annotation) if v != NOT_ASSESSABLE),
+                             is_list)
     return choices
 
 
@@ -137,10 +149,13 @@ def render_report_text(report):
         f"Lesions: {', '.join(report.elementary_lesions)} ({report.count}, {report.distribution})",
         f"Colour: {', '.join(report.colours)}; border {report.border_regularity}, "
         f"{report.border_definition}; shape {report.shape}",
-        f"Size: {report.size} (~{report.size_mm_estimate:g} mm); site: {report.body_site}",
+        (f"Size: {report.size} (~{report.size_mm_estimate:g} mm); site: {report.body_site}"
+         if report.size_mm_estimate is not None else
+         f"Size: {report.size}; site: {report.body_site} (no scale or body in the image)"),
         f"Surface: {', '.join(report.surface_features)}; secondary: "
         f"{', '.join(report.secondary_changes)}",
-        f"Image quality: {report.image_quality}",
+        f"Image quality: {report.image_quality}" + (
+            f"; judged a {report.modality} image" if report.modality else ""),
         "Differential: " + "; ".join(f"{d.diagnosis} ({d.likelihood:.0%})"
                                      for d in report.differential),
         f"Malignancy concern: {report.malignancy_concern}. Next step: "

@@ -9,8 +9,9 @@ from pathlib import Path
 from PIL import Image
 
 from dermvlm import embedded
-from dermvlm.case import Case, checked_reply
-from dermvlm.chat import REDIRECTS, analysis_line, question_kind
+from dermvlm.case import Case
+from dermvlm.chat import REDIRECTS, analysis_line
+from dermvlm.replies import composed, stream_vetted, turn_kind
 from dermvlm.clip.model import load_model
 from dermvlm.imaging import eval_transform
 from dermvlm.trust import ABSTAIN_MESSAGE, TrustModel, concept_scaling
@@ -102,33 +103,33 @@ class Assistant:
 
     def chat(self, image, history, message, max_new_tokens=160):
         """Stream the reply to `message` given earlier [{"role", "content"}] turns: yields the
-        growing reply text. Questions outside the image get a redirect; the model reasons
-        from the image's case, and the last text yielded is the reply held to it
-        (dermvlm.case.checked_reply)."""
+        growing reply text, every yield extending the last. Questions outside the image get
+        a redirect; claim questions (diagnosis, benign or malignant, differential, urgency,
+        comparisons) are answered from the image's case (dermvlm.replies.composed); the
+        model words the rest, streamed a sentence at a time once each sentence is checked
+        against the case (dermvlm.replies.stream_vetted)."""
         kind, case, messages = self.prepare_turn(image, history, message)
         if isinstance(messages, str):
             yield messages
             return
         with self._vlm_lock:
-            reply = ""
-            for piece in generate(self.vlm, image, messages, stream=True,
-                                  max_new_tokens=max_new_tokens):
-                reply += piece
-                yield reply
-        checked = checked_reply(kind, reply.strip(), case)
-        if checked != reply.strip():
-            yield checked
+            pieces = generate(self.vlm, image, messages, stream=True,
+                              max_new_tokens=max_new_tokens)
+            yield from stream_vetted(pieces, case, kind)
 
     def prepare_turn(self, image, history, message, case=None):
         """(question kind, case, the messages for the model), or with a ready answer (a
-        redirect, or the abstention) in place of the messages. eval.chat runs the same
-        steps, batched."""
-        kind = question_kind(message)
+        redirect, the abstention, or a reply composed from the case) in place of the
+        messages. eval.chat runs the same steps, batched."""
+        kind = turn_kind(message)
         if kind in REDIRECTS:
             return kind, None, REDIRECTS[kind]
         case = case or self.case(image)
         if case.abstained:
             return kind, case, ABSTAIN_MESSAGE
+        ready = composed(kind, case, message)
+        if ready is not None:
+            return kind, case, ready
         messages = [{"role": "system", "content": analysis_line(case.differential)}]
         messages += [{"role": m["role"], "content": str(m["content"])} for m in history
                      if m.get("role") in ("user", "assistant")]

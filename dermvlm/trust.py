@@ -211,6 +211,6 @@ def encode_images(zeroshot, transform, paths, batch_size=128, progress=False):
                                                                 for _, im in images])))
             pixels += [image_statistics(im) for _, im in images]
             kept += [str(p) for p, _ in images]
-    dim = zeroshot.model.visual.output_dim if hasattr(zeroshot.model, "visual") else 0
+    dim = getattr(getattr(zeroshot.model, "visual", None), "output_dim", 0)
     return (torch.cat(features) if features else torch.empty(0, dim),
             torch.stack(pixels) if pixels else torch.empty(0), kept)

@@ -4,7 +4,11 @@ pipeline (dermvlm.serve.Assistant: the image's case, the model, the consistency 
     python -m eval.chat --model default --synth runs/data/seed1 \\
         --real ../shared/realdata/isic9/Test --n 50 --out runs/eval/chat.json
 
-Per conversation it scores: the advice turn agrees with the malignancy of the diagnosis the
+Per conversation it counts contradictions (dermvlm.consistency): within a reply, between
+turns, and between the chat and the image's structured report; it scores the
+benign-or-malignant answer against the truth, the truth in the case's top 3, and the report's
+concern (raised for malignant truths: sensitivity; low for benign ones: specificity). It also
+scores: the advice turn agrees with the malignancy of the diagnosis the
 chat stated first (and, before the check, as the model wrote it), and with the concern the
 diagnosis turn states in all (a benign first diagnosis with a risky one "not excluded" is a
 concern); the description names the true lesion type and a true colour (SynthDerm, where they
@@ -19,9 +23,10 @@ import sys
 from dermvlm.cliargs import (OneLineParser, add_quantize_option, positive_int,
                              print_result)
 
-SCRIPT = ("Describe this lesion.", "What is the most likely diagnosis?",
-          "What are the differential diagnoses?", "Should I see a doctor about it?",
-          "Why do you think so?")
+SCRIPT = ("Describe this lesion.", "Is this lesion benign or malignant?",
+          "What is the most likely diagnosis?", "What are the differential diagnoses?",
+          "How is it different from melanoma?", "Should I see a doctor about it?",
+          "What should I do, and how soon?", "Why do you think so?")
 # none of these is among dermvlm.chat's training examples
 OFF_TOPIC = (
     "What is the capital of Australia?", "Can you recommend a good pizza place?",
@@ -69,6 +74,8 @@ def build_parser():
     parser.add_argument("--max-new-tokens", type=positive_int, default=96)
     parser.add_argument("--transcripts", type=int, default=4, help="whole conversations "
                         "kept in the report")
+    parser.add_argument("--no-reports", action="store_true", help="skip the structured "
+                        "report per image (and the chat-vs-report check)")
     parser.add_argument("--out", help="write the report JSON here (also printed)")
     add_quantize_option(parser)
     return parser
@@ -92,6 +99,13 @@ def evaluate(args):
     vlm = embedded.vlm_folder() if args.model == "default" else args.model
     assistant = Assistant(vlm, args.clip or embedded.clip_spec(), quantize=args.quantize)
     conversations = converse(assistant, items, args.batch_size, args.max_new_tokens)
+    if not args.no_reports:
+        from tqdm import tqdm
+
+        from dermvlm.vlm.infer import describe
+        for chat in tqdm(conversations, desc="reports", unit="image"):
+            chat["report"] = describe(assistant.vlm, chat["image"], ood=chat["case"].verdict,
+                                      case=chat["case"])[0]
     scored = [score(c) for c in conversations]
     return {"model": args.model, "quantize": args.quantize, "sets": [s for s, _ in sets],
             "script": list(SCRIPT),
@@ -104,8 +118,8 @@ def converse(assistant, items, batch_size, max_new_tokens):
     """Run SCRIPT on every image, turn by turn, in batches: [{record, kind, case, turns}]."""
     from tqdm import tqdm
 
-    from dermvlm.case import checked_reply
     from dermvlm.imaging import open_image
+    from dermvlm.replies import vetted
     from dermvlm.vlm.infer import generate_batch
     out = []
     for start in tqdm(range(0, len(items), batch_size), desc="chats", unit="batch"):
@@ -132,7 +146,7 @@ def converse(assistant, items, batch_size, max_new_tokens):
                                          [m for _, _, m in waiting], max_new_tokens)
                 for (chat, turn, _), reply in zip(waiting, replies):
                     turn["raw"] = reply
-                    turn["reply"] = checked_reply(turn["kind"], reply, chat["case"])
+                    turn["reply"] = vetted(reply, chat["case"], turn["kind"])
         out += batch
     return out
 
@@ -169,6 +183,7 @@ def score(chat):
                   stated and differential and differential[0] == stated.name),
               "hedged": all("not a diagnosis" in turns[k]["reply"]
                             for k in ("diagnosis", "advice"))}
+    result.update(consistency(chat, truth))
     attrs = record.meta.get("attributes")
     if attrs:
         names_type, names_colour = _names_findings(turns["describe"]["reply"], attrs)
@@ -177,6 +192,41 @@ def score(chat):
         result["raw_describes_type_and_colour"] = all(
             _names_findings(turns["describe"]["raw"], attrs))
     return result
+
+
+def consistency(chat, truth):
+    """Contradictions (within a reply, with an earlier turn, with the report), the
+    benign-or-malignant turn against the truth, the truth in the case's top 3, and whether
+    the report raises the concern."""
+    from dermvlm.consistency import (read_claims, report_contradictions,
+                                     self_contradictions, turn_contradictions)
+    claims = [read_claims(t["reply"]) for t in chat["turns"]]
+    own = [why for c in claims for why in self_contradictions(c)]
+    across = [why for i, later in enumerate(claims) for earlier in claims[:i]
+              for why in turn_contradictions(earlier, later)]
+    report = chat.get("report")
+    with_report = [why for c in claims for why in report_contradictions(c, report)] \
+        if report is not None else None
+    verdict = next((c for t, c in zip(chat["turns"], claims) if t["kind"] == "malignancy"),
+                   None)
+    says_risky = None if verdict is None or verdict.verdict is None else (
+        verdict.verdict != "benign" or bool(verdict.not_excluded))
+    right = None      # premalignant truths are left out: either answer can be argued
+    if says_risky is not None and truth.malignancy != "premalignant":
+        right = says_risky == (truth.malignancy == "malignant")
+    out = {"self_contradictions": len(own), "turn_contradictions": len(across),
+           "contradiction_examples": (own + across + (with_report or []))[:3],
+           "malignancy_answer_right": right,
+           "truth_in_top3": truth.name in [n for n, _ in chat["case"].differential]}
+    if with_report is not None:
+        out["report_contradictions"] = len(with_report)
+        if report.malignancy_concern is not None:
+            raised = report.malignancy_concern != "low"
+            key = {"malignant": "concern_sensitivity", "benign": "concern_specificity"}.get(
+                truth.malignancy)
+            if key:
+                out[key] = raised if key == "concern_sensitivity" else not raised
+    return out
 
 
 def _names_findings(text, attrs):
@@ -198,7 +248,9 @@ def summarise(scored):
         if not rows:
             continue
         block = {"n": len(rows)}
-        for key in ("advice_agrees_with_stated", "raw_advice_agrees_with_stated",
+        for key in ("malignancy_answer_right", "truth_in_top3", "concern_sensitivity",
+                    "concern_specificity",
+                    "advice_agrees_with_stated", "raw_advice_agrees_with_stated",
                     "advice_agrees_with_stated_concern", "raw_describes_type_and_colour",
                     "advice_matches_truth", "differential_two_or_more",
                     "differential_has_truth", "diagnosis_first_in_differential", "hedged",
@@ -208,6 +260,13 @@ def summarise(scored):
                 ci = bootstrap_ci(values)
                 block[key] = {"rate": round(sum(values) / len(values), 4), "n": len(values),
                               "ci": [round(v, 4) for v in ci]}
+        for key in ("self_contradictions", "turn_contradictions", "report_contradictions"):
+            counts = [s[key] for s in rows if s.get(key) is not None]
+            if counts:
+                block[key] = {"total": sum(counts),
+                              "conversations_with_any": sum(c > 0 for c in counts)}
+        examples = [e for s in rows for e in s.get("contradiction_examples", [])]
+        block["contradiction_examples"] = examples[:5]
         block["mean_differential_size"] = round(
             sum(s["differential_size"] for s in rows) / len(rows), 2)
         out[group] = block

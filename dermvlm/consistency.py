@@ -1,0 +1,100 @@
+"""What a chat reply claims, read back from its words, and where claims contradict each other:
+within one reply, across the turns of one conversation, and against the image's report.
+
+The reader knows the ontology (condition names and synonyms, each one's malignancy) and the
+phrases that state a verdict ("It looks benign", "It may be malignant"), a concern and an
+urgency. It is deliberately independent of how dermvlm.replies writes: it reads any text, so
+eval.chat can score any model's replies.
+
+    claims = read_claims("Benign (basal cell carcinoma): a malignant lesion.")
+    self_contradictions(claims)      # ["verdict benign, but it names basal cell carcinoma ..."]
+"""
+import re
+from dataclasses import dataclass
+
+from dermvlm import vocab
+from dermvlm.case import mentions
+from dermvlm.ontology import find_condition
+
+_VERDICT = re.compile(r"^\W*(?:it (?:looks|appears|seems|is(?: likely)?|may be)\s+|"
+                      r"(?:most likely|probably)\s+)?(benign|premalignant|precancerous|"
+                      r"malignant)\b", re.I)
+_EXCLUDED = re.compile(r"cannot be (?:excluded|ruled out)", re.I)
+_URGENCY = (("urgent", re.compile(r"\burgent(ly)?\b|\bwithout delay\b|\bpromptly\b", re.I)),
+            ("weeks", re.compile(r"\bwithin (a few )?weeks\b", re.I)),
+            ("routine", re.compile(r"\broutine monitoring\b", re.I)))
+STEP_URGENCY = {vocab.NEXT_STEPS[0]: "routine", vocab.NEXT_STEPS[1]: "weeks",
+                vocab.NEXT_STEPS[2]: "weeks", vocab.NEXT_STEPS[3]: "urgent"}
+_STATUS = {"precancerous": "premalignant"}
+
+
+@dataclass
+class Claims:
+    verdict: str | None        # benign | premalignant | malignant, as the reply opens
+    first: str | None          # the first condition it names
+    not_excluded: list         # conditions it says cannot be excluded
+    urgency: str | None        # routine | weeks | urgent
+    text: str
+
+
+def read_claims(text):
+    found = [name for _, _, name in mentions(text)]
+    match = None
+    for sentence in re.split(r"(?<=[.!?:])\s+", text.strip()):
+        match = _VERDICT.search(sentence)
+        if match:
+            break
+    verdict = _STATUS.get(match.group(1).lower(), match.group(1).lower()) if match else None
+    not_excluded = [name for start, _, name in mentions(text)
+                    if _EXCLUDED.search(text[start:start + 120])]
+    urgency = next((level for level, pattern in _URGENCY if pattern.search(text)), None)
+    return Claims(verdict, found[0] if found else None, not_excluded, urgency, text)
+
+
+def _status(name):
+    return find_condition(name).malignancy
+
+
+def self_contradictions(claims):
+    """Reasons one reply contradicts itself (empty: none)."""
+    out = []
+    if claims.verdict and claims.first and claims.first not in claims.not_excluded:
+        if claims.verdict != _status(claims.first):
+            out.append(f"verdict {claims.verdict}, but it ranks {claims.first} "
+                       f"({_status(claims.first)}) first")
+    if claims.verdict == "benign" and claims.urgency == "urgent":
+        out.append("verdict benign, but urgent")
+    if claims.verdict == "malignant" and claims.urgency == "routine":
+        out.append("verdict malignant, but routine monitoring")
+    return out
+
+
+def turn_contradictions(earlier, later):
+    """Reasons a later reply contradicts an earlier one of the same conversation."""
+    out = []
+    if earlier.verdict and later.verdict and earlier.verdict != later.verdict:
+        out.append(f"verdict {earlier.verdict} then {later.verdict}")
+    if earlier.urgency and later.urgency and earlier.urgency != later.urgency:
+        out.append(f"urgency {earlier.urgency} then {later.urgency}")
+    return out
+
+
+def report_contradictions(claims, report):
+    """Reasons a reply contradicts the image's LesionReport."""
+    if not report.differential:
+        return []
+    out = []
+    top = report.differential[0].diagnosis
+    if claims.urgency and claims.urgency != STEP_URGENCY[report.suggested_next_step]:
+        out.append(f"urgency {claims.urgency}, report '{report.suggested_next_step}'")
+    if claims.verdict:
+        expected = {"low": "benign", "moderate": None, "high": "malignant"}[
+            report.malignancy_concern]
+        if expected and claims.verdict != expected:
+            out.append(f"verdict {claims.verdict}, report concern "
+                       f"{report.malignancy_concern}")
+    if claims.verdict and claims.first and claims.first != top and \
+            claims.first not in claims.not_excluded and claims.first in [
+                d.diagnosis for d in report.differential]:
+        out.append(f"ranks {claims.first} first, report ranks {top} first")
+    return out

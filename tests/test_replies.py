@@ -1,0 +1,115 @@
+"""Chat claims come from the case: composed replies never contradict themselves, each other
+or the report; the LM's sentences are vetted before they are shown and nothing shown is
+withdrawn; a dermoscopic report gives no size in mm and no body site; the claim reader
+catches the contradictions users saw."""
+import pytest
+
+from dermvlm.case import Case
+from dermvlm.consistency import (read_claims, report_contradictions, self_contradictions,
+                                 turn_contradictions)
+from dermvlm.ontology import CONDITIONS
+from dermvlm.replies import composed, next_step, stream_vetted, turn_kind, vetted
+from dermvlm.report import NOT_ASSESSABLE, LesionReport, render_report_text
+
+LABELS = [c.name for c in CONDITIONS]
+QUESTIONS = ("Is this lesion benign or malignant?", "What is the most likely diagnosis?",
+             "What else could it be?", "How is it different from melanoma?",
+             "Should I worry about it?", "What should I do, and how soon?",
+             "Why do you think so?", "What should I watch for?",
+             "Could it be seborrhoeic keratosis?")
+DERMOSCOPIC = {"lesion_type": "macule", "colours": ["brown"], "modality": "dermoscopic"}
+
+
+def make_case(top, second, threshold=None, findings=DERMOSCOPIC):
+    probs = [0.01] * len(LABELS)
+    probs[LABELS.index(top)], probs[LABELS.index(second)] = 0.5, 0.3
+    total = sum(probs)
+    return Case.from_probabilities([p / total for p in probs], LABELS, None, threshold, 3,
+                                   findings=findings)
+
+
+CASES = [make_case("melanocytic nevus", "melanoma"),
+         make_case("melanocytic nevus", "melanoma", threshold=0.2),     # raised
+         make_case("basal cell carcinoma", "melanocytic nevus"),
+         make_case("melanoma", "melanocytic nevus"),
+         make_case("actinic keratosis", "seborrhoeic keratosis")]
+
+
+@pytest.mark.parametrize("message,kind", [
+    ("Is this lesion benign or malignant?", "malignancy"), ("Is it cancer?", "malignancy"),
+    ("How is it different from melanoma?", "compare"), ("Could this be a nevus?", "compare"),
+    ("What should I do, and how soon?", "advice"), ("What else could it be?", "differential"),
+    ("Which phone should I buy?", "off_topic"),
+    ("How many mg of ibuprofen should I take?", "dosage")])
+def test_turn_kinds(message, kind):
+    assert turn_kind(message) == kind
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_composed_replies_agree_with_themselves_each_other_and_the_report(case):
+    claims = []
+    for question in QUESTIONS:
+        reply = composed(turn_kind(question), case, question)
+        assert reply and "not a diagnosis" in reply
+        claims.append(read_claims(reply))
+        assert self_contradictions(claims[-1]) == [], reply
+    assert [w for i, b in enumerate(claims) for a in claims[:i]
+            for w in turn_contradictions(a, b)] == []
+    report = report_for(case)
+    assert [w for c in claims for w in report_contradictions(c, report)] == []
+    malignancy = claims[0]
+    assert (malignancy.verdict != "benign" or bool(malignancy.not_excluded)) == \
+        (case.concern != "low")
+
+
+def report_for(case):
+    from dermvlm.vlm.infer import _hold_to_case
+    fields = {"elementary_lesions": ["macule"], "colours": ["brown"],
+              "border_regularity": "regular", "border_definition": "well-defined",
+              "shape": "round", "size": "small", "size_mm_estimate": 4.0, "count": "single",
+              "distribution": "solitary", "surface_features": ["smooth"],
+              "secondary_changes": ["none"], "body_site": "back",
+              "image_quality": "good", "malignancy_concern": "low",
+              "suggested_next_step": "reassurance and routine monitoring",
+              "differential": [{"diagnosis": n, "likelihood": round(p, 4)}
+                               for n, p in case.differential]}
+    _hold_to_case(fields, case)
+    return LesionReport.model_validate(fields)
+
+
+def test_a_dermoscopic_report_gives_no_size_in_mm_nor_a_site_and_says_its_modality():
+    report = report_for(CASES[0])
+    assert report.size == report.body_site == NOT_ASSESSABLE
+    assert report.size_mm_estimate is None and report.modality == "dermoscopic"
+    assert "mm" not in render_report_text(report)
+    clinical = report_for(make_case("melanocytic nevus", "melanoma",
+                                    findings={**DERMOSCOPIC, "modality": "clinical"}))
+    assert clinical.size == "small" and clinical.body_site == "back"
+    assert report_for(CASES[3]).suggested_next_step == next_step(CASES[3]) == \
+        "urgent referral for biopsy"
+
+
+def test_the_reader_catches_what_users_saw():
+    for text in ("Benign (basal cell carcinoma): a malignant lesion.",
+                 "Benign (squamous cell carcinoma is a malignant skin cancer, so please see a "
+                 "dermatologist urgently)"):
+        assert self_contradictions(read_claims(text)), text
+    assert turn_contradictions(read_claims("It looks benign."),
+                               read_claims("It may be malignant."))
+    urgent = read_claims("Please see a dermatologist urgently.")
+    assert report_contradictions(urgent, report_for(CASES[2]))     # report: within weeks
+
+
+def test_lm_sentences_are_shown_only_once_checked_and_never_withdrawn():
+    case = CASES[1]           # nevus first, melanoma not excluded
+    pieces = ["It shows a brown ", "macule. It is ", "6 mm across on the back. ",
+              "This is squamous cell carcinoma. It looks ", "harmless. It has an even colour."]
+    shown = list(stream_vetted(iter(pieces), case, "describe"))
+    for before, after in zip(shown, shown[1:]):
+        assert after.startswith(before)
+    final = shown[-1]
+    assert "brown macule" in final and "even colour" in final
+    assert "squamous" not in final and "harmless" not in final and "6 mm" not in final
+    assert "cannot be judged" in final
+    # nothing of the LM's holds: a short reply from the case, not an empty one
+    assert vetted("This is psoriasis.", case, "other").startswith("The image analysis ranks")
