@@ -182,3 +182,28 @@ def test_tiny_alignment_runs_end_to_end_and_keeps_evaluation_lesions_out(tmp_pat
     held_out = held_out_ids()
     assert not [r for _, r in data["train"] if isic_id(r) in held_out]
     assert len(data["test"]) > 1500 and len(data["train"]) > 10000
+
+
+def test_realdata_recipe_keeps_good_rows_and_names_each_bad_one(tmp_path):
+    from PIL import Image
+
+    from data_recipes.realdata import main
+    folder = tmp_path / "ham10000"
+    (folder / "images").mkdir(parents=True)
+    for name in ("ISIC_1", "ISIC_2"):
+        Image.new("RGB", (32, 32), (180, 120, 100)).save(folder / "images" / f"{name}.jpg")
+    (folder / "labels.csv").write_text(
+        "file,image_id,lesion_id,dx,dx_type,age,sex,localization,split\n"
+        "images/ISIC_1.jpg,ISIC_1,HAM_1,mel,histo,60,male,back,test\n"
+        "images/ISIC_2.jpg,ISIC_2,HAM_2,xyz,histo,60,male,back,test\n"
+        "images/ISIC_3.jpg,ISIC_3,HAM_3,nv,histo,40,female,arm,test\n"
+        "images/ISIC_2.jpg,ISIC_2,HAM_2,nv,histo,abc,female,arm,test\n")
+    out = tmp_path / "out"
+    assert main(["--set", "ham10000", "--root", str(folder), "--split", "test",
+                 "--out", str(out), "--quiet"]) == 0
+    rejects = (out / "rejects.csv").read_text()
+    assert "labels.csv:3" in rejects and "unknown label: dx 'xyz'" in rejects
+    assert "labels.csv:4" in rejects and "missing image" in rejects
+    assert "labels.csv:5" in rejects and "bad value: age 'abc'" in rejects
+    manifest = (out / "manifest.jsonl").read_text().splitlines()
+    assert len(manifest) == 1 and '"melanoma"' in manifest[0]

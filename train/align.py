@@ -5,7 +5,8 @@
     python -m train.align --out runs/tiny --tiny          # a few images, a few steps (tests)
 
 Stages: "frozen" (the ImageNet trunk, only the CLIP head learns), then "last" (the trunk's
-blocks after --cut, its head conv and the CLIP head). A logistic-regression probe on the
+stages from --train-from on, its head conv and the CLIP head). Images are encoded once per
+view up to --cut (cached on disk), then once through the frozen middle. A logistic-regression probe on the
 frozen ImageNet features of each set's own train split is reported beside them. Training
 uses every real train split (ham10000, isic2017, isic9 by its lesion-grouped recipe,
 pad-ufes-20) with every image of an evaluation lesion removed (realdata.held_out_ids);
@@ -39,6 +40,8 @@ def build_parser():
                         help="efficientnet-lite0 | efficientnet-lite1 | efficientnet-lite2")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--cut", type=int, default=4, help="trunk stage the cache stops at")
+    parser.add_argument("--train-from", type=int, default=6, help="the last stage trains the "
+                        "trunk's stages from this one on (and its head conv)")
     parser.add_argument("--views", type=int, default=3, help="augmented views per train image")
     parser.add_argument("--frozen-steps", type=int, default=600)
     parser.add_argument("--last-steps", type=int, default=1500)

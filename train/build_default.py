@@ -43,7 +43,8 @@ REAL_PER_CLASS = 400    # each class of each real set repeated (augmented) to ab
 # features over every real train split and SynthDerm (train.align); its SynthDerm share is
 # the first ALIGN_SYNTH images of the SynthDerm train set
 ALIGN_ARGS = ("--tower", "efficientnet-lite0", "--image-size", "224", "--cut", "4",
-              "--views", "3", "--frozen-steps", "600", "--last-steps", "1500")
+              "--train-from", "6", "--views", "3", "--frozen-steps", "600",
+              "--last-steps", "1500")
 ALIGN_SYNTH = 4000
 MALIGNANCY_SENSITIVITY = 0.90     # the operating point flags this share of real val cancers
 # stage-2 items per epoch: SynthDerm questions, SynthDerm chats, real chats, real questions
@@ -204,8 +205,11 @@ def evaluate_parts(work, clip, clip_cfg, tokenizer, progress, warm_start=None):
     _stage("held-out VQA: untuned (fresh projector, base LM) vs stage 1 vs stage 2")
     n = VQA_QUESTIONS
     earlier = Path(warm_start or "") / "manifest.json"
+    # reused only when the earlier default had the same image tower recipe
+    same_tower = earlier.is_file() and json.loads(earlier.read_text())["recipe"].get(
+        "align") == list(ALIGN_ARGS) + ["synth", ALIGN_SYNTH]
     untuned = (json.loads(earlier.read_text())["heldout"]["vqa"].get("untuned")
-               if warm_start and earlier.is_file() else None)
+               if warm_start and same_tower else None)
     if untuned is not None:
         untuned = {**untuned, "reused_from": str(earlier)}
     vqa = {"untuned": untuned or evaluate_vlm(untuned_baseline(work / "vlm2/model"), test,

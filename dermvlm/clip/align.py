@@ -139,17 +139,23 @@ def train_stage(model, cut, trainable, inputs, batch_fn, targets, meta, cfg, pro
 
 
 @torch.no_grad()
-def pooled_features(trunk, cached, cut, batch_size=256, progress=True):
-    """(N, V, F) float32 pooled trunk features of cached cut tensors (N, V, C, h, w)."""
+def advance(trunk, cached, cut, to, batch_size=256, progress=True):
+    """Run cached cut tensors (N, V, C, h, w) through the frozen blocks[cut:to]: (their
+    float16 outputs (N, V, C', h', w'), the float32 pooled features (N, V, F) they lead to).
+    Later stages train from block `to` on, so each view passes the frozen middle once."""
     trunk = trunk.eval()
     n, v = cached.shape[:2]
-    out = np.zeros((n, v, trunk.num_features), dtype=np.float32)
-    flat = n * v
-    for lo in tqdm(range(0, flat, batch_size), desc="pooling", disable=not progress):
+    flat, moved, pooled = n * v, None, np.zeros((n, v, trunk.num_features), dtype=np.float32)
+    for lo in tqdm(range(0, flat, batch_size), desc="advancing", disable=not progress):
         idx = np.arange(lo, min(flat, lo + batch_size))
         x = torch.from_numpy(np.stack([cached[i // v, i % v] for i in idx])).float()
-        out[idx // v, idx % v] = cut_to_pool(trunk, x, cut).numpy()
-    return out
+        for block in trunk.blocks[cut:to]:
+            x = block(x)
+        if moved is None:
+            moved = np.zeros((n, v, *x.shape[1:]), dtype=np.float16)
+        moved[idx // v, idx % v] = x.half().numpy()
+        pooled[idx // v, idx % v] = cut_to_pool(trunk, x, to).numpy()
+    return moved, pooled
 
 
 @torch.no_grad()

@@ -2,8 +2,7 @@
 probe, train the stages, score each set's val and test split after each, save the model.
 
 Scores per set, in its own label space (DESIGN.md 5b), with 95 % bootstrap intervals that
-resample images: balanced accuracy, top-1, malignant (melanoma, BCC, SCC) vs the rest AUROC,
-melanoma vs nevus AUROC, and melanoma vs the rest AUROC.
+resample images (dermvlm.clip.evaluate.set_scores).
 """
 import json
 import sys
@@ -11,53 +10,10 @@ import sys
 import numpy as np
 import torch
 
-from dermvlm.bench.metrics import bootstrap_statistic_ci
-from dermvlm.clip.align import (StageConfig, TextTargets, embed_cached, pooled_features,
+from dermvlm.clip.align import (StageConfig, TextTargets, advance, embed_cached,
                                 sampling_weights, train_stage)
 from dermvlm.clip.cache import cut_to_pool
-from dermvlm.clip.evaluate import balanced_accuracy
-from dermvlm.ontology import find_condition
-from dermvlm.zeroshot import binary_auroc
-
-MELANOMA, NEVI = "melanoma", ("melanocytic nevus", "nevus")
-
-
-def set_scores(probs, truth, classes):
-    """Metrics of (N, C) class probabilities against truth indices, with intervals."""
-    probs, truth = np.asarray(probs, dtype=np.float64), np.asarray(truth)
-    malignant = np.array([find_condition(c).malignancy == "malignant" for c in classes])
-    predicted = probs.argmax(1)
-    out = {"n": int(len(truth)), "classes": len(classes),
-           "top1": round(float((predicted == truth).mean()), 4),
-           "balanced_accuracy": round(balanced_accuracy(predicted, truth), 4),
-           "balanced_accuracy_ci": _ci(lambda i: balanced_accuracy(predicted[i], truth[i]),
-                                       len(truth))}
-    if malignant.any() and not malignant.all():
-        score, positive = probs[:, malignant].sum(1), malignant[truth]
-        out.update(_auroc("malignant_auroc", score, positive))
-    if MELANOMA in classes:
-        mel = classes.index(MELANOMA)
-        out.update(_auroc("melanoma_auroc", probs[:, mel], truth == mel))
-        nevus = [classes.index(c) for c in NEVI if c in classes]
-        if nevus:
-            rows = (truth == mel) | (truth == nevus[0])
-            out.update(_auroc("melanoma_vs_nevus_auroc", probs[rows, mel],
-                              truth[rows] == mel))
-    return out
-
-
-def _auroc(key, score, positive):
-    value = binary_auroc(score, positive)
-    if value is None:
-        return {}
-    return {key: round(value, 4),
-            key + "_ci": _ci(lambda i: binary_auroc(score[i], positive[i]), len(score))}
-
-
-def _ci(statistic, n):
-    interval = bootstrap_statistic_ci(statistic, n)
-    return None if interval is None else [round(float(v), 4) for v in interval]
-
+from dermvlm.clip.evaluate import set_scores
 
 def score_split(probs_by_set, items, classes):
     """{set: metrics} from per-item probabilities (rows of `items`, grouped by set)."""
@@ -120,9 +76,14 @@ def run_stages(args, work, data, classes, shares, cache):
             "class_ids": np.array([classes[n].index(r.label) for n, r in data["train"]]),
             "weights": sampling_weights([n for n, _ in data["train"]],
                                         [r.label for _, r in data["train"]], shares)}
-    pooled = {split: pooled_features(trunk, caches[split], cut, progress=not args.quiet)
-              for split in ("train", "val", "test")}
-    report = {"tower": args.tower, "image_size": args.image_size, "cut": cut,
+    # the frozen middle once per view: the last stage trains from block args.train_from on
+    tails, pooled = {}, {}
+    for split in ("train", "val", "test"):
+        tails[split], pooled[split] = advance(trunk, caches[split], cut, args.train_from,
+                                              progress=not args.quiet)
+    caches, cut = tails, args.train_from
+    report = {"tower": args.tower, "image_size": args.image_size, "cache_cut": args.cut,
+              "train_from_block": cut,
               "images": {s: len(v) for s, v in data.items()}, "classes": classes,
               "probe": probe_scores(pooled, data, classes), "stages": {}}
     small = args.tiny

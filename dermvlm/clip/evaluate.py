@@ -81,7 +81,9 @@ def diagnosis_metrics(zs, features, records, labels=None, temperature=1.0, thres
             "macro_auroc": macro_auroc(logits.softmax(1).numpy(), targets, len(labels)),
             "chance_top1": round(1 / len(labels), 4),
             "top1_by_fitzpatrick": _accuracy_by_group(correct, [records[i] for i in rows]),
-            "malignancy": malignancy_metrics(probs, labels, truth, threshold)}
+            "malignancy": malignancy_metrics(probs, labels, truth, threshold),
+            **{k: v for k, v in set_scores(probs, truth, labels).items()
+               if "auroc" in k}}
 
 
 def ontology_metrics(zs, features, records, temperature=1.0, threshold=None):
@@ -95,6 +97,51 @@ def ontology_metrics(zs, features, records, temperature=1.0, threshold=None):
     renamed = [dataclasses.replace(r, label=c.name) for r, c in zip(records, conditions)]
     return diagnosis_metrics(zs, features, renamed, [c.name for c in CONDITIONS], temperature,
                              threshold)
+
+
+MELANOMA, NEVI = "melanoma", ("melanocytic nevus", "nevus")
+
+
+def set_scores(probs, truth, classes):
+    """Metrics of (N, C) class probabilities over a set's own `classes` against truth
+    indices, with 95 % bootstrap intervals: top-1, balanced accuracy, malignant (melanoma,
+    BCC, SCC) vs the rest AUROC, melanoma vs the rest AUROC and melanoma vs nevus AUROC."""
+    probs, truth = np.asarray(probs, dtype=np.float64), np.asarray(truth)
+    conditions = [find_condition(c) for c in classes]
+    malignant = np.array([c is not None and c.malignancy == "malignant" for c in conditions])
+    if any(c is None for c in conditions):      # a label outside the ontology: no malignancy
+        malignant[:] = False
+    predicted = probs.argmax(1)
+    out = {"n": int(len(truth)), "classes": len(classes),
+           "top1": round(float((predicted == truth).mean()), 4),
+           "balanced_accuracy": round(balanced_accuracy(predicted, truth), 4),
+           "balanced_accuracy_ci": _ci(lambda i: balanced_accuracy(predicted[i], truth[i]),
+                                       len(truth))}
+    if malignant.any() and not malignant.all():
+        score, positive = probs[:, malignant].sum(1), malignant[truth]
+        out.update(_auroc("malignant_auroc", score, positive))
+    if MELANOMA in classes:
+        mel = classes.index(MELANOMA)
+        out.update(_auroc("melanoma_auroc", probs[:, mel], truth == mel))
+        nevus = [classes.index(c) for c in NEVI if c in classes]
+        if nevus:
+            rows = (truth == mel) | (truth == nevus[0])
+            out.update(_auroc("melanoma_vs_nevus_auroc", probs[rows, mel],
+                              truth[rows] == mel))
+    return out
+
+
+def _auroc(key, score, positive):
+    value = binary_auroc(score, positive)
+    if value is None:
+        return {}
+    return {key: round(value, 4),
+            key + "_ci": _ci(lambda i: binary_auroc(score[i], positive[i]), len(score))}
+
+
+def _ci(statistic, n):
+    interval = bootstrap_statistic_ci(statistic, n)
+    return None if interval is None else [round(float(v), 4) for v in interval]
 
 
 def balanced_accuracy(predicted, truth):

@@ -272,6 +272,13 @@ def add_image_token(lm, tokenizer):
                 output.weight[old:] = 0
 
 
+def projector_input_width(folder):
+    """The image-token width a saved VLM folder's projector takes."""
+    first = load_file(Path(folder) / "projector.safetensors")
+    key = next(k for k in sorted(first) if k.endswith("weight"))
+    return first[key].shape[1]
+
+
 def vision_weights_file(folder):
     """The safetensors file holding a VLM folder's image tower ("visual.*" tensors): its own
     vision.safetensors, or the file its dermvlm_vlm.json names by relative path (the embedded
@@ -285,11 +292,12 @@ def vision_weights_file(folder):
 
 
 def load_vlm_folder(folder, device="cpu", dtype=torch.float32, lm=None, merge_lora=False,
-                    vision=None):
+                    vision=None, fresh_projector=False):
     """Load a saved VLM folder (base LM by reference, adapter, projector, vision).
     merge_lora=True folds the adapter into the LM weights: same outputs, faster decoding.
     `vision`: an already loaded open_clip image tower with the same weights (the app passes
-    its zero-shot model's, so the tower is in memory once)."""
+    its zero-shot model's, so the tower is in memory once). `fresh_projector`: keep the new
+    projector's random weights (a warm start onto a tower of another width)."""
     import open_clip
     from transformers import AutoTokenizer
 
@@ -322,6 +330,7 @@ def load_vlm_folder(folder, device="cpu", dtype=torch.float32, lm=None, merge_lo
     elif meta.get("has_adapter"):
         raise DermvlmError(f"{folder}: the LoRA adapter folder {folder / 'adapter'} is missing")
     vlm = DermVLM(config, vision_tower(vision).eval(), lm, tokenizer, meta["vision_cfg"])
-    vlm.projector.load_state_dict(load_file(folder / "projector.safetensors"))
+    if not fresh_projector:
+        vlm.projector.load_state_dict(load_file(folder / "projector.safetensors"))
     vlm.draft_texts = read_drafts(folder)     # replies to draft from (dermvlm.vlm.drafts)
     return vlm.to(device).eval()

@@ -8,6 +8,7 @@ non-finite loss. Checkpoints hold full, name-keyed state: any world size resumes
 """
 import dataclasses
 import functools
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from dermvlm.training import (TrainingError, all_ranks_sum, distributed, latest_
                               log_metrics, save_checkpoint, truncate_metrics, warmup_cosine)
 from dermvlm.vlm.build import apply_lora, build_vlm, load_vlm_folder, vision_from_clip
 from dermvlm.vlm.data import ConversationDataset, collate, load_conversations
-from dermvlm.vlm.model import target_weight
+from dermvlm.vlm.model import projector_input_width, target_weight
 from dermvlm.vlm.sharding import (full_model_state, full_optimizer_state, load_optimizer_state,
                                   shard_vlm)
 
@@ -40,8 +41,13 @@ def prepare_vlm(config, stage, init=None, device="cpu", parts=None):
         # a warm start re-aligns a trained VLM to the tower of vlm.vision (a new CLIP run)
         tower, vision_cfg = vision_from_clip(cfg.vision) if stage == 1 and cfg.vision \
             else (None, None)
+        fresh = tower is not None and projector_input_width(init) != tower.width
+        if fresh:
+            print(f"warm start: {init}'s projector takes {projector_input_width(init)}-d "
+                  f"image tokens, the new tower gives {tower.width}-d: a fresh projector, "
+                  "the adapter kept", file=sys.stderr)
         vlm = load_vlm_folder(init, device=device, lm=parts[0] if parts else None,
-                              vision=tower.visual if tower else None)
+                              vision=tower.visual if tower else None, fresh_projector=fresh)
         if vision_cfg is not None:
             vlm.vision_cfg = vision_cfg         # saved with the tower it now has
         vlm.config = dataclasses.replace(cfg, vision=cfg.vision or vlm.config.vision)
