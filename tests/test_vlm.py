@@ -813,6 +813,28 @@ def test_a_warm_start_realigns_a_trained_vlm_to_a_new_tower_then_continues_its_a
     assert not all(torch.equal(v, adapter(two)[k]) for k, v in adapter(more).items())
 
 
+def test_a_warm_start_onto_a_wider_tower_keeps_the_adapter_and_starts_a_fresh_projector(
+        synth, tmp_path):
+    from safetensors.torch import load_file
+    lm, tok, vision = _parts()
+    config = get_config("tiny", SMALL + ["vlm.stage1_steps=2", "vlm.stage2_steps=2",
+                                         "vlm.ckpt_every=2"])
+    one = train_vlm(config, synth, tmp_path / "s1", stage=1, progress=False,
+                    parts=(lm, tok, vision))
+    two = train_vlm(config, synth, tmp_path / "s2", stage=2, init=one["model"],
+                    progress=False, parts=(tiny_lm(tiny_tokenizer()),))
+    clip = vanilla_open_clip_folder(tmp_path / "clip", width=96)
+    warm = get_config("tiny", SMALL + ["vlm.stage1_steps=2", "vlm.ckpt_every=2",
+                                       f"vlm.vision={clip}"])
+    again = train_vlm(warm, synth, tmp_path / "w1", stage=1, init=two["model"],
+                      progress=False, parts=(tiny_lm(tiny_tokenizer()),))
+    projector = load_file(Path(again["model"]) / "projector.safetensors")
+    assert projector["0.weight"].shape[1] == 96
+    adapter = [load_file(Path(r["model"]) / "adapter/adapter_model.safetensors")
+               for r in (two, again)]
+    assert all(torch.equal(v, adapter[0][k]) for k, v in adapter[1].items())
+
+
 def test_the_exported_chat_template_takes_typed_image_content_as_trained():
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 

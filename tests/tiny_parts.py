@@ -46,10 +46,10 @@ def tiny_vision(seed=0, image_size=32):
     return VisionTower(visual), {"embed_dim": 32, "vision_cfg": cfg}
 
 
-def vanilla_open_clip_folder(folder):
+def vanilla_open_clip_folder(folder, width=64):
     """A model folder written with open_clip alone: a small CLIP with its own text tower and
     the default tokenizer, in the local-dir layout."""
-    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64,
+    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": width,
                                            "patch_size": 16, "head_width": 32},
            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2,
                         "layers": 2}}
