@@ -145,7 +145,7 @@ def test_staged_alignment_loss_falls_on_separable_features():
         table = torch.nn.functional.normalize(classes.T, dim=1)      # a caption per class
         caption_ids = [[int(y)] for y in labels]
     model = _Head()
-    meta = {"set_names": ["s"] * n, "class_ids": labels,
+    meta = {"rows": np.arange(n), "set_names": ["s"] * n, "class_ids": labels,
             "weights": sampling_weights(["s"] * n, list(labels), {"s": 1.0})}
     curve = train_stage(model, 0, list(model.visual.head.parameters()), features,
                         model.visual.head, Targets, meta,

@@ -82,22 +82,16 @@ def gather(args, work):
         for r in test:
             r.split = "test"
         sets.setdefault("synthderm", []).extend(test)
-    held_out, seen = held_out_ids(realdata), set()
+    held_out = held_out_ids(realdata)
     out = {"train": [], "val": [], "test": []}
     for name, records in sets.items():
         for split in out:
             chosen = [r for r in records if r.split == split]
             if split == "train":
                 chosen, dropped = drop_leaks(chosen, held_out)
-                unique = []
-                for r in chosen:             # one copy of an ISIC image across the sets
-                    if isic_id(r) is None or isic_id(r) not in seen:
-                        seen.add(isic_id(r))
-                        unique.append(r)
-                if dropped or len(unique) < len(chosen):
-                    print(f"{name}: {len(dropped)} train images of evaluation lesions and "
-                          f"{len(chosen) - len(unique)} repeats left out", file=sys.stderr)
-                chosen = unique
+                if dropped:
+                    print(f"{name}: {len(dropped)} train images of evaluation lesions left "
+                          "out", file=sys.stderr)
             limit = 8 if args.tiny else args.per_set
             if limit:
                 rng = np.random.default_rng(0)
@@ -116,19 +110,41 @@ def class_lists(data):
     return {name: tuple(sorted(c)) for name, c in classes.items()}
 
 
+def image_key(record):
+    """One image across the sets: its ISIC id where it has one (HAM10000, isic9 and ISIC 2017
+    share images under their own label names), else its path."""
+    from dermvlm.data.realdata import isic_id
+    return isic_id(record) or record.image
+
+
+def unique_rows(items):
+    """(the items of the first copy of each image, each item's row among those)."""
+    first, rows, kept = {}, [], []
+    for item in items:
+        key = image_key(item[1])
+        if key not in first:
+            first[key] = len(kept)
+            kept.append(item)
+        rows.append(first[key])
+    return kept, np.array(rows)
+
+
 def cache(model, args, work, data):
-    """{split: (N, V, C, h, w) float16 array} of the cut tensors. Train: the plain view and
-    --views augmented ones (SynthDerm's without colour jitter: its colours are labels);
-    val and test: the plain view. Train items must list real sets before SynthDerm."""
+    """({split: (N, V, C, h, w) float16 array} of the cut tensors, the row of each train
+    item). An image that several sets hold (under their own labels) is encoded once and
+    trains under each label. Train: the plain view and --views augmented ones (SynthDerm's
+    without colour jitter: its colours are labels); val and test: the plain view. Train items
+    must list real sets before SynthDerm."""
     from dermvlm.clip.cache import cache_views
     from dermvlm.clip.data import real_train_transform, train_transform
     from dermvlm.imaging import eval_transform
     size = args.image_size
     plain, views = eval_transform(size), max(1, args.views)
+    train, train_rows = unique_rows(data["train"])
     groups = {"val": (data["val"], [plain]), "test": (data["test"], [plain]),
-              "train_real": ([i for i in data["train"] if i[0] != "synthderm"],
+              "train_real": ([i for i in train if i[0] != "synthderm"],
                              [plain] + [real_train_transform(size)] * views),
-              "train_synth": ([i for i in data["train"] if i[0] == "synthderm"],
+              "train_synth": ([i for i in train if i[0] == "synthderm"],
                               [plain] + [train_transform(size)] * views)}
     caches = {}
     for group, (items, transforms) in groups.items():
@@ -142,7 +158,7 @@ def cache(model, args, work, data):
         caches[group] = np.load(file, mmap_mode="r")
     parts = [caches.pop(g) for g in ("train_real", "train_synth") if g in caches]
     caches["train"] = np.concatenate(parts) if len(parts) > 1 else np.asarray(parts[0])
-    return caches
+    return caches, train_rows
 
 
 def main(argv=None):

@@ -95,7 +95,8 @@ def align_loss(image, targets, set_names, class_ids, caption_rows, scale, captio
 def train_stage(model, cut, trainable, inputs, batch_fn, targets, meta, cfg, progress=True):
     """Train `trainable` parameters for cfg.steps. inputs: (N, V, ...) cached arrays;
     batch_fn(x) -> (B, D) unnormalised image embeddings. meta: dict with set_names,
-    class_ids, weights. Returns the loss curve."""
+    class_ids, weights (per item) and rows (each item's row of `inputs`). Returns the loss
+    curve."""
     rng = np.random.default_rng(cfg.seed)
     head_params = [p for p in model.visual.head.parameters()] + [model.logit_scale]
     trunk_params = [p for p in trainable if all(p is not h for h in head_params)]
@@ -119,7 +120,8 @@ def train_stage(model, cut, trainable, inputs, batch_fn, targets, meta, cfg, pro
             group["lr"] = lr * warm * cosine
         rows = np.sort(rng.choice(len(meta["weights"]), cfg.batch_size, p=meta["weights"]))
         views = rng.integers(0, n_views, len(rows))
-        x = torch.from_numpy(np.stack([inputs[r, v] for r, v in zip(rows, views)])).float()
+        cached = meta["rows"][rows]             # an image held by several sets: one row
+        x = torch.from_numpy(np.stack([inputs[r, v] for r, v in zip(cached, views)])).float()
         image = F.normalize(batch_fn(x), dim=-1)
         caption_rows = torch.tensor([targets.caption_ids[r][rng.integers(
             len(targets.caption_ids[r]))] for r in rows])

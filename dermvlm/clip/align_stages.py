@@ -68,24 +68,32 @@ def run_stages(args, work, data, classes, shares, cache):
     model, model_cfg, tokenizer = build_model(config.clip)
     model.eval()
     trunk, cut = model.visual.trunk, args.cut
-    caches = cache(model, args, work, data)
+    caches, train_rows = cache(model, args, work, data)
     targets = TextTargets(model, tokenizer, classes,
                           [r.captions or [f"A skin image of {r.label}."]
                            for _, r in data["train"]])
-    meta = {"set_names": [n for n, _ in data["train"]],
+    meta = {"rows": train_rows, "set_names": [n for n, _ in data["train"]],
             "class_ids": np.array([classes[n].index(r.label) for n, r in data["train"]]),
             "weights": sampling_weights([n for n, _ in data["train"]],
                                         [r.label for _, r in data["train"]], shares)}
     # the frozen middle once per view: the last stage trains from block args.train_from on
     tails, pooled = {}, {}
     for split in ("train", "val", "test"):
+        tail_file = work / f"tail_{split}_block{args.train_from}.npy"
+        pooled_file = work / f"pooled_{split}.npy"
+        if tail_file.is_file() and pooled_file.is_file():          # a rerun: kept from before
+            tails[split], pooled[split] = np.load(tail_file), np.load(pooled_file)
+            continue
         tails[split], pooled[split] = advance(trunk, caches[split], cut, args.train_from,
                                               progress=not args.quiet)
+        np.save(tail_file, tails[split])
+        np.save(pooled_file, pooled[split])
     caches, cut = tails, args.train_from
     report = {"tower": args.tower, "image_size": args.image_size, "cache_cut": args.cut,
               "train_from_block": cut,
               "images": {s: len(v) for s, v in data.items()}, "classes": classes,
-              "probe": probe_scores(pooled, data, classes), "stages": {}}
+              "probe": probe_scores({**pooled, "train": pooled["train"][train_rows]}, data,
+                                    classes), "stages": {}}
     small = args.tiny
     stages = [("frozen", StageConfig(steps=3 if small else args.frozen_steps, lr=2e-3,
                                      batch_size=16 if small else 256)),
