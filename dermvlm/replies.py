@@ -103,8 +103,8 @@ def case_compare(case, message):
     parts = []
     for name in [n for n in named_conditions(message) if n != top][:2] or [top]:
         if name == top:
-            parts.append(f"{top} is what the image analysis ranks first ({_pct(probs[top])}), "
-                         f"a {_status(top)} condition.")
+            parts.append(f"{top[0].upper() + top[1:]} is what the image analysis ranks first "
+                         f"({_pct(probs[top])}), a {_status(top)} condition.")
             continue
         here = (f"the image analysis gives it {_pct(probs[name])}" if name in probs
                 else "the image analysis does not rank it among the likeliest")
