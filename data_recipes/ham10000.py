@@ -10,14 +10,12 @@ side. Captions state only what the row says (dermvlm.labeltext).
 from pathlib import Path
 
 from dermvlm.data.real import ImageIndex, truth_record
+from dermvlm.data.realdata import HAM_DX as DX
 from dermvlm.data.recipe_cli import recipe_parser, run
 from dermvlm.data.tables import convert_table
 
 REQUIRED = ("lesion_id", "image_id", "dx")
 COLUMNS = REQUIRED + ("dx_type", "age", "sex", "localization", "dataset")
-DX = {"akiec": "actinic keratosis", "bcc": "basal cell carcinoma",
-      "bkl": "pigmented benign keratosis", "df": "dermatofibroma", "mel": "melanoma",
-      "nv": "melanocytic nevus", "vasc": "vascular lesion"}
 
 
 def record_from_row(row, row_id, context):

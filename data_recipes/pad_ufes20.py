@@ -10,14 +10,12 @@ own spelling `fitspatrick` is read. Captions state only what the row says.
 from pathlib import Path
 
 from dermvlm.data.real import ImageIndex, truth_record
+from dermvlm.data.realdata import PAD_DIAGNOSTIC as DIAGNOSTIC
 from dermvlm.data.recipe_cli import recipe_parser, run
 from dermvlm.data.tables import convert_table
 
 REQUIRED = ("patient_id", "lesion_id", "img_id", "diagnostic")
 COLUMNS = REQUIRED + ("age", "gender", "fitspatrick", "region", "biopsed")
-DIAGNOSTIC = {"ACK": "actinic keratosis", "BCC": "basal cell carcinoma", "MEL": "melanoma",
-              "NEV": "melanocytic nevus", "SCC": "squamous cell carcinoma",
-              "SEK": "seborrhoeic keratosis"}
 
 
 def _number(row, column):

@@ -207,3 +207,16 @@ def test_realdata_recipe_keeps_good_rows_and_names_each_bad_one(tmp_path):
     assert "labels.csv:5" in rejects and "bad value: age 'abc'" in rejects
     manifest = (out / "manifest.jsonl").read_text().splitlines()
     assert len(manifest) == 1 and '"melanoma"' in manifest[0]
+
+
+def test_synthderm_images_are_told_apart_by_their_own_captions():
+    image = torch.nn.functional.normalize(torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]), dim=1)
+
+    class Targets:
+        classifiers = {"synthderm": torch.eye(3)[:, :1], "ham10000": torch.eye(3)[:, :1]}
+        table = torch.eye(3)
+    # two images of one class, each nearest its own caption: right for SynthDerm (captions
+    # describe the image), a wasted positive for a real set (captions only name the class)
+    own = [align_loss(image, Targets, [name] * 2, torch.tensor([0, 0]), torch.tensor([0, 1]),
+                      10.0, 1.0)[0] for name in ("synthderm", "ham10000")]
+    assert own[0] < 0.01 < own[1]

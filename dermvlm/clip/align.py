@@ -13,9 +13,10 @@ The loss has two parts, both against the locked text tower:
 - per-set prompt classification: cross-entropy over that set's own classes, each class the
   mean embedding of DermLIP's prompt ensemble (what zero-shot classification computes), so
   "pigmented benign keratosis" (HAM) and "seborrhoeic keratosis" (ISIC 2017) never compete;
-- caption contrast: InfoNCE between images and a sampled caption of each, where every image
-  of the same set and class counts as a positive (captions are per class, so the others are
-  not negatives).
+- caption contrast: InfoNCE between images and a sampled caption of each. A real set's
+  captions say only its label, so every image of the same set and class counts as a positive;
+  SynthDerm's describe the image itself (colour, lesion type, ...), so there only the image's
+  own caption (or the very same text) is.
 Sampling is class-balanced within each set, with a fixed share per set.
 """
 from dataclasses import dataclass
@@ -73,6 +74,9 @@ def sampling_weights(set_names, labels, shares):
     return weights / weights.sum()
 
 
+OWN_CAPTION_SETS = ("synthderm",)     # sets whose captions describe the one image
+
+
 def align_loss(image, targets, set_names, class_ids, caption_rows, scale, caption_weight):
     """image (B, D) normalised; class_ids (B,) within each set; caption_rows (B,) rows of
     targets.table. Prompt cross-entropy per set + multi-positive caption InfoNCE."""
@@ -84,7 +88,8 @@ def align_loss(image, targets, set_names, class_ids, caption_rows, scale, captio
         count += len(rows)
     prompt = prompt / count
     captions = targets.table[caption_rows]                                 # (B, D)
-    key = [f"{s}/{c}" for s, c in zip(set_names, class_ids.tolist())]
+    key = [f"caption/{r}" if s in OWN_CAPTION_SETS else f"{s}/{c}"
+           for s, c, r in zip(set_names, class_ids.tolist(), caption_rows.tolist())]
     same = torch.tensor([[a == b for b in key] for a in key], dtype=torch.float32)
     logits = scale * image @ captions.T                                    # (B, B)
     i2t = -(same / same.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
@@ -132,7 +137,7 @@ def train_stage(model, cut, trainable, inputs, batch_fn, targets, meta, cfg, pro
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        curve.append(float(loss))
+        curve.append(float(loss.detach()))
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(curve[-10:]):.3f}", prompt=f"{prompt:.3f}")
     for p in model.parameters():
