@@ -113,3 +113,26 @@ def test_lm_sentences_are_shown_only_once_checked_and_never_withdrawn():
     assert "cannot be judged" in final
     # nothing of the LM's holds: a short reply from the case, not an empty one
     assert vetted("This is psoriasis.", case, "other").startswith("The image analysis ranks")
+
+
+REALDATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared/realdata"
+
+
+@pytest.mark.skipif(not (REALDATA / "isic9/Test").is_dir(), reason="../shared/realdata not here")
+def test_the_real_image_chat_evaluation_counts_contradictions_on_a_small_sample(tmp_path):
+    import json
+
+    from eval.chat import main
+    out = tmp_path / "chat.json"
+    assert main(["--real", str(REALDATA / "isic9/Test"), "--n", "4", "--batch-size", "4",
+                 "--max-new-tokens", "24", "--transcripts", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["conversations"] == 4
+    answered = report.get("real")
+    if answered:                       # every image may be withheld as out of distribution
+        for key in ("self_contradictions", "turn_contradictions", "report_contradictions"):
+            assert answered[key]["total"] == 0
+        assert 0 <= answered["truth_in_top3"]["rate"] <= 1
+    turns = report["transcripts"][0]["turns"]
+    assert [t["user"] for t in turns][:2] == ["Describe this lesion.",
+                                              "Is this lesion benign or malignant?"]
