@@ -10,7 +10,7 @@ side. Captions state only what the row says (dermvlm.labeltext).
 from pathlib import Path
 
 from dermvlm.data.real import ImageIndex, truth_record
-from dermvlm.data.realdata import HAM_DX as DX
+from dermvlm.data.realdata import ham_fields
 from dermvlm.data.recipe_cli import recipe_parser, run
 from dermvlm.data.tables import convert_table
 
@@ -22,18 +22,12 @@ def record_from_row(row, row_id, context):
     images, split = context
     if not row["image_id"]:
         return "missing image: empty image_id"
-    if row["dx"] not in DX:
-        return f"unknown label: dx {row['dx']!r} (expected one of {', '.join(DX)})"
-    try:
-        age = int(float(row["age"])) if row.get("age") else None
-    except ValueError:
-        return f"bad value: age {row['age']!r} (expected a number)"
-    site = row.get("localization")
+    fields = ham_fields(row)
+    if isinstance(fields, str):
+        return fields
     return truth_record(
-        DX[row["dx"]], images.path(row["image_id"]), "dermoscopic",
-        split, "ham10000", row_id, age=age,
-        sex=row.get("sex") if row.get("sex") in ("male", "female") else None,
-        site=site if site and site != "unknown" else None,
+        fields.pop("label"), images.path(row["image_id"]), "dermoscopic", split, "ham10000",
+        row_id, **fields,
         meta={"lesion_id": row["lesion_id"], "dx_type": row.get("dx_type") or None})
 
 

@@ -1,19 +1,20 @@
 """Align a pretrained EfficientNet-Lite tower with all-MiniLM-L6-v2 on the real sets of
 ../shared/realdata and SynthDerm, in stages on cached features (dermvlm.clip.align):
 
-    python -m train.align --out runs/align/lite0 --synth runs/data/train --synth-test runs/data/test
+    python -m train.align --out runs/align/lite0 --synth runs/data/train \
+        --synth-test runs/data/test
     python -m train.align --out runs/tiny --tiny          # a few images, a few steps (tests)
 
 Stages: "frozen" (the ImageNet trunk, only the CLIP head learns), then "last" (the trunk's
-stages from --train-from on, its head conv and the CLIP head). Images are encoded once per
-view up to --cut (cached on disk), then once through the frozen middle. A logistic-regression probe on the
-frozen ImageNet features of each set's own train split is reported beside them. Training
+stages from --train-from on, its head conv and the CLIP head). Images are encoded once per view
+up to --cut (cached on disk), then once through the frozen middle. A logistic-regression probe
+on the frozen ImageNet features of each set's own train split is reported beside them. Training
 uses every real train split (ham10000, isic2017, isic9 by its lesion-grouped recipe,
-pad-ufes-20) with every image of an evaluation lesion removed (realdata.held_out_ids);
-val and test splits are only encoded and scored. Writes OUT/model (a vanilla open_clip
-folder) and OUT/report.json (per set: balanced accuracy, malignant AUROC, ... with 95 %
-intervals, for the probe and after each stage). Caches and stage checkpoints in OUT are
-reused by a rerun.
+pad-ufes-20) with every image of an evaluation lesion removed (realdata.held_out_ids); val and test
+splits are only encoded and scored. Writes OUT/model (a vanilla open_clip folder) and
+OUT/report.json (per set: balanced accuracy, malignant AUROC, ... with 95 % intervals, for the
+probe and after each stage). The image caches and the frozen
+middle's outputs in OUT are reused by a rerun; the stages run again.
 """
 import json
 import sys
@@ -52,14 +53,14 @@ def build_parser():
     return parser
 
 
-def gather(args, work):
-    """{split: [(set name, Record)]} of every set; train without evaluation lesions."""
+def gather(work, realdata=None, synth=None, synth_test=None, limit=None):
+    """{split: [(set name, Record)]} of every shared real set (isic9 through its recipe,
+    written in `work`) and SynthDerm; train without evaluation lesions; at most `limit`
+    images per set and split."""
     from data_recipes.isic9 import main as isic9_recipe
     from dermvlm.clip.data import load_records
-    from dermvlm.data.realdata import READERS, drop_leaks, held_out_ids, isic_id, read_set
-    realdata = Path(args.realdata) if args.realdata else None
-    from dermvlm.data.realdata import REALDATA
-    realdata = realdata or REALDATA
+    from dermvlm.data.realdata import REALDATA, READERS, drop_leaks, held_out_ids, read_set
+    realdata = Path(realdata) if realdata else REALDATA
     if not realdata.is_dir():
         raise DermvlmError(f"{realdata}: not found (the shared realdata folder)")
     sets = {}
@@ -73,12 +74,12 @@ def gather(args, work):
             ["--root", str(realdata / "isic9"), "--out", str(isic9)]) != 0:
         raise DermvlmError(f"the isic9 recipe failed on {realdata / 'isic9'}")
     sets["isic9"] = load_records(isic9.resolve())
-    if args.synth:
-        sets["synthderm"] = [r for r in load_records(args.synth) if r.label]
+    if synth:
+        sets["synthderm"] = [r for r in load_records(synth) if r.label]
         for r in sets["synthderm"]:
             r.split = "train"
-    if args.synth_test:
-        test = [r for r in load_records(args.synth_test) if r.label]
+    if synth_test:
+        test = [r for r in load_records(synth_test) if r.label]
         for r in test:
             r.split = "test"
         sets.setdefault("synthderm", []).extend(test)
@@ -92,7 +93,6 @@ def gather(args, work):
                 if dropped:
                     print(f"{name}: {len(dropped)} train images of evaluation lesions left "
                           "out", file=sys.stderr)
-            limit = 8 if args.tiny else args.per_set
             if limit:
                 rng = np.random.default_rng(0)
                 chosen = [chosen[i] for i in sorted(rng.permutation(len(chosen))[:limit])]
@@ -175,7 +175,8 @@ def run(args):
     work = Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    data = gather(args, work)
+    data = gather(work, args.realdata, args.synth, args.synth_test,
+                  8 if args.tiny else args.per_set)
     counts = {s: len(v) for s, v in data.items()}
     print(f"images: {counts}", file=sys.stderr)
     report = run_stages(args, work, data, class_lists(data), SHARES, cache)

@@ -1,17 +1,16 @@
 """Train, evaluate and package the embedded default model (dermvlm/default/):
 
-    dermvlm build-default                      # CPU: about an hour
+    dermvlm build-default                      # CPU: hours (the alignment alone ~75 min)
     python -m train.build_default --work runs/build_default --out runs/new_default
 
 Data: SynthDerm train (seed 0) and a held-out test set (seed 1), and the real train splits of
 ../shared/realdata (isic9, ham10000, isic2017, pad-ufes-20). Stages: staged alignment of the
-ImageNet EfficientNet-Lite0 tower with all-MiniLM-L6-v2 (train.align), VLM stage 1 (projector on captions), stage 2
-(LoRA + projector on conversations), held-out zero-shot and VQA evaluation, then the compact
-artefacts with their trust file (out-of-distribution reference, threshold and calibration
-temperature, see train.fit_trust) and a manifest (sha256 of every file, the recipe, the
-held-out figures). Each stage
-is skipped when its output is in the work folder, and the trainers resume from their
-checkpoints, so an interrupted build continues where it stopped.
+ImageNet EfficientNet-Lite0 tower with all-MiniLM-L6-v2 (train.align), VLM stage 1 (projector on
+captions), stage 2 (LoRA + projector on conversations), held-out zero-shot and VQA evaluation,
+then the compact artefacts with their trust file (out-of-distribution reference, threshold and
+calibration temperature, see train.fit_trust) and a manifest (sha256 of every file, the recipe,
+the held-out figures). Each stage is skipped when its output is in the work folder, and the
+trainers resume from their checkpoints, so an interrupted build continues where it stopped.
 """
 import json
 import platform
@@ -85,9 +84,7 @@ def real_set(work):
     out = work / "data/real"
     if (out / "val/manifest.jsonl").is_file():
         return out
-    args = type("RealArgs", (), {"realdata": str(REALDATA), "synth": None, "synth_test": None,
-                                 "tiny": False, "per_set": None})()
-    data = gather(args, out)
+    data = gather(out, REALDATA)
     for split in ("train", "val"):
         with ManifestWriter(out / split / "manifest.jsonl") as writer:
             for name, record in data[split]:

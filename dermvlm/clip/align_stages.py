@@ -8,12 +8,12 @@ import json
 import sys
 
 import numpy as np
-import torch
 
 from dermvlm.clip.align import (StageConfig, TextTargets, advance, embed_cached,
                                 sampling_weights, train_stage)
 from dermvlm.clip.cache import cut_to_pool
 from dermvlm.clip.evaluate import set_scores
+
 
 def score_split(probs_by_set, items, classes):
     """{set: metrics} from per-item probabilities (rows of `items`, grouped by set)."""
@@ -25,8 +25,9 @@ def score_split(probs_by_set, items, classes):
     return out
 
 
-def zero_shot_probs(model, targets, cached, cut, items):
-    """{set: (N, C) softmax(100 * image @ classifier)} for every item (DermLIP's logits)."""
+def zero_shot_probs(model, targets, cached, cut):
+    """{set: (N, C) softmax(100 * image @ classifier)} for every cached image, in each set's
+    classes (DermLIP's logits)."""
     image = embed_cached(model, cached, cut)
     return {name: (100.0 * image @ w).softmax(1).numpy()
             for name, w in targets.classifiers.items()}
@@ -115,8 +116,8 @@ def run_stages(args, work, data, classes, shares, cache):
         report["stages"][name] = {
             "steps": stage_cfg.steps, "loss_first_last": [round(np.mean(curve[:10]), 4),
                                                           round(np.mean(curve[-10:]), 4)],
-            **{split: score_split(zero_shot_probs(model, targets, caches[split], cut,
-                                                  data[split]), data[split], classes)
+            **{split: score_split(zero_shot_probs(model, targets, caches[split], cut),
+                                  data[split], classes)
                for split in ("val", "test")}}
         print(f"stage {name}: " + json.dumps({k: v.get("balanced_accuracy") for k, v in
                                               report["stages"][name]["test"].items()}),

@@ -32,13 +32,6 @@ def cut_to_pool(trunk, x, cut):
     return trunk.global_pool(trunk.bn2(trunk.conv_head(x)))
 
 
-def cut_to_map(trunk, x, cut):
-    """(B, C, h, w) at the cut -> (B, F, h', w'): the final feature map (VLM tokens)."""
-    for block in trunk.blocks[cut:]:
-        x = block(x)
-    return trunk.bn2(trunk.conv_head(x))
-
-
 @torch.no_grad()
 def cache_views(trunk, cut, paths, transforms, out_file, batch_size=32, progress=True):
     """Encode every image under each transform to the cut; stored as a float16 .npy memmap

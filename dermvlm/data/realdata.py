@@ -33,7 +33,9 @@ CLASSES = {"ham10000": tuple(HAM_DX.values()), "isic2017": tuple(ISIC2017_LABELS
 SPLITS = ("train", "val", "test")
 
 
-def _ham(row):
+def ham_fields(row):
+    """{label, age, sex, site} of a HAM10000 metadata row (its upstream columns), or the
+    reason it is rejected; shared with data_recipes.ham10000."""
     if row.get("dx") not in HAM_DX:
         return f"unknown label: dx {row.get('dx')!r} (expected one of {', '.join(HAM_DX)})"
     try:
@@ -41,9 +43,16 @@ def _ham(row):
     except ValueError:
         return f"bad value: age {row['age']!r} (expected a number)"
     site = row.get("localization")
-    return dict(label=HAM_DX[row["dx"]], modality="dermoscopic", age=age,
+    return dict(label=HAM_DX[row["dx"]], age=age,
                 sex=row.get("sex") if row.get("sex") in ("male", "female") else None,
-                site=site if site and site != "unknown" else None,
+                site=site if site and site != "unknown" else None)
+
+
+def _ham(row):
+    fields = ham_fields(row)
+    if isinstance(fields, str):
+        return fields
+    return dict(fields, modality="dermoscopic",
                 meta={"lesion_id": row.get("lesion_id"), "image_id": row.get("image_id"),
                       "dx_type": row.get("dx_type") or None,
                       "in_isic9_train": row.get("in_isic9_train") == "true"})

@@ -348,19 +348,18 @@ def _hold_to_case(fixed, case):
         fixed.update(size=NOT_ASSESSABLE, size_mm_estimate=None, body_site=NOT_ASSESSABLE)
 
 
-def _follow_differential(fixed, repaired, concern=None):
+def _follow_differential(fixed, repaired):
     """Raise malignancy_concern and suggested_next_step to what the report's top diagnosis
     implies (a melanoma ranked first is never "low" concern with routine monitoring). Only
     ever raised: the model may be more cautious than its differential, never less. The top
     diagnosis alone, as SynthDerm's ground-truth reports set them (a rule that also counted
-    lower-ranked diagnoses would contradict the truth it is trained on). `concern`: a floor
-    from the app's case (its malignancy threshold may raise a benign top diagnosis's)."""
+    lower-ranked diagnoses would contradict the truth it is trained on). Without a case
+    only: with one, the report takes the case's concern and next step (_hold_to_case)."""
     from dermvlm.ontology import CONDITIONS_BY_NAME
     top = CONDITIONS_BY_NAME.get(fixed["differential"][0]["diagnosis"])
     if top is None:
         return
-    concern = max(MALIGNANCY_CONCERN[top.malignancy], concern or "low",
-                  key=vocab.MALIGNANCY_CONCERNS.index)
+    concern = MALIGNANCY_CONCERN[top.malignancy]
     step = max(vocab.URGENCY_NEXT_STEP[top.urgency], CONCERN_NEXT_STEP[concern],
                key=vocab.NEXT_STEPS.index)
     for field, floor, order in (("malignancy_concern", concern, vocab.MALIGNANCY_CONCERNS),
