@@ -29,7 +29,7 @@ from dermvlm.errors import DermvlmError
 from dermvlm.imaging import ImageError, open_image
 from dermvlm.report import DISCLAIMER
 from dermvlm.serve import Assistant
-from dermvlm.trust import ABSTAIN_MESSAGE
+from dermvlm.trust import abstain_message
 
 EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / "docs" / "examples").glob("*.jpg"))
 DEFAULT_MODEL = "embedded default"
@@ -69,10 +69,17 @@ def get_assistant(choice, models):
         return _assistants[key]
 
 
-def status_line(verdict):
+def status_line(verdict, modality=None):
+    """The line under the image: why nothing is answered, or which kind of image the model
+    judged it (`modality`: (dermoscopic | clinical, probability))."""
     if verdict and verdict["abstained"]:
-        return (f"⚠️ {ABSTAIN_MESSAGE} (out-of-distribution score {verdict['ood_score']:.2f}, "
+        return (f"⚠️ {abstain_message(verdict)} (out-of-distribution score "
+                f"{verdict['ood_score']:.2f}, "
                 f"threshold {verdict['threshold']:.2f})")
+    if modality:
+        kind = "dermoscopic image" if modality[0] == "dermoscopic" else "clinical photograph"
+        return (f"Image loaded: judged a {kind} ({modality[1]:.0%}). Ask a question in the "
+                "chat.")
     return "Image loaded. Ask a question in the chat."
 
 
@@ -106,13 +113,14 @@ def build_app(default_pair=(None, None), examples=EXAMPLES, models=None):
             return None, {}, empty, "Upload an image to start."
         try:
             image = open_image(path)
-            diagnoses, concepts, verdict = get_assistant(model_choice, models).classify(image)
+            diagnoses, concepts, verdict, modality = get_assistant(
+                model_choice, models).classify(image)
         except (ImageError, NotOffered) as exc:
             return None, {}, empty, f"⚠️ {exc}"
         except DermvlmError as exc:
             return None, {}, empty, f"⚠️ model error: {exc}"
         frame = pd.DataFrame({"concept": list(concepts), "score": list(concepts.values())})
-        return image, diagnoses, frame, status_line(verdict)
+        return image, diagnoses, frame, status_line(verdict, modality)
 
     def chat(path, message, history, model_choice):
         """Stream the assistant's reply into the chat history."""

@@ -120,7 +120,7 @@ def abstained_report(verdict, message):
     empty = {name: None for name in LesionReport.model_fields
              if name not in ("differential", "disclaimer", "out_of_distribution")}
     return LesionReport(**empty, differential=[], out_of_distribution=OutOfDistribution(
-        **verdict, message=message))
+        **{**verdict, "message": message}))
 
 
 def report_from_attributes(attrs, differential):

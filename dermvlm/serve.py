@@ -14,12 +14,12 @@ from dermvlm.chat import REDIRECTS, analysis_line
 from dermvlm.replies import composed, stream_vetted, turn_kind
 from dermvlm.clip.model import load_model
 from dermvlm.imaging import eval_transform
-from dermvlm.trust import ABSTAIN_MESSAGE, TrustModel, concept_scaling
+from dermvlm.trust import TrustModel, abstain_message, concept_scaling
 from dermvlm.vlm.drafts import store_for
 from dermvlm.vlm.fastlm import for_vlm
 from dermvlm.vlm.infer import describe, generate
 from dermvlm.vlm.model import DermVLM, vision_weights_file
-from dermvlm.zeroshot import ZeroShot, zeroshot_findings
+from dermvlm.zeroshot import ZeroShot, zeroshot_findings, zeroshot_modality
 
 
 class Assistant:
@@ -71,30 +71,38 @@ class Assistant:
 
     def _scores(self, image):
         """(calibrated diagnosis probabilities over self.labels, concept scores, verdict,
-        CLIP features (1, D))."""
+        CLIP features (1, D), (modality, its probability)). A clinical photograph whose top
+        diagnosis the model has not earned on real clinical photographs gets an out-of-scope
+        verdict (dermvlm.trust)."""
         features, verdict = self.inspect(image)
         with self._clip_lock:
             logits = self.zeroshot.logits(features, self.labels)
             probs = (self.trust.calibrated(logits) if self.trust else logits.softmax(1))[0]
             concepts = self.zeroshot.concept_scores(features, self.concepts,
                                                     **concept_scaling(self.trust))[0]
-        return probs, concepts, verdict, features
+            modality = tuple(x[0] for x in zeroshot_modality(self.zeroshot, features))
+            if verdict is not None:
+                verdict = self.trust.in_scope(verdict, modality[0],
+                                              self.labels[int(probs.argmax())])
+        return probs, concepts, verdict, features, modality
 
     def classify(self, image, top_k=5, top_concepts=8):
         """({diagnosis: calibrated probability} top-k, {concept: MONET score} top concepts,
-        OOD verdict or None). An abstained image gets no diagnoses."""
-        probs, concepts, verdict, _ = self._scores(image)
+        OOD verdict or None, (modality judged, its probability)). An abstained image gets no
+        diagnoses."""
+        probs, concepts, verdict, _, modality = self._scores(image)
         best = probs.argsort(descending=True)[:top_k].tolist()
         strong = concepts.argsort(descending=True)[:top_concepts].tolist()
         diagnoses = {} if verdict and verdict["abstained"] else {
             self.labels[i]: float(probs[i]) for i in best}
-        return diagnoses, {self.concepts[i]: float(concepts[i]) for i in strong}, verdict
+        return (diagnoses, {self.concepts[i]: float(concepts[i]) for i in strong}, verdict,
+                modality)
 
     def case(self, image, top_k=3):
         """The image's one source of truth for chat and report: dermvlm.case.Case (ranked
         differential, P(malignant or premalignant), the concern they imply, the findings
         seen, OOD verdict)."""
-        probs, _, verdict, features = self._scores(image)
+        probs, _, verdict, features, _ = self._scores(image)
         with self._clip_lock:
             seen = zeroshot_findings(self.zeroshot, features)[0]      # lesion type, colours
         threshold = self.trust.settings.malignancy_threshold if self.trust else None
@@ -126,7 +134,7 @@ class Assistant:
             return kind, None, REDIRECTS[kind]
         case = case or self.case(image)
         if case.abstained:
-            return kind, case, ABSTAIN_MESSAGE
+            return kind, case, abstain_message(case.verdict)
         ready = composed(kind, case, message)
         if ready is not None:
             return kind, case, ready

@@ -10,6 +10,15 @@ almost every held-out one):
 - pixels: Euclidean distance between square-rooted colour and edge histograms (a Hellinger
   distance). The tower is trained on skin images only and maps a blank page, a gradient or a
   document close to smooth skin; colour and texture statistics tell those apart.
+
+Each modality has its own reference and threshold where the fit had enough images of it: an
+image the zero-shot model judges a clinical photograph is compared with the clinical training
+photographs only, a dermoscopic one with the dermoscopic ones (a phone photo is always far
+from dermoscopy; that says nothing about whether the model knows it).
+
+A clinical photograph is answered only when its top diagnosis is one the model earned on real
+held-out clinical photographs (`clinical_answerable`, fitted by train.fit_trust); otherwise it
+is out of scope: the reply says so instead of giving the nearest wrong name.
 """
 import json
 from dataclasses import asdict, dataclass
@@ -20,11 +29,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dermvlm.errors import DermvlmError
+from dermvlm.vocab import MODALITIES
 
 TRUST_JSON, TRUST_WEIGHTS = "trust.json", "trust.safetensors"
 ABSTAIN_MESSAGE = ("This image does not look like the skin images this model was trained on, "
                    "so no diagnosis is given.")
+OUT_OF_SCOPE_MESSAGE = ("This photo seems to show a condition this model is not trained to "
+                        "judge on clinical photographs, so no diagnosis is given. Please show "
+                        "it to a dermatologist or your doctor.")
 QUANTILE = 0.975        # of held-out in-distribution scores: the scale of each part
+MIN_MODALITY_IMAGES = 20    # per-modality reference and threshold only with this many of each
 
 
 def image_statistics(image, bins=6, edge_bins=8):
@@ -56,39 +70,89 @@ class TrustSettings:
     # moderate); fitted on held-out real images for a target sensitivity. None: the top
     # diagnosis alone decides.
     malignancy_threshold: float | None = None
+    # {modality: {"feature_scale", "pixel_scale", "threshold", "reference", "validation"}}:
+    # the modalities with a reference and threshold of their own; others use the ones above
+    modalities: dict | None = None
+    # ontology conditions a clinical photograph may be answered with (None: no restriction)
+    clinical_answerable: list | None = None
+
+
+def abstain_message(verdict):
+    """What to say instead of a diagnosis for an abstained verdict."""
+    return verdict.get("message") or ABSTAIN_MESSAGE
 
 
 class TrustModel:
     """OOD scoring and calibration for one CLIP model (features from its image tower)."""
 
-    def __init__(self, settings, reference_features, reference_pixels):
+    def __init__(self, settings, reference_features, reference_pixels, reference_modality=None):
         self.settings = settings
         # kept at the fp16 precision they are saved in, so a saved model scores the same
         self.reference_features = reference_features.half().float()   # (N, D), unit norm
         self.reference_pixels = reference_pixels.half().float()       # (N, P)
+        # (N,) index into vocab.MODALITIES, -1 where not known
+        self.reference_modality = (torch.full((len(reference_features),), -1, dtype=torch.long)
+                                   if reference_modality is None else reference_modality.long())
 
-    def parts(self, features, pixels):
-        """(feature distance (B,), pixel distance (B,)) to the nearest reference image."""
-        feature = 1 - (features.float() @ self.reference_features.T).max(1).values
-        pixel = torch.cdist(pixels.float(), self.reference_pixels).min(1).values
+    def parts(self, features, pixels, modality=None):
+        """(feature distance (B,), pixel distance (B,)) to the nearest reference image (of
+        `modality` only, when given)."""
+        references, reference_pixels = self.reference_features, self.reference_pixels
+        if modality is not None:
+            keep = self.reference_modality == MODALITIES.index(modality)
+            references, reference_pixels = references[keep], reference_pixels[keep]
+        feature = 1 - (features.float() @ references.T).max(1).values
+        pixel = torch.cdist(pixels.float(), reference_pixels).min(1).values
         return feature, pixel
 
-    def score(self, features, pixels):
-        """(B,) OOD score; above `threshold` the image is out of distribution."""
-        feature, pixel = self.parts(features, pixels)
-        return torch.maximum(feature / self.settings.feature_scale,
-                             pixel / self.settings.pixel_scale)
+    def _own(self, modality):
+        """The modality's own settings, or None (the shared ones apply)."""
+        return (self.settings.modalities or {}).get(modality)
 
-    def verdict(self, features, pixels):
+    def scores(self, features, pixels, modalities=None):
+        """((B,) OOD scores, (B,) thresholds): each image against its modality's reference
+        and threshold where it has one of its own (`modalities`: a name per image)."""
+        settings = self.settings
+        feature, pixel = self.parts(features, pixels)
+        score = torch.maximum(feature / settings.feature_scale, pixel / settings.pixel_scale)
+        threshold = torch.full_like(score, settings.threshold)
+        for name in set(modalities or ()):
+            own = self._own(name)
+            if own is None:
+                continue
+            rows = torch.tensor([m == name for m in modalities])
+            feature, pixel = self.parts(features[rows], pixels[rows], name)
+            score[rows] = torch.maximum(feature / own["feature_scale"],
+                                        pixel / own["pixel_scale"])
+            threshold[rows] = own["threshold"]
+        return score, threshold
+
+    def score(self, features, pixels):
+        """(B,) OOD score against the shared reference; above `threshold`: out of
+        distribution (`scores` gives each image its modality's)."""
+        return self.scores(features, pixels)[0]
+
+    def verdict(self, features, pixels, modalities=None):
         """[{"ood_score", "threshold", "abstained"}] per image."""
-        return [{"ood_score": round(float(s), 4), "threshold": self.settings.threshold,
-                 "abstained": bool(s > self.settings.threshold)}
-                for s in self.score(features, pixels)]
+        score, threshold = self.scores(features, pixels, modalities)
+        return [{"ood_score": round(float(s), 4), "threshold": round(float(t), 4),
+                 "abstained": bool(s > t)} for s, t in zip(score, threshold)]
 
     def inspect(self, zeroshot, transform, image):
         """(CLIP features (1, D), verdict) for one PIL image."""
+        from dermvlm.zeroshot import zeroshot_modality
         features = zeroshot.encode_images(transform(image)[None])
-        return features, self.verdict(features, image_statistics(image)[None])[0]
+        modality = zeroshot_modality(zeroshot, features)[0]
+        return features, self.verdict(features, image_statistics(image)[None], modality)[0]
+
+    def in_scope(self, verdict, modality, top):
+        """The verdict, turned into an out-of-scope abstention when a clinical photograph's
+        top diagnosis is not one the model may answer clinical photographs with."""
+        answerable = self.settings.clinical_answerable
+        if verdict["abstained"] or modality != "clinical" or answerable is None or \
+                top in answerable:
+            return verdict
+        return {**verdict, "abstained": True, "message": OUT_OF_SCOPE_MESSAGE}
 
     def calibrated(self, logits):
         """Softmax of the diagnosis logits at the fitted temperature."""
@@ -97,7 +161,8 @@ class TrustModel:
     def save(self, folder):
         folder = Path(folder)
         save_file({"reference_features": self.reference_features.half().contiguous(),
-                   "reference_pixels": self.reference_pixels.half().contiguous()},
+                   "reference_pixels": self.reference_pixels.half().contiguous(),
+                   "reference_modality": self.reference_modality.to(torch.int8).contiguous()},
                   folder / TRUST_WEIGHTS)
         (folder / TRUST_JSON).write_text(json.dumps(asdict(self.settings), indent=1))
         return folder
@@ -113,7 +178,8 @@ class TrustModel:
             tensors = load_file(folder / TRUST_WEIGHTS)
         except (OSError, TypeError, ValueError) as exc:
             raise DermvlmError(f"{folder}: unreadable {TRUST_JSON} / {TRUST_WEIGHTS}: {exc}")
-        return cls(settings, tensors["reference_features"], tensors["reference_pixels"])
+        return cls(settings, tensors["reference_features"], tensors["reference_pixels"],
+                   tensors.get("reference_modality"))
 
 
 def concept_scaling(trust):
@@ -183,18 +249,53 @@ def expected_calibration_error(probs, targets, bins=15):
     return ece(confidence.tolist(), (predicted == targets).float().tolist(), bins)
 
 
-def fit_trust(reference, validation, logits, targets, fitted_on):
+def fit_trust(reference, validation, logits, targets, fitted_on, reference_modality=None,
+              validation_modality=None):
     """A TrustModel from (features, pixels) of the reference (training) images and of held-out
     in-distribution validation images, with the temperature fitted on validation diagnosis
-    `logits` (N, C) and their `targets` (N,)."""
-    model = TrustModel(TrustSettings(1.0, 1.0, 1.0, 1.0, fitted_on), *reference)
+    `logits` (N, C) and their `targets` (N,). With `reference_modality` ((N,) index into
+    vocab.MODALITIES, -1 unknown) and `validation_modality` (a name per validation image, as
+    the zero-shot model judges it), each modality with MIN_MODALITY_IMAGES of both gets its
+    own scales and threshold."""
+    model = TrustModel(TrustSettings(1.0, 1.0, 1.0, 1.0, fitted_on), *reference,
+                       reference_modality)
     feature, pixel = model.parts(*validation)
     model.settings.feature_scale = float(feature.quantile(QUANTILE))
     model.settings.pixel_scale = float(pixel.quantile(QUANTILE))
     model.settings.threshold = float(model.score(*validation).quantile(QUANTILE))
     model.settings.temperature = fit_temperature(logits, targets)
+    own = {}
+    for name in MODALITIES if validation_modality is not None else ():
+        rows = torch.tensor([m == name for m in validation_modality])
+        n_reference = int((model.reference_modality == MODALITIES.index(name)).sum())
+        if min(int(rows.sum()), n_reference) < MIN_MODALITY_IMAGES:
+            continue
+        features, pixels = validation[0][rows], validation[1][rows]
+        feature, pixel = model.parts(features, pixels, name)
+        scales = {"feature_scale": float(feature.quantile(QUANTILE)),
+                  "pixel_scale": float(pixel.quantile(QUANTILE))}
+        score = torch.maximum(feature / scales["feature_scale"], pixel / scales["pixel_scale"])
+        own[name] = {**scales, "threshold": float(score.quantile(QUANTILE)),
+                     "reference": n_reference, "validation": int(rows.sum())}
+    model.settings.modalities = own or None
     return model
 
+
+def fit_answerable(predicted, truth, min_images=3, min_f1=0.5):
+    """The conditions whose top-1 F1 on held-out images reaches `min_f1` with at least
+    `min_images` images of them: [{"condition", "images", "precision", "recall", "f1"}] for
+    every condition seen, and the sorted list of the answerable ones."""
+    rows, answerable = [], []
+    for name in sorted(set(truth)):
+        hits = sum(p == t == name for p, t in zip(predicted, truth))
+        said, true = predicted.count(name), truth.count(name)
+        precision, recall = hits / max(said, 1), hits / true
+        f1 = 2 * precision * recall / max(precision + recall, 1e-9)
+        rows.append({"condition": name, "images": true, "precision": round(precision, 3),
+                     "recall": round(recall, 3), "f1": round(f1, 3)})
+        if true >= min_images and f1 >= min_f1:
+            answerable.append(name)
+    return rows, answerable
 
 def encode_images(zeroshot, transform, paths, batch_size=128, progress=False):
     """(CLIP features (N, D), pixel statistics (N, P), kept paths) for image files; files that

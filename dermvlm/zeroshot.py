@@ -164,22 +164,32 @@ FINDING_LESION_TYPES = tuple(t for t in vocab.LESION_TYPES
                              if any(c.lesion_types.get(t, 0) > 0 for c in CONDITIONS))
 
 
+def zeroshot_modality(zs, image_features):
+    """([modality], [its probability]) per image (N, D): dermoscopic or clinical, as the
+    modality prompts rank them (softmax of DermLIP-scaled logits)."""
+    probs = zs.logits(image_features, [MODALITY_WORDS[m] for m in vocab.MODALITIES],
+                      MODALITY_TEMPLATES).softmax(1)
+    confidence, best = probs.max(1)
+    return [vocab.MODALITIES[i] for i in best.tolist()], [round(float(c), 4) for c in confidence]
+
+
 def zeroshot_findings(zs, image_features, second_colour=0.5):
-    """[{"lesion_type": str, "colours": [str], "modality": str}] per image (N, D): the most
-    probable lesion type and modality, and the most probable colour plus the runner-up when
-    its probability is at least `second_colour` times the first's (brown and black)."""
+    """[{"lesion_type": str, "colours": [str], "modality": str, "modality_confidence": float}]
+    per image (N, D): the most probable lesion type and modality (with its probability), and
+    the most probable colour plus the runner-up when its probability is at least
+    `second_colour` times the first's (brown and black)."""
     types = zs.logits(image_features, list(FINDING_LESION_TYPES), LESION_TYPE_TEMPLATES)
     colours = zs.logits(image_features, list(vocab.COLOURS), ATTRIBUTE_TEMPLATES).softmax(1)
-    modalities = zs.logits(image_features, [MODALITY_WORDS[m] for m in vocab.MODALITIES],
-                           MODALITY_TEMPLATES).argmax(1).tolist()
+    modalities, confidences = zeroshot_modality(zs, image_features)
     out = []
-    for type_row, colour_row, modality in zip(types.argmax(1).tolist(), colours, modalities):
+    for type_row, colour_row, modality, confidence in zip(types.argmax(1).tolist(), colours,
+                                                          modalities, confidences):
         first, runner_up = colour_row.argsort(descending=True)[:2].tolist()
         keep = [first] + ([runner_up] if colour_row[runner_up] >= second_colour *
                           colour_row[first] else [])
         out.append({"lesion_type": FINDING_LESION_TYPES[type_row],
                     "colours": [vocab.COLOURS[j] for j in keep],
-                    "modality": vocab.MODALITIES[modality]})
+                    "modality": modality, "modality_confidence": confidence})
     return out
 
 

@@ -101,6 +101,16 @@ def concept_calibration(zs, features, paths, labels, trust):
             "concept_ece_calibrated": round(ece[1], 4)}
 
 
+def _margins(trust, zs, features, pixels):
+    """(N,) log(OOD score / its threshold), each image against its modality's reference, as
+    the app judges it: above 0 the image is refused."""
+    import torch
+
+    from dermvlm.zeroshot import zeroshot_modality
+    score, threshold = trust.scores(features, pixels, zeroshot_modality(zs, features)[0])
+    return torch.log(score.clamp_min(1e-9) / threshold)
+
+
 def evaluate(args):
     import torch
 
@@ -117,32 +127,30 @@ def evaluate(args):
                            "train.fit_trust")
     model, cfg, tokenizer = load_model(args.model)
     zs, transform = ZeroShot(model, tokenizer), eval_transform(cfg["vision_cfg"]["image_size"])
-    result, id_scores = {"model": args.model, "threshold": trust.settings.threshold,
-                         "in_distribution": {}}, []
+    result, id_scores, ood_margins = {"model": args.model,
+                                      "threshold": trust.settings.threshold,
+                                      "modalities": trust.settings.modalities,
+                                      "in_distribution": {}}, [], None
     for spec in args.id:
         items = labelled_images(spec)
         features, pixels, kept = encode_images(zs, transform, [p for p, _ in items])
-        scores = trust.score(features, pixels)
-        id_scores.append(scores)
+        margins = _margins(trust, zs, features, pixels)
+        id_scores.append(margins)
         label_of = dict(items)
         result["in_distribution"][spec] = {
-            "n": len(kept), "refused": round(float((scores > trust.settings.threshold)
-                                                  .float().mean()), 4),
+            "n": len(kept), "refused": round(float((margins > 0).float().mean()), 4),
             **calibration(zs, features, [label_of[p] for p in kept], trust),
             **concept_calibration(zs, features, kept, concept_labels(spec), trust)}
     ood = [str(p) for p in sorted(Path(args.ood).iterdir())]
     features, pixels, kept = encode_images(zs, transform, ood)
-    ood_scores = trust.score(features, pixels)
+    ood_margins = _margins(trust, zs, features, pixels)
     inside = torch.cat(id_scores)
     result["ood"] = {"folder": args.ood, "n": len(kept),
-                     "caught": round(float((ood_scores > trust.settings.threshold)
-                                           .float().mean()), 4),
-                     "missed": [Path(p).name for p, s in zip(kept, ood_scores)
-                                if s <= trust.settings.threshold]}
-    result["auroc"] = round(binary_auroc(torch.cat([inside, ood_scores]).tolist(),
-                                         [0] * len(inside) + [1] * len(ood_scores)), 4)
-    result["refused_all_in_distribution"] = round(float(
-        (inside > trust.settings.threshold).float().mean()), 4)
+                     "caught": round(float((ood_margins > 0).float().mean()), 4),
+                     "missed": [Path(p).name for p, s in zip(kept, ood_margins) if s <= 0]}
+    result["auroc"] = round(binary_auroc(torch.cat([inside, ood_margins]).tolist(),
+                                         [0] * len(inside) + [1] * len(ood_margins)), 4)
+    result["refused_all_in_distribution"] = round(float((inside > 0).float().mean()), 4)
     return result
 
 

@@ -59,8 +59,9 @@ def test_shipped_default_classifies_chats_and_reports():
     assert len(assistant.vlm.draft_texts) > 100                 # its draft store, read
     image = open_image(next((Path(__file__).parent.parent / "docs" / "examples")
                              .glob("*.jpg")))
-    diagnoses, concepts, verdict = assistant.classify(image)
+    diagnoses, concepts, verdict, modality = assistant.classify(image)
     assert verdict is not None and not verdict["abstained"]       # a SynthDerm example
+    assert modality[0] in ("clinical", "dermoscopic") and 0.5 <= modality[1] <= 1
     assert len(diagnoses) == 5 and 0 < sum(diagnoses.values()) <= 1 + 1e-6
     assert all(0 <= v <= 1 for v in concepts.values())
     reply = list(assistant.chat(image, [], "What colour is the lesion?", max_new_tokens=12))
@@ -74,7 +75,7 @@ def test_shipped_default_classifies_chats_and_reports():
 
     from dermvlm.trust import ABSTAIN_MESSAGE
     temple = Image.fromarray(load_sample_image("china.jpg"))
-    diagnoses, _, verdict = assistant.classify(temple)
+    diagnoses, _, verdict, _ = assistant.classify(temple)
     assert verdict["abstained"] and diagnoses == {}
     assert list(assistant.chat(temple, [], "Is this melanoma?"))[-1] == ABSTAIN_MESSAGE
     report, text = assistant.report(temple)

@@ -2,6 +2,7 @@
 captions and chats say only what a label says, the real-image metrics equal a reference
 library's, and the malignancy operating point flags what it was fitted to flag."""
 import json
+import math
 import re
 from pathlib import Path
 
@@ -193,7 +194,8 @@ def test_zeroshot_findings_take_the_best_type_and_a_close_second_colour():
             return torch.tensor([[table.get(label, 0.0) for label in labels]] * len(features))
     found = zeroshot_findings(Scores(), torch.zeros(2, 4))
     assert found[0] == {"lesion_type": "nodule", "colours": ["brown", "black"],
-                        "modality": MODALITIES[0]} and len(found) == 2
+                        "modality": MODALITIES[0], "modality_confidence": pytest.approx(
+                            1 / (1 + math.exp(-1)), abs=1e-4)} and len(found) == 2
     assert zeroshot_findings(Scores(), torch.zeros(1, 4), second_colour=0.9)[0][
         "colours"] == ["brown"]
 

@@ -64,6 +64,65 @@ def test_ood_score_separates_and_round_trips(tmp_path):
     assert TrustModel.load(tmp_path / "nothing") is None
 
 
+def test_each_modality_is_judged_against_its_own_reference(tmp_path):
+    """Dermoscopy around one direction, clinical photos around another: a clinical photo is in
+    distribution when judged clinical (compared with clinical references only) and out when
+    judged dermoscopic; the per-modality settings survive a save and load."""
+    generator = torch.Generator().manual_seed(2)
+    centres = torch.nn.functional.normalize(torch.randn(2, 16, generator=generator), dim=1)
+
+    def features(n, which):
+        x = centres[which] + 0.05 * torch.randn(n, 16, generator=generator)
+        return torch.nn.functional.normalize(x, dim=1)
+
+    def pixels(n):
+        return 0.5 + 0.01 * torch.randn(n, 8, generator=generator)
+    reference = torch.cat([features(150, 0), features(50, 1)]), pixels(200)
+    reference_modality = torch.tensor([1] * 150 + [0] * 50)     # MODALITIES: clinical, derm.
+    validation = torch.cat([features(60, 0), features(30, 1)]), pixels(90)
+    modalities = ["dermoscopic"] * 60 + ["clinical"] * 30
+    logits = torch.randn(90, 3, generator=generator)
+    trust = fit_trust(reference, validation, logits, logits.argmax(1), {}, reference_modality,
+                      modalities)
+    assert set(trust.settings.modalities) == {"clinical", "dermoscopic"}
+    assert trust.settings.modalities["clinical"]["reference"] == 50
+    photo, stats = features(20, 1), pixels(20)
+    as_clinical = trust.verdict(photo, stats, ["clinical"] * 20)
+    as_dermoscopy = trust.verdict(photo, stats, ["dermoscopic"] * 20)
+    assert sum(v["abstained"] for v in as_clinical) <= 2
+    assert all(v["abstained"] for v in as_dermoscopy)
+    trust.save(tmp_path)
+    loaded = TrustModel.load(tmp_path)
+    assert loaded.settings == trust.settings
+    assert loaded.verdict(photo, stats, ["clinical"] * 20) == as_clinical
+    # too few validation photos of a modality: it shares the overall reference and threshold
+    few = fit_trust(reference, validation, logits, logits.argmax(1), {}, reference_modality,
+                    ["dermoscopic"] * 75 + ["clinical"] * 15)
+    assert set(few.settings.modalities) == {"dermoscopic"}
+    assert few.verdict(photo, stats, ["clinical"] * 20) == few.verdict(photo, stats)
+
+
+def test_answerable_conditions_and_the_out_of_scope_verdict():
+    from dermvlm.trust import OUT_OF_SCOPE_MESSAGE, abstain_message, fit_answerable
+    truth = ["nevus"] * 4 + ["melanoma"] * 4 + ["psoriasis"] * 2
+    said = ["nevus"] * 4 + ["nevus", "nevus", "nevus", "melanoma"] + ["psoriasis"] * 2
+    rows, answerable = fit_answerable(said, truth, min_images=3, min_f1=0.5)
+    by = {r["condition"]: r for r in rows}
+    assert by["nevus"]["precision"] == pytest.approx(4 / 7, abs=1e-3) and by["nevus"]["recall"] == 1.0
+    assert by["melanoma"]["f1"] == pytest.approx(0.4)        # p 1, r 1/4
+    assert answerable == ["nevus"]                           # psoriasis: only 2 images
+    trust, _, _ = _trust_on_clusters()
+    trust.settings.clinical_answerable = answerable
+    fine = {"ood_score": 0.5, "threshold": 1.0, "abstained": False}
+    assert trust.in_scope(fine, "clinical", "nevus") == fine
+    assert trust.in_scope(fine, "dermoscopic", "melanoma") == fine
+    out = trust.in_scope(fine, "clinical", "melanoma")
+    assert out["abstained"] and abstain_message(out) == OUT_OF_SCOPE_MESSAGE
+    report = abstained_report(out, abstain_message(out))
+    assert OUT_OF_SCOPE_MESSAGE in render_report_text(report)
+    assert abstain_message({**fine, "abstained": True}) == ABSTAIN_MESSAGE
+
+
 def test_image_statistics_tell_a_blank_page_from_skin(synth_dir):
     skin = [image_statistics(Image.open(p)) for p in sorted((synth_dir / "images").iterdir())]
     blank = image_statistics(Image.new("RGB", (80, 80), (250, 250, 250)))
@@ -147,3 +206,39 @@ def test_concept_scaling_recovers_the_scaling_labels_were_drawn_at():
     pair = torch.stack([margins, torch.zeros_like(margins)], -1) / 0.01
     assert torch.allclose(pair.softmax(-1)[..., 0].mean(-1),
                           torch.sigmoid(margins / 0.01).mean(-1), atol=1e-6)
+
+
+def test_scope_evaluation_counts_every_image_once(synth_dir, tmp_path):
+    """eval.scope: every image is answered, refused as OOD or refused as out of scope, and
+    falls in exactly one of the truth-in-scope and truth-out-of-scope groups; Wilson
+    intervals by hand."""
+    import json
+
+    from dermvlm.trust import TrustModel
+    from eval import scope
+    from train import fit_trust
+    assert scope.wilson_interval(0, 10) == [0.0, 0.2775]
+    assert scope.wilson_interval(5, 10) == [0.2366, 0.7634]
+    from dermvlm.labelled import labelled_records
+    from dermvlm.ontology import CONDITIONS
+    folder = vanilla_open_clip_folder(tmp_path / "clip")
+    assert fit_trust.main(["--model", str(folder), "--split", str(synth_dir), "--calibrate",
+                           str(synth_dir), "--holdout", "0.5", "--answerable", str(synth_dir),
+                           "--quiet"]) == 0
+    trust = TrustModel.load(folder)
+    fitted = trust.settings.fitted_on["clinical_answerable"]
+    clinical = [r for r in labelled_records(synth_dir) if r.modality == "clinical"]
+    assert fitted["images"] == len(clinical) > 0
+    assert sum(row["images"] for row in fitted["conditions"]) == len(clinical)
+    assert set(trust.settings.clinical_answerable) <= {c.name for c in CONDITIONS}
+    trust.settings.clinical_answerable = []
+    trust.save(folder)
+    out = tmp_path / "scope.json"
+    assert scope.main(["--model", str(folder), "--set", str(synth_dir), "--out", str(out),
+                       "--quiet"]) == 0
+    result = json.loads(out.read_text())["sets"][str(synth_dir)]
+    every = result["all"]
+    assert every["n"] == 40 and every["answered"]["count"] + every["refused_ood"]["count"] + \
+        every["out_of_scope"]["count"] == 40
+    assert result["truth_in_scope"]["n"] + result["truth_out_of_scope"]["n"] == 40
+    assert scope.main(["--model", str(tmp_path), "--set", str(synth_dir)]) == 2

@@ -264,9 +264,10 @@ def strip_adapter(adapter):
 
 
 def fit_trust_stage(work, clip_folder, progress):
-    """The OOD reference (SynthDerm and real training images), the threshold and the
-    calibration temperature on held-out SynthDerm (seed 2) and the real val split, and the
-    malignancy operating point on that real val split."""
+    """The OOD reference (SynthDerm and real training images, up to 2,000 per set and
+    modality), the thresholds and the calibration temperature on held-out SynthDerm (seed 2)
+    and the real val split, and on that real val split the malignancy operating point and
+    the conditions clinical photographs may be answered with."""
     from argparse import Namespace
 
     from train.fit_trust import fit
@@ -279,8 +280,9 @@ def fit_trust_stage(work, clip_folder, progress):
         validation.append(str(work / "data/real/val"))
         malignancy = [validation[-1]]
     return fit(Namespace(model=str(clip_folder), reference=reference, validation=validation,
-                         split=[], calibrate=[], holdout=0.2, max_per_set=3000,
+                         split=[], calibrate=[], holdout=0.2, max_per_set=2000,
                          malignancy=malignancy, sensitivity=MALIGNANCY_SENSITIVITY,
+                         answerable=malignancy, min_images=3, min_f1=0.5,
                          quiet=not progress))
 
 

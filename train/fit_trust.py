@@ -8,12 +8,17 @@ Image sets are SynthDerm folders, manifests, or ROOT/<label>/*.jpg. A --referenc
 the model was trained on) is all reference; a --validation set (held out, in distribution) is
 all validation; a --split set gives --holdout (20 %) of its images, chosen by a hash of the
 file name, to validation and the rest to the reference. At most --max-per-set reference images
-are kept per set. The threshold is the 97.5th percentile of the validation images' scores; the
+are kept per set and modality (by a hash of the file name), so a set's clinical photos are not
+crowded out by its dermoscopy. The threshold is the 97.5th percentile of the validation images'
+scores, overall and for each modality with enough images (dermvlm.trust); the
 temperature is fitted on the images of the --validation sets whose label is one of the
 ontology's diagnoses (the label space users are shown), or of the --calibrate sets if given.
 With --malignancy (held-out labelled sets), the malignancy operating point is fitted too: the
 threshold on P(malignant or premalignant) that flags --sensitivity of those sets' malignant and
-premalignant images (the app raises such an image's concern to at least moderate).
+premalignant images (the app raises such an image's concern to at least moderate). With
+--answerable (held-out labelled sets with clinical photographs), the conditions a clinical
+photograph may be answered with are fitted: those whose top-1 F1 on the sets' clinical photos
+reaches --min-f1 with at least --min-images of them.
 """
 import os
 import sys
@@ -39,13 +44,20 @@ def main(argv=None):
     parser.add_argument("--holdout", type=float, default=0.2,
                         help="share of each set held out for validation (default 0.2)")
     parser.add_argument("--max-per-set", type=positive_int, default=1500,
-                        help="reference images kept per set (default 1500)")
+                        help="reference images kept per set and modality (default 1500)")
     parser.add_argument("--malignancy", action="append", default=[],
                         help="held-out labelled set(s) the malignancy operating point is fitted "
                         "on (labels in the ontology; repeatable)")
     parser.add_argument("--sensitivity", type=float, default=0.95,
                         help="share of malignant or premalignant --malignancy images flagged "
                         "at the operating point (default 0.95)")
+    parser.add_argument("--answerable", action="append", default=[],
+                        help="held-out labelled set(s) whose clinical photographs fix the "
+                        "conditions clinical photos may be answered with (repeatable)")
+    parser.add_argument("--min-f1", type=float, default=0.5,
+                        help="top-1 F1 a condition needs on those photos (default 0.5)")
+    parser.add_argument("--min-images", type=positive_int, default=3,
+                        help="held-out clinical photos a condition needs (default 3)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return print_result("train.fit_trust", lambda: fit(parser.parse_args(argv)))
 
@@ -53,15 +65,17 @@ def main(argv=None):
 def fit(args):
     from dermvlm.clip.model import load_model
     from dermvlm.imaging import eval_transform
-    from dermvlm.labelled import concept_labels, held_out, labelled_images
+    from dermvlm.labelled import concept_labels, held_out, labelled_records, pick_records
     from dermvlm.ontology import CONDITIONS
     from dermvlm.trust import encode_images, fit_trust
-    from dermvlm.zeroshot import ZeroShot
+    from dermvlm.vocab import MODALITIES
+    from dermvlm.zeroshot import ZeroShot, zeroshot_modality
     if not 0 < args.holdout < 1:
         raise DermvlmError(f"--holdout must be between 0 and 1, got {args.holdout}")
     model, cfg, tokenizer = load_model(args.model)
     zs, transform = ZeroShot(model, tokenizer), eval_transform(cfg["vision_cfg"]["image_size"])
     reference, validation, labels, concepts, sets = [], [], [], [], {}
+    reference_modality = []
     roles = ([(s, 1.0, 0.0) for s in args.reference] + [(s, 0.0, 1.0) for s in args.validation]
              + [(s, 1 - args.holdout, args.holdout) for s in args.split])
     if not any(r for _, r, _ in roles) or not any(v for _, _, v in roles):
@@ -69,10 +83,18 @@ def fit(args):
                            "images (--validation or --split)")
     calibrate = set(args.calibrate or args.validation)
     for spec, _, share in roles:
-        items = labelled_images(spec)
-        train = [p for p, _ in items if not held_out(p, share)][:args.max_per_set]
-        val = [(p, label) for p, label in items if held_out(p, share)]
-        reference.append(encode_images(zs, transform, train, progress=not args.quiet))
+        records = labelled_records(spec)
+        train = [r for r in records if not held_out(r.image, share)]
+        train = [r for modality in sorted({r.modality or "" for r in train}) for r in
+                 pick_records([r for r in train if (r.modality or "") == modality],
+                              args.max_per_set)]
+        val = [(r.image, r.label) for r in records if held_out(r.image, share)]
+        reference.append(encode_images(zs, transform, [r.image for r in train],
+                                       progress=not args.quiet))
+        told = {r.image: r.modality for r in train}
+        judged = zeroshot_modality(zs, reference[-1][0])[0]     # where a record does not say
+        reference_modality += [MODALITIES.index(told[p] if told[p] in MODALITIES else m)
+                               for p, m in zip(reference[-1][2], judged)]
         encoded = encode_images(zs, transform, [p for p, _ in val], progress=not args.quiet)
         validation.append(encoded)
         label_of = dict(val)     # only the calibration sets' labels count for the temperature
@@ -90,11 +112,15 @@ def fit(args):
     targets = torch.tensor([names.index(labels[i]) for i in known])
     trust = fit_trust((torch.cat([r[0] for r in reference]), torch.cat([r[1] for r in reference])),
                       (features, torch.cat([v[1] for v in validation])), logits, targets,
-                      {"sets": sets, "temperature_images": len(known), "holdout": args.holdout})
+                      {"sets": sets, "temperature_images": len(known), "holdout": args.holdout},
+                      torch.tensor(reference_modality), zeroshot_modality(zs, features)[0])
     fit_concepts(trust, zs, features, concepts)
     if args.malignancy:
         fit_operating_point(trust, zs, transform, args.malignancy, args.sensitivity,
                             progress=not args.quiet)
+    if args.answerable:
+        fit_clinical_scope(trust, zs, transform, args.answerable, args.min_images, args.min_f1,
+                           progress=not args.quiet)
     trust.save(args.model.removeprefix("local-dir:"))
     return {"model": args.model, **vars(trust.settings)}
 
@@ -128,6 +154,31 @@ def fit_operating_point(trust, zs, transform, sets, sensitivity, progress=True):
     trust.settings.fitted_on["malignancy"] = {"sets": list(sets), "images": len(kept),
                                               "positive": int(sum(positive)),
                                               "target_sensitivity": sensitivity}
+
+
+def fit_clinical_scope(trust, zs, transform, sets, min_images, min_f1, progress=True):
+    """trust.settings.clinical_answerable: the ontology conditions the model names right often
+    enough (top-1 F1 >= min_f1, >= min_images images) on the clinical photographs of the
+    labelled held-out `sets`, with the app's label set and calibration."""
+    from dermvlm.labelled import labelled_records
+    from dermvlm.ontology import CONDITIONS
+    from dermvlm.trust import encode_images, fit_answerable
+    truth_of = {r.image: canonical(r.label) for spec in sets for r in labelled_records(spec)
+                if r.modality == "clinical"}
+    names = [c.name for c in CONDITIONS]
+    unknown = sorted({label for label in truth_of.values() if label not in names})
+    if unknown:
+        raise DermvlmError(f"--answerable: labels not in the ontology: {', '.join(unknown)}")
+    if not truth_of:
+        raise DermvlmError(f"--answerable {' '.join(sets)}: no clinical photograph there")
+    features, _, kept = encode_images(zs, transform, list(truth_of), progress=progress)
+    top = trust.calibrated(zs.logits(features, names)).argmax(1).tolist()
+    rows, answerable = fit_answerable([names[i] for i in top], [truth_of[p] for p in kept],
+                                      min_images, min_f1)
+    trust.settings.clinical_answerable = answerable
+    trust.settings.fitted_on["clinical_answerable"] = {
+        "sets": list(sets), "images": len(kept), "min_images": min_images, "min_f1": min_f1,
+        "conditions": rows}
 
 
 def fit_concepts(trust, zs, features, concepts):

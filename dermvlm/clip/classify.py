@@ -8,9 +8,10 @@ from tqdm import tqdm
 from dermvlm.clip.model import load_model
 from dermvlm.errors import DermvlmError
 from dermvlm.imaging import ImageError, collect_images, eval_transform, open_image
-from dermvlm.trust import ABSTAIN_MESSAGE, TrustModel, concept_scaling, image_statistics
+from dermvlm.ontology import find_condition
+from dermvlm.trust import TrustModel, abstain_message, concept_scaling, image_statistics
 from dermvlm.vocab import SKINCON_CONCEPTS
-from dermvlm.zeroshot import DERMLIP_TEMPLATES, ZeroShot
+from dermvlm.zeroshot import DERMLIP_TEMPLATES, ZeroShot, zeroshot_modality
 
 
 def read_labels(labels=None, labels_file=None):
@@ -61,13 +62,19 @@ def classify(inputs, model_spec, labels=None, concepts=False, top_k=5, templates
 def _classify_batch(batch, zs, transform, trust, names, concepts, top_k, templates,
                     ignore_ood):
     features = zs.encode_images(torch.stack([transform(image) for _, image in batch]))
-    verdicts = (trust.verdict(features, torch.stack([image_statistics(im) for _, im in batch]))
-                if trust else [None] * len(batch))
+    modalities = zeroshot_modality(zs, features)[0]
+    verdicts = (trust.verdict(features, torch.stack([image_statistics(im) for _, im in batch]),
+                              modalities) if trust else [None] * len(batch))
     if concepts:
         scores = zs.concept_scores(features, names, **concept_scaling(trust))
     else:
         logits = zs.logits(features, names, templates or DERMLIP_TEMPLATES)
         scores = trust.calibrated(logits) if trust else logits.softmax(1)
+        # with ontology labels, a clinical photo is answered only with a condition it earned
+        conditions = [find_condition(name) for name in names]
+        if trust and all(conditions):
+            verdicts = [trust.in_scope(v, m, conditions[int(row.argmax())].name)
+                        for v, m, row in zip(verdicts, modalities, scores)]
     results = []
     for (path, _), row, verdict in zip(batch, scores, verdicts):
         if verdict and verdict["abstained"] and not ignore_ood:
@@ -96,5 +103,5 @@ def result_lines(path, ranked, verdict):
                                          f"{verdict['ood_score']:.2f}, threshold "
                                          f"{verdict['threshold']:.2f})")
     if verdict and verdict["abstained"] and not ranked:
-        return [head, f"  {ABSTAIN_MESSAGE}"]
+        return [head, f"  {abstain_message(verdict)}"]
     return [head] + [f"  {score:7.3f}  {label}" for label, score in ranked]

@@ -21,7 +21,7 @@ from dermvlm.imaging import eval_transform, open_image
 from dermvlm.replies import CONCERN_NEXT_STEP
 from dermvlm.report import (DISCLAIMER, MALIGNANCY_CONCERN, NOT_ASSESSABLE, LesionReport,
                             abstained_report, field_choices)
-from dermvlm.trust import ABSTAIN_MESSAGE
+from dermvlm.trust import abstain_message
 from dermvlm.vlm.data import to_messages
 from dermvlm.vlm.fastlm import for_vlm
 from dermvlm.vlm.model import IMAGE_TOKEN
@@ -272,7 +272,7 @@ def describe(vlm, image, max_new_tokens=400, ood=None, method="constrained", cas
     agree; with the constrained method the model writes the other fields given them."""
     from dermvlm.ontology import CONDITIONS
     if ood is not None and ood["abstained"]:
-        return abstained_report(ood, ABSTAIN_MESSAGE), "", []
+        return abstained_report(ood, abstain_message(ood)), "", []
     messages = [{"role": "user", "content": REPORT_PROMPT}]
     names = [c.name for c in CONDITIONS]
     given = _given(case)
