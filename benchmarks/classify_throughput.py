@@ -3,6 +3,10 @@ time, on the same files and model in one run (both with the trust check the mode
 
     python -m benchmarks.classify_throughput --n 1000          # SynthDerm images, embedded model
     python -m benchmarks.classify_throughput --images my_photos/ --model runs/clip/model
+    python -m benchmarks.classify_throughput --n 200 --baseline runs/prev_default/clip
+
+With --baseline (another CLIP folder), both are measured on the same files in one run and the
+ratios (this / baseline) are printed.
 """
 import argparse
 import json
@@ -20,6 +24,7 @@ def main(argv=None):
     parser.add_argument("--images", help="image folder (default: a new SynthDerm set)")
     parser.add_argument("--n", type=int, default=1000, help="SynthDerm images to make")
     parser.add_argument("--model", default=None, help="CLIP folder (default: embedded)")
+    parser.add_argument("--baseline", help="a CLIP folder measured beside it")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -33,18 +38,33 @@ def main(argv=None):
         generate(get_config("tiny", [f"synth.n={args.n}", "synth.seed=5", "synth.size=96"])
                  .synth, folder, progress=False)
         folder = f"{folder}/images"
+    result = {"threads": args.threads, "model": model,
+              **throughput(folder, model, args.batch_size)}
+    if args.baseline:
+        result["baseline"] = {"model": args.baseline,
+                              **throughput(folder, args.baseline, args.batch_size)}
+        result["ratio_model_over_baseline"] = {
+            name: round(result[name]["images_per_s"] /
+                        result["baseline"][name]["images_per_s"], 3)
+            for name in ("one_at_a_time", "batched")}
+    print(json.dumps(result, indent=1))
+
+
+def throughput(folder, model, batch_size):
+    """{one_at_a_time, batched: {images, seconds, images_per_s, seconds_per_image},
+    speed-up}: `classify` over the folder (each pass loads the model once, as the CLI does)."""
     labels = ["melanoma", "melanocytic nevus", "psoriasis", "seborrhoeic keratosis"]
     figures = {}
-    for name, batch in (("one_at_a_time", 1), ("batched", args.batch_size)):
+    for name, batch in (("one_at_a_time", 1), ("batched", batch_size)):
         start = time.perf_counter()
         results = classify([folder], model, labels=labels, batch_size=batch, progress=True)
         seconds = time.perf_counter() - start          # includes loading the model once
         figures[name] = {"images": len(results), "seconds": round(seconds, 2),
-                         "images_per_s": round(len(results) / seconds, 1)}
+                         "images_per_s": round(len(results) / seconds, 1),
+                         "seconds_per_image": round(seconds / len(results), 4)}
     figures["speed-up"] = round(figures["batched"]["images_per_s"] /
                                 figures["one_at_a_time"]["images_per_s"], 2)
-    print(json.dumps({"model": model, "threads": args.threads, **figures}, indent=1))
-
+    return figures
 
 if __name__ == "__main__":
     main()
