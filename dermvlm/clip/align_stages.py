@@ -33,10 +33,15 @@ def zero_shot_probs(model, targets, cached, cut):
             for name, w in targets.classifiers.items()}
 
 
+PROBE_C = (0.001, 0.01, 0.1, 1.0)    # inverse L2 strengths tried; the set's val split picks
+
+
 def probe_scores(pooled, data, classes):
     """Logistic regression on frozen ImageNet features, fitted per set on its own train
-    split (class-balanced), scored on its val and test splits."""
+    split (class-balanced, its L2 strength chosen on its val split's balanced accuracy),
+    scored on its val and test splits."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
     from sklearn.preprocessing import StandardScaler
     out = {"val": {}, "test": {}}
     train_sets = [n for n, _ in data["train"]]
@@ -46,18 +51,25 @@ def probe_scores(pooled, data, classes):
         if len(set(labels)) < 2:
             continue
         scaler = StandardScaler().fit(pooled["train"][rows, 0])
-        fit = LogisticRegression(max_iter=2000, class_weight="balanced", C=0.5).fit(
-            scaler.transform(pooled["train"][rows, 0]),
-            [classes[name].index(label) for label in labels])
-        for split in ("val", "test"):
-            rows = [i for i, (n, _) in enumerate(data[split]) if n == name]
+        x = scaler.transform(pooled["train"][rows, 0])
+        y = [classes[name].index(label) for label in labels]
+        split_rows = {split: [i for i, (n, _) in enumerate(data[split]) if n == name]
+                      for split in ("val", "test")}
+        truth = {split: [classes[name].index(data[split][i][1].label) for i in r]
+                 for split, r in split_rows.items()}
+        fits = [LogisticRegression(max_iter=2000, class_weight="balanced", C=c).fit(x, y)
+                for c in (PROBE_C if split_rows["val"] else (0.5,))]
+        if split_rows["val"]:
+            val_x = scaler.transform(pooled["val"][split_rows["val"], 0])
+            fits.sort(key=lambda f: -balanced_accuracy_score(truth["val"], f.predict(val_x)))
+        fit = fits[0]
+        for split, rows in split_rows.items():
             if not rows:
                 continue
             probs = np.zeros((len(rows), len(classes[name])))
-            probs[:, fit.classes_] = fit.predict_proba(
-                scaler.transform(pooled[split][rows, 0]))
-            truth = [classes[name].index(data[split][i][1].label) for i in rows]
-            out[split][name] = set_scores(probs, truth, list(classes[name]))
+            probs[:, fit.classes_] = fit.predict_proba(scaler.transform(pooled[split][rows, 0]))
+            out[split][name] = {**set_scores(probs, truth[split], list(classes[name])),
+                                "probe_C": fit.C}
     return out
 
 
