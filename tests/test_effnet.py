@@ -104,8 +104,13 @@ def test_conv_vision_tower_gives_the_pooled_feature_then_the_map():
     config = get_config("tiny", ["clip.model=efficientnet-lite0", "clip.image_size=96",
                                  "clip.text_proj=none", "clip.embed_dim=384"])
     model, _, _ = build_model(config.clip)
+    model.visual.train()
+    before = {k: v.clone() for k, v in model.visual.state_dict().items()}
     tower = vision_tower(model.visual)
     assert isinstance(tower, ConvVisionTower) and tower.num_tokens == 9 and tower.width == 1280
+    # measuring the map's size leaves the batch-norm statistics and the mode as they were
+    assert all(torch.equal(v, before[k]) for k, v in model.visual.state_dict().items())
+    assert model.visual.training
     with torch.no_grad():
         tokens = tower(torch.randn(2, 3, 96, 96))
     assert tokens.shape == (2, 10, 1280)

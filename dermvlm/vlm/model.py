@@ -57,9 +57,13 @@ class ConvVisionTower(torch.nn.Module):
         self.visual = visual
         self.width = visual.trunk.num_features
         self.image_size = visual.image_size[0]
-        with torch.no_grad():                        # h*w of the final map at this size
+        # h*w of the final map at this size, in eval mode: a forward in train mode would move
+        # the batch-norm running statistics towards a blank image's
+        training, _ = visual.training, visual.eval()
+        with torch.no_grad():
             probe = visual.trunk.forward_features(torch.zeros(1, 3, self.image_size,
                                                               self.image_size))
+        visual.train(training)
         self.num_tokens = probe.shape[2] * probe.shape[3]
 
     def forward(self, pixels):
