@@ -186,11 +186,18 @@ def train_parts(config, work, progress, warm_start=None):
                   init=str(work / "vlm1/model"), progress=progress)
 
 
-def evaluate_parts(work, clip, clip_cfg, tokenizer, progress, warm_start=None):
+def evaluate_parts(work, clip, clip_cfg, tokenizer, progress, warm_start=None, vqa=True):
     """Held-out zero-shot of the CLIP tower; held-out VQA of the untuned baseline and of
     stages 1 and 2, all through dermvlm.vlm.evaluate.evaluate_vlm (as eval.vqa). The untuned
     baseline (the base LM with a fresh projector) does not depend on the training, so a warm
-    start reuses its earlier default's figures on the same test set."""
+    start reuses its earlier default's figures on the same test set. Kept in
+    work/heldout.json, so a build stopped after this stage does not measure them again.
+    `vqa=False` (--skip-vqa): the VQA part is not measured and the manifest says so."""
+    saved = work / "heldout.json"
+    if saved.is_file():
+        kept = json.loads(saved.read_text())
+        if vqa or "not_measured" in kept["vqa"]:
+            return kept["zeroshot"], kept["vqa"]
     from dermvlm.clip.data import load_records
     from dermvlm.clip.evaluate import evaluate_records
     from dermvlm.vlm.build import untuned_baseline
@@ -199,6 +206,10 @@ def evaluate_parts(work, clip, clip_cfg, tokenizer, progress, warm_start=None):
     test = work / "data/test"
     zeroshot = evaluate_records(clip, tokenizer, load_records(test),
                                 clip_cfg["vision_cfg"]["image_size"])
+    if not vqa:
+        skipped = {"not_measured": "built with --skip-vqa; see python -m eval.vqa"}
+        saved.write_text(json.dumps({"zeroshot": zeroshot, "vqa": skipped}))
+        return zeroshot, skipped
     _stage("held-out VQA: untuned (fresh projector, base LM) vs stage 1 vs stage 2")
     n = VQA_QUESTIONS
     earlier = Path(warm_start or "") / "manifest.json"
@@ -218,6 +229,7 @@ def evaluate_parts(work, clip, clip_cfg, tokenizer, progress, warm_start=None):
            "stage2": evaluate_vlm(DermVLM.from_pretrained(work / "vlm2/model"), test,
                                   closed=n, cloze=n, open_images=OPEN_IMAGES, reports=REPORTS,
                                   swap_images=SWAP, progress=progress)}
+    saved.write_text(json.dumps({"zeroshot": zeroshot, "vqa": vqa}))
     return zeroshot, vqa
 
 
@@ -326,7 +338,7 @@ def write_manifest(folder, overrides, heldout, started, reused, warm_start=None)
 
 
 def build_default(work="runs/build_default", out=DEFAULT_DIR, overrides=(), progress=True,
-                  warm_start=None):
+                  warm_start=None, vqa=True):
     """Train and evaluate every part, then write the compact artefacts and the manifest.
     `warm_start`: a previous default's folder (clip/, vlm/) to continue from."""
     from dermvlm.clip.model import load_model
@@ -343,7 +355,7 @@ def build_default(work="runs/build_default", out=DEFAULT_DIR, overrides=(), prog
                                 "vlm2/model") if (work / name).is_dir()]
     train_parts(config, work, progress, warm_start)
     clip, clip_cfg, tokenizer = load_model(str(work / "clip/model"))
-    zeroshot, vqa = evaluate_parts(work, clip, clip_cfg, tokenizer, progress, warm_start)
+    zeroshot, vqa = evaluate_parts(work, clip, clip_cfg, tokenizer, progress, warm_start, vqa)
     _stage(f"writing {out}")
     tmp = package(clip, clip_cfg, work / "vlm2/model", out)
     trust = fit_trust_stage(work, tmp / "clip", progress)
@@ -379,13 +391,16 @@ def build_parser(prog):
                         metavar="KEY=VALUE", help="override a field of the build recipe")
     parser.add_argument("--warm-start", metavar="FOLDER", help="continue from a previous "
                         "default (a folder with clip/ and vlm/; copy dermvlm/default first)")
+    parser.add_argument("--skip-vqa", action="store_true", help="do not measure the held-out "
+                        "VQA (the manifest says so; eval.vqa measures it later)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
 def run(args):
     manifest = build_default(args.work, args.out or DEFAULT_DIR, args.overrides,
-                             progress=not args.quiet, warm_start=args.warm_start)
+                             progress=not args.quiet, warm_start=args.warm_start,
+                             vqa=not args.skip_vqa)
     print(json.dumps(manifest["heldout"], indent=1))
     return 0
 
