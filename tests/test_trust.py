@@ -222,8 +222,9 @@ def test_scope_evaluation_counts_every_image_once(synth_dir, tmp_path):
     from dermvlm.labelled import labelled_records
     from dermvlm.ontology import CONDITIONS
     folder = vanilla_open_clip_folder(tmp_path / "clip")
-    assert fit_trust.main(["--model", str(folder), "--split", str(synth_dir), "--calibrate",
-                           str(synth_dir), "--holdout", "0.5", "--answerable", str(synth_dir),
+    # separate --reference and --validation sets (a validation set has no reference images)
+    assert fit_trust.main(["--model", str(folder), "--reference", str(synth_dir),
+                           "--validation", str(synth_dir), "--answerable", str(synth_dir),
                            "--quiet"]) == 0
     trust = TrustModel.load(folder)
     fitted = trust.settings.fitted_on["clinical_answerable"]

@@ -92,7 +92,8 @@ def fit(args):
         reference.append(encode_images(zs, transform, [r.image for r in train],
                                        progress=not args.quiet))
         told = {r.image: r.modality for r in train}
-        judged = zeroshot_modality(zs, reference[-1][0])[0]     # where a record does not say
+        judged = (zeroshot_modality(zs, reference[-1][0])[0]    # where a record does not say
+                  if reference[-1][2] else [])
         reference_modality += [MODALITIES.index(told[p] if told[p] in MODALITIES else m)
                                for p, m in zip(reference[-1][2], judged)]
         encoded = encode_images(zs, transform, [p for p, _ in val], progress=not args.quiet)
