@@ -312,6 +312,7 @@ def encode_images(zeroshot, transform, paths, batch_size=128, progress=False):
                                                                 for _, im in images])))
             pixels += [image_statistics(im) for _, im in images]
             kept += [str(p) for p, _ in images]
-    dim = getattr(getattr(zeroshot.model, "visual", None), "output_dim", 0)
-    return (torch.cat(features) if features else torch.empty(0, dim),
+    if not features:        # the joint space's width (a timm tower has no output_dim)
+        features = [torch.empty(0, zeroshot.classifier(["skin"]).shape[0])]
+    return (torch.cat(features),
             torch.stack(pixels) if pixels else torch.empty(0), kept)
