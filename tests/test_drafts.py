@@ -123,7 +123,7 @@ def test_the_build_step_writes_a_store_the_folder_then_loads(tmp_path):
     shutil.copytree(embedded.DEFAULT_DIR, tmp_path / "default")
     (tmp_path / "default" / "vlm" / DRAFTS_FILE).unlink()
     drafts.main(["--vlm", str(tmp_path / "default/vlm"), "--clip",
-                 str(tmp_path / "default/clip"), "--images", "1", "--quiet"])
+                 str(tmp_path / "default/clip"), "--images", "2", "--quiet"])
     replies = read_drafts(tmp_path / "default/vlm")
     assert 0 < len(replies) <= len(drafts.QUESTIONS) and all(r.strip() for r in replies)
     assert DermVLM.from_pretrained(tmp_path / "default/vlm").draft_texts == replies

@@ -28,7 +28,10 @@ def test_shipped_default_matches_its_manifest():
     if not (embedded.DEFAULT_DIR / "manifest.json").is_file():
         pytest.skip("no embedded default in this checkout")
     manifest = embedded.check_default()
-    assert manifest["heldout"]["vqa"]["stage2"]["reports"]["validity"] == 1.0
+    vqa = manifest["heldout"]["vqa"]
+    # a build with --skip-vqa says so instead (the model card has eval.vqa's figures)
+    assert vqa["stage2"]["reports"]["validity"] == 1.0 if "stage2" in vqa else \
+        "--skip-vqa" in vqa["not_measured"]
 
 
 def test_shipped_default_stores_its_image_tower_once():
@@ -56,12 +59,12 @@ def test_shipped_default_classifies_chats_and_reports():
     from dermvlm.serve import Assistant
     assistant = Assistant()
     assert assistant.vlm.vision.visual is assistant.zeroshot.model.visual   # loaded once
-    assert len(assistant.vlm.draft_texts) > 100                 # its draft store, read
-    image = open_image(next((Path(__file__).parent.parent / "docs" / "examples")
-                             .glob("*.jpg")))
+    assert len(assistant.vlm.draft_texts) > 20                  # its draft store, read
+    examples = Path(__file__).parent.parent / "docs" / "examples"
+    image = open_image(examples / "acne_vulgaris_dermoscopic_fst4.jpg")
     diagnoses, concepts, verdict, modality = assistant.classify(image)
     assert verdict is not None and not verdict["abstained"]       # a SynthDerm example
-    assert modality[0] in ("clinical", "dermoscopic") and 0.5 <= modality[1] <= 1
+    assert modality[0] == "dermoscopic" and 0.5 <= modality[1] <= 1
     assert len(diagnoses) == 5 and 0 < sum(diagnoses.values()) <= 1 + 1e-6
     assert all(0 <= v <= 1 for v in concepts.values())
     reply = list(assistant.chat(image, [], "What colour is the lesion?", max_new_tokens=12))
@@ -81,6 +84,15 @@ def test_shipped_default_classifies_chats_and_reports():
     report, text = assistant.report(temple)
     assert report.out_of_distribution.abstained and report.differential == []
     assert ABSTAIN_MESSAGE in text
+    # a clinical photo of a condition not earned on real clinical photos: out of scope
+    from dermvlm.trust import OUT_OF_SCOPE_MESSAGE
+    cellulitis = open_image(examples / "cellulitis_clinical_fst5.jpg")
+    diagnoses, _, verdict, modality = assistant.classify(cellulitis)
+    assert modality[0] == "clinical" and verdict["abstained"] and diagnoses == {}
+    assert "cellulitis" not in assistant.trust.settings.clinical_answerable
+    assert list(assistant.chat(cellulitis, [], "What is it?"))[-1] == OUT_OF_SCOPE_MESSAGE
+    report, text = assistant.report(cellulitis)
+    assert report.differential == [] and OUT_OF_SCOPE_MESSAGE in text
 
 
 def test_cli_model_defaults_to_the_embedded_model(capsys):
@@ -91,7 +103,8 @@ def test_cli_model_defaults_to_the_embedded_model(capsys):
     from pathlib import Path
 
     from dermvlm.cli import embedded_or, main
-    image = next((Path(__file__).parent.parent / "docs" / "examples").glob("*.jpg"))
+    image = Path(__file__).parent.parent / "docs" / "examples" / \
+        "acne_vulgaris_dermoscopic_fst4.jpg"
     assert main(["classify", str(image), "--labels", "cellulitis,melanoma", "--top-k", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(str(image)) and {line.split()[-1] for line in lines[1:]} == {
