@@ -14,7 +14,7 @@ from dermvlm.chat import REDIRECTS, analysis_line
 from dermvlm.replies import composed, stream_vetted, turn_kind
 from dermvlm.clip.model import load_model
 from dermvlm.imaging import eval_transform
-from dermvlm.trust import TrustModel, abstain_message, concept_scaling
+from dermvlm.trust import TrustModel, abstain_message, concept_scaling, image_statistics
 from dermvlm.vlm.drafts import store_for
 from dermvlm.vlm.fastlm import for_vlm
 from dermvlm.vlm.infer import describe, generate
@@ -63,24 +63,27 @@ class Assistant:
         self.classify(Image.new("RGB", (64, 64), (200, 160, 140)))
 
     def inspect(self, image):
-        """(CLIP features (1, D), OOD verdict or None when the model has no reference)."""
+        """(CLIP features (1, D), OOD verdict or None when the model has no reference,
+        (modality judged, its probability)): the verdict is against that modality's
+        reference."""
         with self._clip_lock:
-            if self.trust is None:
-                return self.zeroshot.encode_images(self.transform(image)[None]), None
-            return self.trust.inspect(self.zeroshot, self.transform, image)
+            features = self.zeroshot.encode_images(self.transform(image)[None])
+            modality = tuple(x[0] for x in zeroshot_modality(self.zeroshot, features))
+            verdict = None if self.trust is None else self.trust.verdict(
+                features, image_statistics(image)[None], [modality[0]])[0]
+        return features, verdict, modality
 
     def _scores(self, image):
         """(calibrated diagnosis probabilities over self.labels, concept scores, verdict,
         CLIP features (1, D), (modality, its probability)). A clinical photograph whose top
         diagnosis the model has not earned on real clinical photographs gets an out-of-scope
         verdict (dermvlm.trust)."""
-        features, verdict = self.inspect(image)
+        features, verdict, modality = self.inspect(image)
         with self._clip_lock:
             logits = self.zeroshot.logits(features, self.labels)
             probs = (self.trust.calibrated(logits) if self.trust else logits.softmax(1))[0]
             concepts = self.zeroshot.concept_scores(features, self.concepts,
                                                     **concept_scaling(self.trust))[0]
-            modality = tuple(x[0] for x in zeroshot_modality(self.zeroshot, features))
             if verdict is not None:
                 verdict = self.trust.in_scope(verdict, modality[0],
                                               self.labels[int(probs.argmax())])

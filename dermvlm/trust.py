@@ -138,13 +138,6 @@ class TrustModel:
         return [{"ood_score": round(float(s), 4), "threshold": round(float(t), 4),
                  "abstained": bool(s > t)} for s, t in zip(score, threshold)]
 
-    def inspect(self, zeroshot, transform, image):
-        """(CLIP features (1, D), verdict) for one PIL image."""
-        from dermvlm.zeroshot import zeroshot_modality
-        features = zeroshot.encode_images(transform(image)[None])
-        modality = zeroshot_modality(zeroshot, features)[0]
-        return features, self.verdict(features, image_statistics(image)[None], modality)[0]
-
     def in_scope(self, verdict, modality, top):
         """The verdict, turned into an out-of-scope abstention when a clinical photograph's
         top diagnosis is not one the model may answer clinical photographs with."""
@@ -259,10 +252,10 @@ def fit_trust(reference, validation, logits, targets, fitted_on, reference_modal
     own scales and threshold."""
     model = TrustModel(TrustSettings(1.0, 1.0, 1.0, 1.0, fitted_on), *reference,
                        reference_modality)
-    feature, pixel = model.parts(*validation)
-    model.settings.feature_scale = float(feature.quantile(QUANTILE))
-    model.settings.pixel_scale = float(pixel.quantile(QUANTILE))
-    model.settings.threshold = float(model.score(*validation).quantile(QUANTILE))
+    shared = _fit_scales(*model.parts(*validation))
+    model.settings.feature_scale, model.settings.pixel_scale = (shared["feature_scale"],
+                                                                shared["pixel_scale"])
+    model.settings.threshold = shared["threshold"]
     model.settings.temperature = fit_temperature(logits, targets)
     own = {}
     for name in MODALITIES if validation_modality is not None else ():
@@ -270,15 +263,20 @@ def fit_trust(reference, validation, logits, targets, fitted_on, reference_modal
         n_reference = int((model.reference_modality == MODALITIES.index(name)).sum())
         if min(int(rows.sum()), n_reference) < MIN_MODALITY_IMAGES:
             continue
-        features, pixels = validation[0][rows], validation[1][rows]
-        feature, pixel = model.parts(features, pixels, name)
-        scales = {"feature_scale": float(feature.quantile(QUANTILE)),
-                  "pixel_scale": float(pixel.quantile(QUANTILE))}
-        score = torch.maximum(feature / scales["feature_scale"], pixel / scales["pixel_scale"])
-        own[name] = {**scales, "threshold": float(score.quantile(QUANTILE)),
+        own[name] = {**_fit_scales(*model.parts(validation[0][rows], validation[1][rows],
+                                                name)),
                      "reference": n_reference, "validation": int(rows.sum())}
     model.settings.modalities = own or None
     return model
+
+
+def _fit_scales(feature, pixel):
+    """{feature_scale, pixel_scale, threshold} from held-out distances: each part's QUANTILE,
+    then the QUANTILE of the larger scaled part (the score)."""
+    feature_scale, pixel_scale = float(feature.quantile(QUANTILE)), float(pixel.quantile(QUANTILE))
+    score = torch.maximum(feature / feature_scale, pixel / pixel_scale)
+    return {"feature_scale": feature_scale, "pixel_scale": pixel_scale,
+            "threshold": float(score.quantile(QUANTILE))}
 
 
 def fit_answerable(predicted, truth, min_images=3, min_f1=0.5):
@@ -296,6 +294,7 @@ def fit_answerable(predicted, truth, min_images=3, min_f1=0.5):
         if true >= min_images and f1 >= min_f1:
             answerable.append(name)
     return rows, answerable
+
 
 def encode_images(zeroshot, transform, paths, batch_size=128, progress=False):
     """(CLIP features (N, D), pixel statistics (N, P), kept paths) for image files; files that

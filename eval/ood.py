@@ -127,10 +127,8 @@ def evaluate(args):
                            "train.fit_trust")
     model, cfg, tokenizer = load_model(args.model)
     zs, transform = ZeroShot(model, tokenizer), eval_transform(cfg["vision_cfg"]["image_size"])
-    result, id_scores, ood_margins = {"model": args.model,
-                                      "threshold": trust.settings.threshold,
-                                      "modalities": trust.settings.modalities,
-                                      "in_distribution": {}}, [], None
+    result, id_scores = {"model": args.model, "threshold": trust.settings.threshold,
+                         "modalities": trust.settings.modalities, "in_distribution": {}}, []
     for spec in args.id:
         items = labelled_images(spec)
         features, pixels, kept = encode_images(zs, transform, [p for p, _ in items])

@@ -62,7 +62,7 @@ def classify(inputs, model_spec, labels=None, concepts=False, top_k=5, templates
 def _classify_batch(batch, zs, transform, trust, names, concepts, top_k, templates,
                     ignore_ood):
     features = zs.encode_images(torch.stack([transform(image) for _, image in batch]))
-    modalities = zeroshot_modality(zs, features)[0]
+    modalities = zeroshot_modality(zs, features)[0] if trust else [None] * len(batch)
     verdicts = (trust.verdict(features, torch.stack([image_statistics(im) for _, im in batch]),
                               modalities) if trust else [None] * len(batch))
     if concepts:
