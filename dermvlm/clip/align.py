@@ -90,7 +90,9 @@ def align_loss(image, targets, set_names, class_ids, caption_rows, scale, captio
     captions = targets.table[caption_rows]                                 # (B, D)
     key = [f"caption/{r}" if s in OWN_CAPTION_SETS else f"{s}/{c}"
            for s, c, r in zip(set_names, class_ids.tolist(), caption_rows.tolist())]
-    same = torch.tensor([[a == b for b in key] for a in key], dtype=torch.float32)
+    key_ids = {k: i for i, k in enumerate(dict.fromkeys(key))}
+    key = torch.tensor([key_ids[k] for k in key], device=image.device)
+    same = (key[:, None] == key[None, :]).float()                           # (B, B)
     logits = scale * image @ captions.T                                    # (B, B)
     i2t = -(same / same.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
     t2i = -(same / same.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean()
