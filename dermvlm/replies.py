@@ -138,12 +138,23 @@ def composed(kind, case, message=""):
     return f"{text} {HEDGE}"
 
 
+def unseen_fields(case):
+    """The report fields this image cannot show: no photo's size in millimetres (dermvlm
+    finds no ruler or scale in an image), and on a dermoscopic close-up no body site either
+    (no body is around it). Nothing without findings (no modality judged)."""
+    modality = (case.findings or {}).get("modality")
+    return {"dermoscopic": ("size", "body_site"), "clinical": ("size",)}.get(modality, ())
+
+
 def unseen_findings(case):
-    """What this image cannot show, in words ('' when nothing is said): a dermoscopic
-    close-up has no scale and no body around it."""
-    if case.findings and case.findings.get("modality") == "dermoscopic":
+    """What this image cannot show, in words ('' when nothing is said)."""
+    fields = unseen_fields(case)
+    if "body_site" in fields:
         return ("It is a dermoscopic close-up, so its size in millimetres and the body site "
                 "cannot be judged from the image.")
+    if fields:
+        return ("There is no scale in the photo, so its size in millimetres cannot be judged "
+                "from the image.")
     return ""
 
 
@@ -160,8 +171,11 @@ def sentence_holds(sentence, case):
         return False
     if _REASSURING.search(sentence) and case.concern != "low":
         return False
-    if re.search(r"\b\d+(\.\d+)? ?mm\b|\b(on|of) the (face|scalp|neck|trunk|back|arm|hand|"
-                 r"leg|foot)\b", sentence, re.I) and unseen_findings(case):
+    unseen = unseen_fields(case)
+    if "size" in unseen and re.search(r"\b\d+(\.\d+)? ?(mm|cm)\b", sentence, re.I):
+        return False
+    if "body_site" in unseen and re.search(r"\b(on|of) the (face|scalp|neck|trunk|back|arm|"
+                                           r"hand|leg|foot)\b", sentence, re.I):
         return False
     return reasons_hold(sentence) and not (case.findings and
                                            _findings_conflict(sentence, case.findings))

@@ -77,14 +77,19 @@ def report_for(case):
     return LesionReport.model_validate(fields)
 
 
-def test_a_dermoscopic_report_gives_no_size_in_mm_nor_a_site_and_says_its_modality():
+def test_a_report_gives_no_size_in_mm_and_a_dermoscopic_one_no_site():
     report = report_for(CASES[0])
     assert report.size == report.body_site == NOT_ASSESSABLE
     assert report.size_mm_estimate is None and report.modality == "dermoscopic"
     assert "mm" not in render_report_text(report)
-    clinical = report_for(make_case("melanocytic nevus", "melanoma",
-                                    findings={**DERMOSCOPIC, "modality": "clinical"}))
-    assert clinical.size == "small" and clinical.body_site == "back"
+    clinical_case = make_case("melanocytic nevus", "melanoma",
+                              findings={**DERMOSCOPIC, "modality": "clinical"})
+    clinical = report_for(clinical_case)       # a phone photo: no scale, but a body around it
+    assert clinical.size == NOT_ASSESSABLE and clinical.size_mm_estimate is None
+    assert clinical.body_site == "back" and clinical.modality == "clinical"
+    assert "mm" not in render_report_text(clinical)
+    said = vetted("It is 6 mm across. It sits on the back.", clinical_case, "describe")
+    assert "6 mm" not in said and "on the back" in said and "no scale" in said
     assert report_for(CASES[3]).suggested_next_step == next_step(CASES[3]) == \
         "urgent referral for biopsy"
 

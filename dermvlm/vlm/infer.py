@@ -338,14 +338,18 @@ def _given(case):
 
 def _hold_to_case(fixed, case):
     """The report's claims are the case's, as the chat states them (dermvlm.replies): its
-    concern and next step exactly, the modality it judged, and for a dermoscopic close-up
-    no size in mm and no body site (nothing in such an image shows them)."""
-    from dermvlm.replies import next_step, unseen_findings
+    concern and next step exactly, the modality it judged, and "not assessable" for what
+    the image cannot show (replies.unseen_fields: no photo's size in mm, no dermoscopic
+    close-up's body site)."""
+    from dermvlm.replies import next_step, unseen_fields
     fixed["malignancy_concern"], fixed["suggested_next_step"] = case.concern, next_step(case)
     if case.findings:
         fixed["modality"] = case.findings["modality"]
-    if unseen_findings(case):
-        fixed.update(size=NOT_ASSESSABLE, size_mm_estimate=None, body_site=NOT_ASSESSABLE)
+    unseen = unseen_fields(case)
+    if "size" in unseen:
+        fixed.update(size=NOT_ASSESSABLE, size_mm_estimate=None)
+    if "body_site" in unseen:
+        fixed["body_site"] = NOT_ASSESSABLE
 
 
 def _follow_differential(fixed, repaired):
