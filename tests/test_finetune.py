@@ -70,7 +70,7 @@ def test_pack_train_finish_round_trip_without_test_images(tiny_clip, tmp_path):
     assert abs(arrays["train_weight"].sum() - 1) < 1e-9
     assert main(["train", "--pack", str(pack), "--out", str(run), "--device", "cpu",
                  "--steps", "3", "--batch-size", "8", "--evals", "1",
-                 "--trunk-lr", "1e-3"]) == 0
+                 "--trunk-lr", "1e-3", "--quiet"]) == 0
     weights = run / "lr0.001/visual.safetensors"
     history = json.loads((run / "lr0.001/history.json").read_text())
     assert history["steps"] == 3 and history["val"][0]["step"] == 3
@@ -104,3 +104,10 @@ def test_build_default_takes_an_aligned_clip_once(tiny_clip, tmp_path):
     save_file(weights, other / "open_clip_model.safetensors")
     with pytest.raises(DermvlmError, match="another CLIP"):
         use_clip(tmp_path / "work", other)
+
+
+def test_a_missing_pack_gets_one_line(tmp_path, capsys):
+    from train.align_all import main
+    assert main(["train", "--pack", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not a training pack" in err and "nowhere" in err

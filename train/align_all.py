@@ -43,15 +43,18 @@ def build_parser():
     p.add_argument("--per-set", type=positive_int, help="at most N images per set and split")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     t = sub.add_parser("train", help="train the whole tower from a pack (torch + timm only)")
-    t.add_argument("--pack", required=True)
+    t.add_argument("--pack", required=True, help="a folder written by `pack`")
     t.add_argument("--out", required=True, help="one sub-folder per trunk rate")
-    t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cuda (default where there is one) or cpu")
     t.add_argument("--minutes", type=float, default=3.0, help="training time per run")
     t.add_argument("--steps", type=int, default=0, help="a fixed step count instead")
     t.add_argument("--batch-size", type=positive_int, default=256)
     t.add_argument("--lr", type=float, default=5e-4, help="the CLIP head's rate")
     t.add_argument("--trunk-lr", type=float, nargs="+", default=[1e-4])
-    t.add_argument("--evals", type=positive_int, default=6)
+    t.add_argument("--evals", type=positive_int, default=6, help="val scorings per run (the "
+                   "best weights are kept)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
     f = sub.add_parser("finish", help="write a vanilla open_clip folder with trained weights")
     f.add_argument("--model", required=True, help="the CLIP folder the pack started from")
     f.add_argument("--weights", required=True, help="a trained visual.safetensors")
@@ -140,7 +143,10 @@ def train(args):
     from safetensors.torch import save_file
 
     from dermvlm.clip.finetune import FullConfig, load_pack, train_full
-    the_pack = load_pack(args.pack)
+    try:
+        the_pack = load_pack(args.pack)
+    except FileNotFoundError as exc:
+        raise DermvlmError(str(exc)) from None
     results = {}
     for trunk_lr in args.trunk_lr:
         cfg = FullConfig(minutes=args.minutes, steps=args.steps, batch_size=args.batch_size,
@@ -149,7 +155,7 @@ def train(args):
         out.mkdir(parents=True, exist_ok=True)
         print(f"training with trunk rate {trunk_lr:g} on {args.device}", flush=True)
         best, history = train_full(the_pack, cfg, args.device,
-                                   log=lambda m: print(m, flush=True))
+                                   log=lambda m: print(m, flush=True), progress=not args.quiet)
         save_file(best, out / "visual.safetensors")
         (out / "history.json").write_text(json.dumps(history))
         results[f"{trunk_lr:g}"] = history["val"][-1] if history["val"] else None

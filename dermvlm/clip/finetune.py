@@ -49,6 +49,8 @@ class FullConfig:
 
 # ----------------------------------------------------------------------------- the pack
 
+PACK_FILES = ("meta.json", "pack.npz", "targets.pt", "visual_init.safetensors")
+
 def decode_one(blob, size):
     image = Image.open(io.BytesIO(blob)).convert("RGB")
     if image.size != (size, size):
@@ -70,7 +72,12 @@ def decode_all(blobs, offsets, size, workers=8):
 
 
 def load_pack(folder):
+    """(meta, arrays, text targets, starting weights) of a pack folder."""
     folder = Path(folder)
+    missing = [n for n in PACK_FILES if not (folder / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: not a training pack (no {missing[0]}; write one "
+                                "with python -m train.align_all pack)")
     meta = json.loads((folder / "meta.json").read_text())
     arrays = dict(np.load(folder / "pack.npz"))
     targets = torch.load(folder / "targets.pt", weights_only=True)
@@ -196,8 +203,9 @@ def score_val(visual, images, set_index, class_ids, set_names, classifiers, batc
     return out
 
 
-def train_full(pack, cfg, device, log=print):
+def train_full(pack, cfg, device, log=print, progress=True):
     """Train the whole tower from the pack; returns (best state dict, log dict)."""
+    from tqdm import tqdm
     meta, arrays, targets, init = pack
     torch.manual_seed(cfg.seed)
     dev = torch.device(device)
@@ -230,6 +238,8 @@ def train_full(pack, cfg, device, log=print):
     total = cfg.steps or 10**9
     history = {"config": asdict(cfg), "device": str(dev), "loss": [], "val": []}
     best, best_score, step, started = None, -1.0, 0, time.time()
+    bar = tqdm(total=cfg.steps or None, desc="align all", unit="step", mininterval=5,
+               disable=not progress)
     while step < total:
         if step == 10:
             paced_from = time.time()                # after the first steps' kernel tuning
@@ -237,6 +247,7 @@ def train_full(pack, cfg, device, log=print):
             pace = (time.time() - paced_from) / 20
             total = max(50, int(cfg.minutes * 60 / pace))
             log(f"{pace * 1000:.0f} ms a step of {cfg.batch_size}: {total} steps")
+            bar.total = total
         warm, cosine = min(1.0, (step + 1) / 50), 0.5 * (1 + math.cos(math.pi * step / total))
         for group, lr in zip(optimizer.param_groups, base):
             group["lr"] = lr * warm * (cosine if total < 10**9 else 1.0)
@@ -259,6 +270,9 @@ def train_full(pack, cfg, device, log=print):
         optimizer.step()
         history["loss"].append(round(float(loss.detach()), 4))
         step += 1
+        bar.update(1)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(history['loss'][-10:]):.3f}")
         if total < 10**9 and (step % max(1, total // cfg.evals) == 0 or step == total):
             scores = score_val(visual, images["val"], arrays["val_set"], arrays["val_class"],
                                set_names, classifiers)
@@ -274,6 +288,7 @@ def train_full(pack, cfg, device, log=print):
                         for k, v in visual.state_dict().items()}
                 best["logit_scale"] = logit_scale.detach().float().cpu().clone()
                 history["best_step"] = step
+    bar.close()
     history["seconds"] = round(time.time() - started, 1)
     history["steps"] = step
     return best, history
