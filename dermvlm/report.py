@@ -138,6 +138,12 @@ def report_from_attributes(attrs, differential):
     )
 
 
+def _unseen_note(report):
+    unseen = [what for what, field in (("scale", report.size), ("body", report.body_site))
+              if field == NOT_ASSESSABLE]
+    return f" (no {' or '.join(unseen)} in the image)" if unseen else ""
+
+
 def render_report_text(report):
     """A short readable rendering of a report for terminals and the app."""
     ood = report.out_of_distribution
@@ -149,9 +155,9 @@ def render_report_text(report):
         f"Lesions: {', '.join(report.elementary_lesions)} ({report.count}, {report.distribution})",
         f"Colour: {', '.join(report.colours)}; border {report.border_regularity}, "
         f"{report.border_definition}; shape {report.shape}",
-        (f"Size: {report.size} (~{report.size_mm_estimate:g} mm); site: {report.body_site}"
-         if report.size_mm_estimate is not None else
-         f"Size: {report.size}; site: {report.body_site} (no scale or body in the image)"),
+        f"Size: {report.size}" + (f" (~{report.size_mm_estimate:g} mm)"
+                                  if report.size_mm_estimate is not None else "")
+        + f"; site: {report.body_site}" + _unseen_note(report),
         f"Surface: {', '.join(report.surface_features)}; secondary: "
         f"{', '.join(report.secondary_changes)}",
         f"Image quality: {report.image_quality}" + (

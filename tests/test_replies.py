@@ -88,6 +88,8 @@ def test_a_report_gives_no_size_in_mm_and_a_dermoscopic_one_no_site():
     assert clinical.size == NOT_ASSESSABLE and clinical.size_mm_estimate is None
     assert clinical.body_site == "back" and clinical.modality == "clinical"
     assert "mm" not in render_report_text(clinical)
+    assert "site: back (no scale in the image)" in render_report_text(clinical)
+    assert "(no scale or body in the image)" in render_report_text(report)
     said = vetted("It is 6 mm across. It sits on the back.", clinical_case, "describe")
     assert "6 mm" not in said and "on the back" in said and "no scale" in said
     assert report_for(CASES[3]).suggested_next_step == next_step(CASES[3]) == \
