@@ -184,14 +184,23 @@ def concept_scaling(trust):
             "bias": trust.settings.concept_bias}
 
 
-def fit_malignancy_threshold(scores, positive, sensitivity=0.95):
+def fit_malignancy_threshold(scores, positive, sensitivity=0.95, bound=False):
     """The highest threshold on P(malignant or premalignant) that flags at least
-    `sensitivity` of the `positive` images: missing a cancer costs more than a review."""
+    `sensitivity` of the `positive` images: missing a cancer costs more than a review.
+    bound: flag enough that the Wilson 95 % lower bound of the flagged share reaches
+    `sensitivity` (new images then meet it with confidence, not just on average)."""
+    from dermvlm.bench.metrics import wilson_interval
     scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
     if not positive.any():
         raise DermvlmError("no malignant or premalignant image to fit the threshold on")
-    ranked = np.sort(scores[positive])
-    return float(ranked[int(np.floor((1 - sensitivity) * len(ranked)))])
+    ranked = np.sort(scores[positive])                 # ranked[i:] is flagged at ranked[i]
+    n = len(ranked)
+    if not bound:
+        return float(ranked[int(np.floor((1 - sensitivity) * n))])
+    for i in range(n - 1, -1, -1):
+        if wilson_interval(n - i, n)[0] >= sensitivity:
+            return float(ranked[i])
+    return float(ranked[0])                            # too few images: flag every one
 
 
 def fit_temperature(logits, targets, steps=200):

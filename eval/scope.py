@@ -14,18 +14,9 @@ shows whether the model names them wrongly with confidence (issue: phone photos)
 """
 import sys
 
+from dermvlm.bench.metrics import wilson_interval
 from dermvlm.cliargs import OneLineParser, print_result
 from dermvlm.errors import DermvlmError
-
-
-def wilson_interval(hits, n, z=1.96):
-    """Wilson score interval of a proportion (sound at 0 of n, unlike the bootstrap)."""
-    if n == 0:
-        return None
-    p = hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
-    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
 
 
 def share(hits, n):

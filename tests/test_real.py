@@ -207,6 +207,13 @@ def test_the_operating_point_flags_the_target_share_of_positives():
     threshold = fit_malignancy_threshold(scores, positive, sensitivity=0.9)
     assert (scores[positive] >= threshold).mean() >= 0.9
     assert (scores[positive] >= threshold + 1e-9).mean() < 0.9      # the highest such one
+    from dermvlm.bench.metrics import wilson_interval
+    bounded = fit_malignancy_threshold(scores, positive, sensitivity=0.9, bound=True)
+    n = int(positive.sum())
+    flagged = int((scores[positive] >= bounded).sum())
+    assert bounded < threshold and wilson_interval(flagged, n)[0] >= 0.9
+    assert wilson_interval(int((scores[positive] >= bounded + 1e-9).sum()), n)[0] < 0.9
+    assert fit_malignancy_threshold(scores[:5], [True] * 5, 0.9, bound=True) == scores[:5].min()
 
 
 def test_balanced_accuracy_and_auroc_equal_sklearn():

@@ -45,7 +45,8 @@ ALIGN_ARGS = ("--tower", "efficientnet-lite0", "--image-size", "224", "--cut", "
               "--train-from", "6", "--views", "3", "--frozen-steps", "600",
               "--last-steps", "1500")
 ALIGN_SYNTH = 4000
-MALIGNANCY_SENSITIVITY = 0.90     # the operating point flags this share of real val cancers
+MALIGNANCY_SENSITIVITY = 0.90     # the operating point flags this share of real cancers: the
+                                  # Wilson lower bound of the share flagged on real val
 # stage-2 items per epoch: SynthDerm questions, SynthDerm chats, real chats, real questions
 STAGE2_MIX = {"synth_vqa": 6000, "synth_chat": 3000, "real_chat": 3000, "real_closed": 3000}
 # a warm start (--warm-start FOLDER: a previous default's clip/ and vlm/) continues those
@@ -294,6 +295,7 @@ def fit_trust_stage(work, clip_folder, progress):
     return fit(Namespace(model=str(clip_folder), reference=reference, validation=validation,
                          split=[], calibrate=[], holdout=0.2, max_per_set=2000,
                          malignancy=malignancy, sensitivity=MALIGNANCY_SENSITIVITY,
+                         sensitivity_bound=True,
                          answerable=malignancy, min_images=3, min_f1=0.5,
                          quiet=not progress))
 

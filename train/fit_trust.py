@@ -23,6 +23,7 @@ reaches --min-f1 with at least --min-images of them.
 import os
 import sys
 
+import numpy as np
 import torch
 
 from dermvlm.cliargs import OneLineParser, positive_int, print_result
@@ -51,6 +52,9 @@ def main(argv=None):
     parser.add_argument("--sensitivity", type=float, default=0.95,
                         help="share of malignant or premalignant --malignancy images flagged "
                         "at the operating point (default 0.95)")
+    parser.add_argument("--sensitivity-bound", action="store_true",
+                        help="flag enough that the Wilson 95 %% lower bound of the flagged "
+                        "share reaches --sensitivity (not just the share on these images)")
     parser.add_argument("--answerable", action="append", default=[],
                         help="held-out labelled set(s) whose clinical photographs fix the "
                         "conditions clinical photos may be answered with (repeatable)")
@@ -118,6 +122,7 @@ def fit(args):
     fit_concepts(trust, zs, features, concepts)
     if args.malignancy:
         fit_operating_point(trust, zs, transform, args.malignancy, args.sensitivity,
+                            args.sensitivity_bound,
                             progress=not args.quiet)
     if args.answerable:
         fit_clinical_scope(trust, zs, transform, args.answerable, args.min_images, args.min_f1,
@@ -133,7 +138,7 @@ def canonical(label):
     return condition.name if condition else label
 
 
-def fit_operating_point(trust, zs, transform, sets, sensitivity, progress=True):
+def fit_operating_point(trust, zs, transform, sets, sensitivity, bound=False, progress=True):
     """trust.settings.malignancy_threshold on the labelled held-out `sets`, with the app's
     label set (the ontology) and calibration."""
     from dermvlm.clip.evaluate import malignancy_flags, nonbenign_labels
@@ -151,10 +156,14 @@ def fit_operating_point(trust, zs, transform, sets, sensitivity, progress=True):
     probs = trust.calibrated(zs.logits(features, names)).numpy()
     score, _ = malignancy_flags(probs, nonbenign_labels(names))
     positive = [condition_of[p].malignancy != "benign" for p in kept]
-    trust.settings.malignancy_threshold = fit_malignancy_threshold(score, positive, sensitivity)
+    trust.settings.malignancy_threshold = fit_malignancy_threshold(score, positive, sensitivity,
+                                                                   bound)
+    flagged = float(np.mean(np.asarray(score)[positive] >= trust.settings.malignancy_threshold))
     trust.settings.fitted_on["malignancy"] = {"sets": list(sets), "images": len(kept),
                                               "positive": int(sum(positive)),
-                                              "target_sensitivity": sensitivity}
+                                              "target_sensitivity": sensitivity,
+                                              "lower_bound": bound,
+                                              "sensitivity_on_these": round(flagged, 4)}
 
 
 def fit_clinical_scope(trust, zs, transform, sets, min_images, min_f1, progress=True):
