@@ -29,7 +29,7 @@ from dermvlm.errors import DermvlmError
 from dermvlm.imaging import ImageError, open_image
 from dermvlm.report import DISCLAIMER
 from dermvlm.serve import Assistant
-from dermvlm.trust import abstain_message
+from dermvlm.trust import abstain_message, ood_note
 
 EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / "docs" / "examples").glob("*.jpg"))
 DEFAULT_MODEL = "embedded default"
@@ -73,9 +73,7 @@ def status_line(verdict, modality=None):
     """The line under the image: why nothing is answered, or which kind of image the model
     judged it (`modality`: (dermoscopic | clinical, probability))."""
     if verdict and verdict["abstained"]:
-        return (f"⚠️ {abstain_message(verdict)} (out-of-distribution score "
-                f"{verdict['ood_score']:.2f}, "
-                f"threshold {verdict['threshold']:.2f})")
+        return f"⚠️ {abstain_message(verdict)}{ood_note(verdict)}"
     if modality:
         kind = "dermoscopic image" if modality[0] == "dermoscopic" else "clinical photograph"
         return (f"Image loaded: judged a {kind} ({modality[1]:.0%}). Ask a question in the "

@@ -148,8 +148,8 @@ def render_report_text(report):
     """A short readable rendering of a report for terminals and the app."""
     ood = report.out_of_distribution
     if ood is not None and ood.abstained:
-        return (f"{ood.message} (out-of-distribution score {ood.ood_score:.2f}, threshold "
-                f"{ood.threshold:.2f})\n{report.disclaimer}")
+        from dermvlm.trust import ood_note
+        return f"{ood.message}{ood_note(ood.model_dump())}\n{report.disclaimer}"
     top = report.differential[0]
     lines = [
         f"Lesions: {', '.join(report.elementary_lesions)} ({report.count}, {report.distribution})",

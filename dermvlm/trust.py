@@ -82,6 +82,15 @@ def abstain_message(verdict):
     return verdict.get("message") or ABSTAIN_MESSAGE
 
 
+def ood_note(verdict):
+    """' (out-of-distribution score S, threshold T)' where the score is why the model
+    abstained; '' for an in-distribution photo withheld as out of scope."""
+    if verdict["ood_score"] <= verdict["threshold"]:
+        return ""
+    return (f" (out-of-distribution score {verdict['ood_score']:.2f}, threshold "
+            f"{verdict['threshold']:.2f})")
+
+
 class TrustModel:
     """OOD scoring and calibration for one CLIP model (features from its image tower)."""
 

@@ -243,3 +243,15 @@ def test_scope_evaluation_counts_every_image_once(synth_dir, tmp_path):
         every["out_of_scope"]["count"] == 40
     assert result["truth_in_scope"]["n"] + result["truth_out_of_scope"]["n"] == 40
     assert scope.main(["--model", str(tmp_path), "--set", str(synth_dir)]) == 2
+
+
+def test_the_ood_score_is_shown_only_where_it_is_the_reason():
+    from dermvlm.report import abstained_report, render_report_text
+    from dermvlm.trust import OUT_OF_SCOPE_MESSAGE, ood_note
+    far = {"ood_score": 1.4, "threshold": 1.1, "abstained": True}
+    scope = {"ood_score": 0.8, "threshold": 1.1, "abstained": True,
+             "message": OUT_OF_SCOPE_MESSAGE}
+    assert "score 1.40, threshold 1.10" in ood_note(far) and ood_note(scope) == ""
+    text = render_report_text(abstained_report(scope, OUT_OF_SCOPE_MESSAGE))
+    assert text.startswith(OUT_OF_SCOPE_MESSAGE) and "out-of-distribution" not in text
+    assert "score 1.40" in render_report_text(abstained_report(far, "Withheld."))
