@@ -173,7 +173,7 @@ def test_align_loss_keeps_each_sets_classes_apart():
 @pytest.mark.skipif(not (REALDATA / "ham10000").is_dir(), reason="../shared/realdata not here")
 def test_tiny_alignment_runs_end_to_end_and_keeps_evaluation_lesions_out(tmp_path):
     from dermvlm.data.realdata import held_out_ids, isic_id
-    from train.align import gather, main
+    from train.align import gather, image_key, main
     assert main(["--out", str(tmp_path / "run"), "--tiny", "--quiet"]) == 0
     report = __import__("json").loads((tmp_path / "run/report.json").read_text())
     assert set(report["stages"]) == {"frozen", "last"}
@@ -182,6 +182,8 @@ def test_tiny_alignment_runs_end_to_end_and_keeps_evaluation_lesions_out(tmp_pat
     data = gather(tmp_path / "run")
     held_out = held_out_ids()
     assert not [r for _, r in data["train"] if isic_id(r) in held_out]
+    test_ids, train_keys = held_out_ids(splits=("test",)), {image_key(r) for _, r in data["train"]}
+    assert not [r for _, r in data["val"] if isic_id(r) in test_ids or image_key(r) in train_keys]
     assert len(data["test"]) > 1500 and len(data["train"]) > 10000
 
 

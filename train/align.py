@@ -97,8 +97,22 @@ def gather(work, realdata=None, synth=None, synth_test=None, limit=None):
                 rng = np.random.default_rng(0)
                 chosen = [chosen[i] for i in sorted(rng.permutation(len(chosen))[:limit])]
             out[split] += [(name, r) for r in chosen]
+    out["val"] = clean_val(out["val"], out["train"], held_out_ids(realdata, ("test",)))
     out["train"].sort(key=lambda item: item[0] == "synthderm")   # real first (cache order)
     return out
+
+
+def clean_val(val, train, test_ids):
+    """Val items without an image of a test lesion (isic9's val, carved from isic9 Train,
+    holds HAM10000 and ISIC 2017 test images) and without an image that trains under
+    another set's label: val picks checkpoints and fits the trust file."""
+    from dermvlm.data.realdata import isic_id
+    train_keys = {image_key(r) for _, r in train}
+    kept = [(n, r) for n, r in val if isic_id(r) not in test_ids and image_key(r) not in train_keys]
+    if len(kept) < len(val):
+        print(f"val: {len(val) - len(kept)} images of test lesions or of train left out",
+              file=sys.stderr)
+    return kept
 
 
 def class_lists(data):

@@ -122,17 +122,18 @@ def isic_id(record):
     return stem if stem.startswith("ISIC_") else None
 
 
-def held_out_ids(realdata=REALDATA):
-    """ISIC ids that no training set may hold: every image of isic9 Test and of the val and
-    test splits of ham10000 and isic2017, widened to every image of the same HAM10000
-    lesion (HAM10000_metadata.csv's lesion_id). isic9 Train, for one, holds siblings of
-    ham10000 test lesions; training on them would inflate the test figures."""
+def held_out_ids(realdata=REALDATA, splits=("val", "test")):
+    """ISIC ids that no training set may hold: every image of isic9 Test and of the `splits`
+    of ham10000 and isic2017, widened to every image of the same HAM10000 lesion
+    (HAM10000_metadata.csv's lesion_id). isic9 Train, for one, holds siblings of ham10000
+    test lesions; training on them would inflate the test figures. With splits=("test",):
+    what no val split may hold either (val chooses checkpoints and fits the trust file)."""
     realdata = Path(realdata)
     ids = {p.stem for p in (realdata / "isic9/Test").rglob("*.jpg")}
     for name in ("ham10000", "isic2017"):
         with open(realdata / name / "labels.csv", newline="", encoding="utf-8") as handle:
             ids |= {row["image_id"] for row in csv.DictReader(handle)
-                    if row.get("split") in ("val", "test")}
+                    if row.get("split") in splits}
     table = realdata / "tables/ham10000/HAM10000_metadata.csv"
     if table.is_file():
         with open(table, newline="", encoding="utf-8") as handle:
