@@ -207,7 +207,7 @@ def fit_malignancy_threshold(scores, positive, sensitivity=0.95, bound=False):
     if not bound:
         return float(ranked[int(np.floor((1 - sensitivity) * n))])
     for i in range(n - 1, -1, -1):
-        if wilson_interval(n - i, n)[0] >= sensitivity:
+        if wilson_interval(n - i, n, digits=None)[0] >= sensitivity:
             return float(ranked[i])
     return float(ranked[0])                            # too few images: flag every one
 

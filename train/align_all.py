@@ -9,8 +9,8 @@ dataset folders can run the training:
     python -m train.align_all finish --model dermvlm/default/clip \
         --weights runs/all/lr0.0001/visual.safetensors --out runs/all/model   # vanilla open_clip
 
-The pack holds the train and val splits of every real set (evaluation lesions removed, as in
-train.align) and SynthDerm, each image centre-cropped to a square at most --image-size wide and
+The pack holds the train and val splits of every real set (as train.align.gather gives them:
+no train image of an evaluation lesion, no val image of a test lesion or of train) and SynthDerm, each image centre-cropped to a square at most --image-size wide and
 stored as WebP; the locked text tower's per-set class embeddings and caption embeddings; the
 starting tower's weights in float16. Test splits never enter it.
 """
@@ -142,11 +142,14 @@ def pack(args):
 def train(args):
     from safetensors.torch import save_file
 
-    from dermvlm.clip.finetune import FullConfig, load_pack, train_full
+    from dermvlm.clip.finetune import FullConfig, decode_pack, load_pack, train_full
+    if args.steps < 0:
+        raise DermvlmError(f"--steps {args.steps}: expected 0 (size by --minutes) or more")
     try:
         the_pack = load_pack(args.pack)
     except FileNotFoundError as exc:
         raise DermvlmError(str(exc)) from None
+    images = decode_pack(the_pack)                       # once for every trunk rate
     results = {}
     for trunk_lr in args.trunk_lr:
         cfg = FullConfig(minutes=args.minutes, steps=args.steps, batch_size=args.batch_size,
@@ -155,10 +158,12 @@ def train(args):
         out.mkdir(parents=True, exist_ok=True)
         print(f"training with trunk rate {trunk_lr:g} on {args.device}", flush=True)
         best, history = train_full(the_pack, cfg, args.device,
-                                   log=lambda m: print(m, flush=True), progress=not args.quiet)
-        save_file(best, out / "visual.safetensors")
+                                   log=lambda m: print(m, flush=True), progress=not args.quiet,
+                                   images=images)
         (out / "history.json").write_text(json.dumps(history))
-        results[f"{trunk_lr:g}"] = history["val"][-1] if history["val"] else None
+        save_file(best, out / "visual.safetensors")
+        results[f"{trunk_lr:g}"] = next(v for v in history["val"]
+                                        if v["step"] == history["best_step"])   # what was kept
     print(json.dumps(results, indent=1))
     return 0
 

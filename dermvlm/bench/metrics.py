@@ -55,14 +55,15 @@ def meteor(hypothesis, reference):
     return meteor_score([reference.split()], hypothesis.split(), wordnet=_NoSynonyms())
 
 
-def wilson_interval(hits, n, z=1.96):
+def wilson_interval(hits, n, z=1.96, digits=4):
     """Wilson score interval of a proportion (sound at 0 of n, unlike the bootstrap)."""
     if n == 0:
         return None
     p = hits / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
-    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
+    low, high = max(0.0, centre - half), min(1.0, centre + half)
+    return [low, high] if digits is None else [round(low, digits), round(high, digits)]
 
 
 def bootstrap_ci(values, n_resamples=1000, seed=0, level=0.95):

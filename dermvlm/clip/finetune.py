@@ -4,7 +4,8 @@ from decoded images, with augmentation done as batched tensor ops on the acceler
 It runs from a *pack* (written by `python -m train.align_all pack`): the images as WebP bytes,
 their sets, classes and caption rows, the locked text tower's per-set class embeddings and
 caption embeddings, and the tower's starting weights. So the machine that trains needs only
-torch, timm, numpy and Pillow: no open_clip, no text tower, no dataset folders.
+torch, torchvision (JPEG), timm, numpy, Pillow, safetensors and tqdm: no open_clip, no text
+tower, no dataset folders.
 
 The loss is the staged alignment's (dermvlm.clip.align.align_loss: per-set prompt
 cross-entropy + caption InfoNCE), the sampling its class-balanced shares. Batch-norm statistics
@@ -110,13 +111,17 @@ def visual_forward(visual, x):
 def augment(x, real, cfg, gen):
     """x (B, S, S, 3) uint8 on the device; real (B,) bool (SynthDerm keeps its colours, which
     are labels) -> (B, 3, S, S) normalised. Crops of 50-100 % of the area (aspect 0.8-1.25), the
-    eight flips and right-angle turns, colour and white-balance jitter, blur, JPEG."""
+    eight flips and right-angle turns; real photos also colour and white-balance jitter, blur
+    and JPEG, and deeper crops."""
     b, s, dev = x.shape[0], x.shape[1], x.device
     x = x.permute(0, 3, 1, 2).float() / 255
 
     def uniform(lo, hi, *shape):
         return lo + (hi - lo) * torch.rand(b, *shape, generator=gen, device=dev)
-    area, ratio = uniform(0.5, 1.0), uniform(math.log(0.8), math.log(1.25)).exp()
+    # SynthDerm's captions state borders and counts: milder crops, no blur (as train_transform)
+    area = torch.where(real, uniform(0.5, 1.0), uniform(0.7, 1.0))
+    ratio = torch.where(real, uniform(math.log(0.8), math.log(1.25)),
+                        uniform(math.log(0.9), math.log(1.1))).exp()
     sx, sy = (area * ratio).sqrt().clamp(max=1), (area / ratio).sqrt().clamp(max=1)
     turn = torch.randint(0, 4, (b,), generator=gen, device=dev).float() * (math.pi / 2)
     flip = torch.where(torch.rand(b, generator=gen, device=dev) < 0.5, -1.0, 1.0)
@@ -136,7 +141,7 @@ def augment(x, real, cfg, gen):
     jit = (jit * uniform(0.95, 1.05, 3, 1, 1)).clamp(0, 1)                     # white balance
     x = torch.where(real[:, None, None, None], jit, x)
 
-    blur = torch.rand(b, generator=gen, device=dev) < cfg.blur_p
+    blur = real & (torch.rand(b, generator=gen, device=dev) < cfg.blur_p)
     if blur.any():
         x[blur] = gaussian_blur(x[blur], uniform(0.3, 1.5)[blur])
     jpeg = real & (torch.rand(b, generator=gen, device=dev) < cfg.jpeg_p)
@@ -203,19 +208,27 @@ def score_val(visual, images, set_index, class_ids, set_names, classifiers, batc
     return out
 
 
-def train_full(pack, cfg, device, log=print, progress=True):
-    """Train the whole tower from the pack; returns (best state dict, log dict)."""
+def decode_pack(pack):
+    """{"train", "val": (N, S, S, 3) uint8 tensors} of a loaded pack's images."""
+    meta, arrays = pack[0], pack[1]
+    return {split: torch.from_numpy(decode_all(arrays[f"{split}_blobs"],
+                                               arrays[f"{split}_offsets"], meta["image_size"]))
+            for split in ("train", "val")}
+
+
+def train_full(pack, cfg, device, log=print, progress=True, images=None):
+    """Train the whole tower from the pack (its images decoded by decode_pack, or given);
+    returns (best state dict, log dict)."""
     from tqdm import tqdm
     meta, arrays, targets, init = pack
     torch.manual_seed(cfg.seed)
     dev = torch.device(device)
-    set_names, size = meta["sets"], meta["image_size"]
-    started = time.time()
-    images = {split: torch.from_numpy(decode_all(arrays[f"{split}_blobs"],
-                                                 arrays[f"{split}_offsets"], size))
-              for split in ("train", "val")}
-    log(f"decoded {len(images['train'])} train + {len(images['val'])} val images "
-        f"in {time.time() - started:.0f} s")
+    set_names = meta["sets"]
+    if images is None:
+        started = time.time()
+        images = decode_pack(pack)
+        log(f"decoded {len(images['train'])} train + {len(images['val'])} val images "
+            f"in {time.time() - started:.0f} s")
     train_images = images["train"].to(dev)
     visual = build_visual(meta["arch"])
     visual.load_state_dict({k[len("visual."):]: v.float() for k, v in init.items()
@@ -237,7 +250,7 @@ def train_full(pack, cfg, device, log=print, progress=True):
     rng, gen = np.random.default_rng(cfg.seed), torch.Generator(dev).manual_seed(cfg.seed)
     total = cfg.steps or 10**9
     history = {"config": asdict(cfg), "device": str(dev), "loss": [], "val": []}
-    best, best_score, step, started = None, -1.0, 0, time.time()
+    best, best_score, step, started = None, -math.inf, 0, time.time()
     bar = tqdm(total=cfg.steps or None, desc="align all", unit="step", mininterval=5,
                disable=not progress)
     while step < total:
