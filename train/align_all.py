@@ -10,9 +10,10 @@ dataset folders can run the training:
         --weights runs/all/lr0.0001/visual.safetensors --out runs/all/model   # vanilla open_clip
 
 The pack holds the train and val splits of every real set (as train.align.gather gives them:
-no train image of an evaluation lesion, no val image of a test lesion or of train) and SynthDerm, each image centre-cropped to a square at most --image-size wide and
-stored as WebP; the locked text tower's per-set class embeddings and caption embeddings; the
-starting tower's weights in float16. Test splits never enter it.
+no train image of an evaluation lesion, no val image of a test lesion or of train) and
+SynthDerm, each image centre-cropped to a square at most --image-size wide and stored as WebP;
+the locked text tower's per-set class embeddings and caption embeddings; the starting tower's
+weights in float16. Test splits never enter it.
 """
 import io
 import json
