@@ -270,10 +270,8 @@ def fit_trust(reference, validation, logits, targets, fitted_on, reference_modal
     own scales and threshold."""
     model = TrustModel(TrustSettings(1.0, 1.0, 1.0, 1.0, fitted_on), *reference,
                        reference_modality)
-    shared = _fit_scales(*model.parts(*validation))
-    model.settings.feature_scale, model.settings.pixel_scale = (shared["feature_scale"],
-                                                                shared["pixel_scale"])
-    model.settings.threshold = shared["threshold"]
+    for key, value in _fit_scales(*model.parts(*validation)).items():
+        setattr(model.settings, key, value)                  # feature_scale, pixel_scale, threshold
     model.settings.temperature = fit_temperature(logits, targets)
     own = {}
     for name in MODALITIES if validation_modality is not None else ():
@@ -291,7 +289,8 @@ def fit_trust(reference, validation, logits, targets, fitted_on, reference_modal
 def _fit_scales(feature, pixel):
     """{feature_scale, pixel_scale, threshold} from held-out distances: each part's QUANTILE,
     then the QUANTILE of the larger scaled part (the score)."""
-    feature_scale, pixel_scale = float(feature.quantile(QUANTILE)), float(pixel.quantile(QUANTILE))
+    feature_scale = float(feature.quantile(QUANTILE))
+    pixel_scale = float(pixel.quantile(QUANTILE))
     score = torch.maximum(feature / feature_scale, pixel / pixel_scale)
     return {"feature_scale": feature_scale, "pixel_scale": pixel_scale,
             "threshold": float(score.quantile(QUANTILE))}

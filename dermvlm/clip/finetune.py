@@ -28,9 +28,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dermvlm.clip.align import align_loss
-
-MEAN = (0.48145466, 0.4578275, 0.40821073)      # OpenAI CLIP's, as dermvlm.imaging
-STD = (0.26862954, 0.26130258, 0.27577711)
+from dermvlm.clip.evaluate import balanced_accuracy
+from dermvlm.imaging import MEAN, STD
 
 
 @dataclass
@@ -148,8 +147,13 @@ def augment(x, real, cfg, gen):
     if jpeg.any():
         quality = int(torch.randint(30, 96, (1,), generator=gen, device=dev))
         x[jpeg] = jpeg_round_trip(x[jpeg], quality)
-    mean = torch.tensor(MEAN, device=dev)[:, None, None]
-    return (x - mean) / torch.tensor(STD, device=dev)[:, None, None]
+    return normalise(x)
+
+
+def normalise(x):
+    """(B, 3, S, S) in [0, 1] -> the tower's input (OpenAI CLIP's mean and std)."""
+    mean, std = (torch.tensor(v, device=x.device)[:, None, None] for v in (MEAN, STD))
+    return (x - mean) / std
 
 
 def gaussian_blur(x, sigma, radius=2):
@@ -190,9 +194,7 @@ def score_val(visual, images, set_index, class_ids, set_names, classifiers, batc
     dev = next(visual.parameters()).device
     embeds = []
     for lo in range(0, len(images), batch_size):
-        x = images[lo:lo + batch_size].to(dev).permute(0, 3, 1, 2).float() / 255
-        x = (x - torch.tensor(MEAN, device=dev)[:, None, None]) / torch.tensor(
-            STD, device=dev)[:, None, None]
+        x = normalise(images[lo:lo + batch_size].to(dev).permute(0, 3, 1, 2).float() / 255)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             embeds.append(F.normalize(visual_forward(visual, x).float(), dim=-1))
     embeds = torch.cat(embeds)
@@ -202,9 +204,7 @@ def score_val(visual, images, set_index, class_ids, set_names, classifiers, batc
         if not len(rows):
             continue
         predicted = (embeds[rows.to(dev)] @ classifiers[name]).argmax(1).cpu().numpy()
-        truth = class_ids[rows.numpy()]
-        out[name] = float(np.mean([(predicted[truth == c] == c).mean()
-                                   for c in np.unique(truth)]))
+        out[name] = balanced_accuracy(predicted, class_ids[rows.numpy()])
     return out
 
 
@@ -248,12 +248,12 @@ def train_full(pack, cfg, device, log=print, progress=True, images=None):
     caption_flat, caption_offsets = arrays["caption_rows"], arrays["caption_offsets"]
     real_set = torch.tensor([name != "synthderm" for name in set_names], device=dev)
     rng, gen = np.random.default_rng(cfg.seed), torch.Generator(dev).manual_seed(cfg.seed)
-    total = cfg.steps or 10**9
+    total = cfg.steps or None                   # sized from the pace at step 30 otherwise
     history = {"config": asdict(cfg), "device": str(dev), "loss": [], "val": []}
     best, best_score, step, started = None, -math.inf, 0, time.time()
     bar = tqdm(total=cfg.steps or None, desc="align all", unit="step", mininterval=5,
                disable=not progress)
-    while step < total:
+    while total is None or step < total:
         if step == 10:
             paced_from = time.time()                # after the first steps' kernel tuning
         if step == 30 and not cfg.steps:           # size the run from the pace so far
@@ -261,16 +261,16 @@ def train_full(pack, cfg, device, log=print, progress=True, images=None):
             total = max(50, int(cfg.minutes * 60 / pace))
             log(f"{pace * 1000:.0f} ms a step of {cfg.batch_size}: {total} steps")
             bar.total = total
-        warm, cosine = min(1.0, (step + 1) / 50), 0.5 * (1 + math.cos(math.pi * step / total))
+        warm = min(1.0, (step + 1) / 50)
+        cosine = 0.5 * (1 + math.cos(math.pi * step / total)) if total else 1.0
         for group, lr in zip(optimizer.param_groups, base):
-            group["lr"] = lr * warm * (cosine if total < 10**9 else 1.0)
+            group["lr"] = lr * warm * cosine
         rows = rng.choice(len(weights), cfg.batch_size, p=weights)
         caption_rows = [caption_flat[rng.integers(caption_offsets[r], caption_offsets[r + 1])]
                         for r in rows]
         sets = item_set[rows]
         x = augment(train_images[torch.from_numpy(item_image[rows]).to(dev)],
                     real_set[torch.from_numpy(sets).to(dev)], cfg, gen)
-        visual.eval()
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             embed = visual_forward(visual, x.contiguous(memory_format=torch.channels_last))
         loss, _ = align_loss(F.normalize(embed.float(), dim=-1), text,
@@ -286,7 +286,7 @@ def train_full(pack, cfg, device, log=print, progress=True, images=None):
         bar.update(1)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(history['loss'][-10:]):.3f}")
-        if total < 10**9 and (step % max(1, total // cfg.evals) == 0 or step == total):
+        if total and (step % max(1, total // cfg.evals) == 0 or step == total):
             scores = score_val(visual, images["val"], arrays["val_set"], arrays["val_class"],
                                set_names, classifiers)
             real = [v for k, v in scores.items() if k != "synthderm"]
