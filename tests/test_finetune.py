@@ -111,3 +111,16 @@ def test_a_missing_pack_gets_one_line(tmp_path, capsys):
     assert main(["train", "--pack", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "not a training pack" in err and "nowhere" in err
+
+
+def test_finish_names_missing_or_corrupt_weights_in_one_line(tiny_clip, tmp_path, capsys):
+    from train.align_all import main
+    _, _, folder = tiny_clip
+    corrupt = tmp_path / "visual.safetensors"
+    corrupt.write_bytes(b"not safetensors at all")
+    for weights in (tmp_path / "missing.safetensors", corrupt):
+        assert main(["finish", "--model", str(folder), "--weights", str(weights),
+                     "--out", str(tmp_path / "model")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and weights.name in err
+    assert not (tmp_path / "model").exists()

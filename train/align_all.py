@@ -170,11 +170,16 @@ def train(args):
 
 
 def finish(args):
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from dermvlm.clip.model import load_model, save_model
     model, model_cfg, _ = load_model(args.model)
-    trained = load_file(args.weights)
+    try:
+        trained = load_file(args.weights)
+    except (OSError, SafetensorError) as exc:            # missing, or not safetensors
+        raise DermvlmError(f"--weights {args.weights}: not a readable safetensors file "
+                           f"(a train run's visual.safetensors): {exc}") from None
     own = model.state_dict()
     stray = [k for k in trained if k not in own or own[k].shape != trained[k].shape]
     if stray:
