@@ -14,12 +14,12 @@ from dermvlm.chat import REDIRECTS, analysis_line
 from dermvlm.replies import composed, stream_vetted, turn_kind
 from dermvlm.clip.model import load_model
 from dermvlm.imaging import eval_transform
-from dermvlm.trust import TrustModel, abstain_message, concept_scaling, image_statistics
+from dermvlm.trust import TrustModel, abstain_message, assess, concept_scaling
 from dermvlm.vlm.drafts import store_for
 from dermvlm.vlm.fastlm import for_vlm
 from dermvlm.vlm.infer import describe, generate
 from dermvlm.vlm.model import DermVLM, vision_weights_file
-from dermvlm.zeroshot import ZeroShot, zeroshot_findings, zeroshot_modality
+from dermvlm.zeroshot import ZeroShot, zeroshot_findings
 
 
 class Assistant:
@@ -64,14 +64,12 @@ class Assistant:
 
     def inspect(self, image):
         """(CLIP features (1, D), OOD verdict or None when the model has no reference,
-        (modality judged, its probability)): the verdict is against that modality's
-        reference."""
+        (modality judged, its confidence)): dermoscopic, clinical or not skin (an abstained
+        verdict), and the verdict is against that modality's reference (dermvlm.trust.assess)."""
         with self._clip_lock:
             features = self.zeroshot.encode_images(self.transform(image)[None])
-            modality = tuple(x[0] for x in zeroshot_modality(self.zeroshot, features))
-            verdict = None if self.trust is None else self.trust.verdict(
-                features, image_statistics(image)[None], [modality[0]])[0]
-        return features, verdict, modality
+            modalities, verdicts = assess(self.zeroshot, self.trust, features, [image])
+        return features, verdicts[0], modalities[0]
 
     def _scores(self, image):
         """(calibrated diagnosis probabilities over self.labels, concept scores, verdict,

@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dermvlm.errors import DermvlmError
+from dermvlm.skincheck import NOT_SKIN, NOT_SKIN_MESSAGE, SkinCheck, imagenet_features
 from dermvlm.vocab import MODALITIES
 
 TRUST_JSON, TRUST_WEIGHTS = "trust.json", "trust.safetensors"
@@ -75,6 +76,9 @@ class TrustSettings:
     modalities: dict | None = None
     # ontology conditions a clinical photograph may be answered with (None: no restriction)
     clinical_answerable: list | None = None
+    # {"tower", "components", "threshold", "reference", "validation"} of the "not skin" check
+    # (dermvlm.skincheck); None: every image is judged dermoscopic or clinical
+    skin_check: dict | None = None
 
 
 def abstain_message(verdict):
@@ -94,8 +98,10 @@ def ood_note(verdict):
 class TrustModel:
     """OOD scoring and calibration for one CLIP model (features from its image tower)."""
 
-    def __init__(self, settings, reference_features, reference_pixels, reference_modality=None):
+    def __init__(self, settings, reference_features, reference_pixels, reference_modality=None,
+                 skin=None):
         self.settings = settings
+        self.skin = skin            # dermvlm.skincheck.SkinCheck or None
         # kept at the fp16 precision they are saved in, so a saved model scores the same
         self.reference_features = reference_features.half().float()   # (N, D), unit norm
         self.reference_pixels = reference_pixels.half().float()       # (N, P)
@@ -164,7 +170,8 @@ class TrustModel:
         folder = Path(folder)
         save_file({"reference_features": self.reference_features.half().contiguous(),
                    "reference_pixels": self.reference_pixels.half().contiguous(),
-                   "reference_modality": self.reference_modality.to(torch.int8).contiguous()},
+                   "reference_modality": self.reference_modality.to(torch.int8).contiguous(),
+                   **(self.skin.tensors() if self.skin else {})},
                   folder / TRUST_WEIGHTS)
         (folder / TRUST_JSON).write_text(json.dumps(asdict(self.settings), indent=1))
         return folder
@@ -180,8 +187,32 @@ class TrustModel:
             tensors = load_file(folder / TRUST_WEIGHTS)
         except (OSError, TypeError, ValueError) as exc:
             raise DermvlmError(f"{folder}: unreadable {TRUST_JSON} / {TRUST_WEIGHTS}: {exc}")
+        skin = settings.skin_check
         return cls(settings, tensors["reference_features"], tensors["reference_pixels"],
-                   tensors.get("reference_modality"))
+                   tensors.get("reference_modality"),
+                   SkinCheck.from_tensors(tensors, skin["threshold"], skin["tower"])
+                   if skin else None)
+
+
+def assess(zs, trust, features, images):
+    """([(modality, confidence)], [verdict or None]) per image, as the app judges it: "not
+    skin" where the trust file's skin check flags the image (its verdict abstains with
+    NOT_SKIN_MESSAGE), else dermoscopic or clinical by the zero-shot prompts, and the OOD
+    verdict against that modality's reference. Without a trust file: the prompts' modality
+    and no verdicts. (features (N, D) of the N PIL `images`.)"""
+    from dermvlm.zeroshot import zeroshot_modality
+    modalities = list(zip(*zeroshot_modality(zs, features)))
+    if trust is None:
+        return modalities, [None] * len(images)
+    if trust.skin is not None:
+        for i, (not_skin, confidence) in enumerate(trust.skin.judge(
+                imagenet_features(images, trust.skin.tower))):
+            if not_skin:
+                modalities[i] = (NOT_SKIN, confidence)
+    pixels = torch.stack([image_statistics(im) for im in images])
+    verdicts = trust.verdict(features, pixels, [m for m, _ in modalities])
+    return modalities, [{**v, "abstained": True, "message": NOT_SKIN_MESSAGE}
+                        if m == NOT_SKIN else v for v, (m, _) in zip(verdicts, modalities)]
 
 
 def concept_scaling(trust):
@@ -234,7 +265,9 @@ def fit_concept_scaling(margins, labels, steps=300):
     labels (N, K) of 0/1). One pair for all concepts, so unseen concepts are scaled too."""
     log_t = torch.tensor([float(np.log(0.01))], requires_grad=True)
     bias = torch.zeros(1, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t, bias], lr=0.1, max_iter=steps)
+    # a line search: a fixed step can overshoot to a temperature whose scores are NaN
+    optimizer = torch.optim.LBFGS([log_t, bias], lr=0.1, max_iter=steps,
+                                  line_search_fn="strong_wolfe")
 
     def closure():
         optimizer.zero_grad()

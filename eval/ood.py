@@ -101,14 +101,25 @@ def concept_calibration(zs, features, paths, labels, trust):
             "concept_ece_calibrated": round(ece[1], 4)}
 
 
-def _margins(trust, zs, features, pixels):
+def _margins(trust, zs, features, pixels, paths):
     """(N,) log(OOD score / its threshold), each image against its modality's reference, as
-    the app judges it: above 0 the image is refused."""
+    the app judges it, or log(skin score / its threshold) where the trust file's "not skin"
+    check flags the image: above 0 the image is refused."""
     import torch
 
+    from dermvlm.skincheck import NOT_SKIN, imagenet_features_of
     from dermvlm.zeroshot import zeroshot_modality
-    score, threshold = trust.scores(features, pixels, zeroshot_modality(zs, features)[0])
-    return torch.log(score.clamp_min(1e-9) / threshold)
+    modalities = zeroshot_modality(zs, features)[0]
+    skin = None
+    if trust.skin is not None:
+        skin = trust.skin.scores(imagenet_features_of(paths, trust.skin.tower))
+        modalities = [NOT_SKIN if s > trust.skin.threshold else m
+                      for s, m in zip(skin, modalities)]
+    score, threshold = trust.scores(features, pixels, modalities)
+    margin = torch.log(score.clamp_min(1e-9) / threshold)
+    if skin is not None:
+        margin = torch.maximum(margin, torch.log(skin.clamp_min(1e-9) / trust.skin.threshold))
+    return margin
 
 
 def evaluate(args):
@@ -132,7 +143,7 @@ def evaluate(args):
     for spec in args.id:
         items = labelled_images(spec)
         features, pixels, kept = encode_images(zs, transform, [p for p, _ in items])
-        margins = _margins(trust, zs, features, pixels)
+        margins = _margins(trust, zs, features, pixels, kept)
         id_scores.append(margins)
         label_of = dict(items)
         result["in_distribution"][spec] = {
@@ -141,7 +152,7 @@ def evaluate(args):
             **concept_calibration(zs, features, kept, concept_labels(spec), trust)}
     ood = [str(p) for p in sorted(Path(args.ood).iterdir())]
     features, pixels, kept = encode_images(zs, transform, ood)
-    ood_margins = _margins(trust, zs, features, pixels)
+    ood_margins = _margins(trust, zs, features, pixels, kept)
     inside = torch.cat(id_scores)
     result["ood"] = {"folder": args.ood, "n": len(kept),
                      "caught": round(float((ood_margins > 0).float().mean()), 4),

@@ -144,7 +144,9 @@ def test_abstained_report_is_valid_and_plain():
 
 def test_fit_trust_then_classify_abstains_on_non_skin(synth_dir, tmp_path, capsys):
     """train.fit_trust writes the trust file beside a model folder; `dermvlm classify` then
-    refuses a noise image and a flat grey square, and still answers the SynthDerm images."""
+    refuses a noise image and a flat grey square (out of distribution or not skin), and still
+    answers the SynthDerm images."""
+    from dermvlm.skincheck import NOT_SKIN_MESSAGE
     from dermvlm.cli import main as dermvlm_main
     from dermvlm.labelled import held_out
     from train import fit_trust
@@ -163,7 +165,7 @@ def test_fit_trust_then_classify_abstains_on_non_skin(synth_dir, tmp_path, capsy
     code = dermvlm_main(["classify", str(photos), *map(str, good), "--model", str(folder),
                          "--labels", "melanoma,psoriasis", "--out", str(out)])
     printed = capsys.readouterr().out
-    assert code == 0 and printed.count(ABSTAIN_MESSAGE) >= 2
+    assert code == 0 and printed.count(ABSTAIN_MESSAGE) + printed.count(NOT_SKIN_MESSAGE) >= 2
     rows = list(csv.DictReader(open(out)))
     abstained = {r["image"] for r in rows if r["abstained"] == "True"}
     assert {str(photos / "noise.png"), str(photos / "grey.png")} <= abstained
@@ -255,3 +257,53 @@ def test_the_ood_score_is_shown_only_where_it_is_the_reason():
     text = render_report_text(abstained_report(scope, OUT_OF_SCOPE_MESSAGE))
     assert text.startswith(OUT_OF_SCOPE_MESSAGE) and "out-of-distribution" not in text
     assert "score 1.40" in render_report_text(abstained_report(far, "Withheld."))
+
+
+def test_skin_check_flags_what_is_off_the_skin_subspace_and_round_trips(tmp_path):
+    """Skin features in a 4-dimensional subspace: held-out skin passes (the threshold is the
+    largest modality's 99th percentile, so the wider modality is not flagged), directions
+    outside it are "not skin" with a confidence near 1, and a trust file keeps the check."""
+    from dermvlm.skincheck import SkinCheck
+    generator = torch.Generator().manual_seed(3)
+    axes = torch.linalg.qr(torch.randn(64, 4, generator=generator))[0]      # (64, 4)
+
+    def skin(n, noise):
+        x = torch.randn(n, 4, generator=generator) @ axes.T
+        return torch.nn.functional.normalize(x + noise * torch.randn(n, 64, generator=generator),
+                                             dim=1)
+    reference = skin(300, 0.02)
+    validation = torch.cat([skin(100, 0.02), skin(100, 0.05)])   # dermoscopy, phone photos
+    modality = ["dermoscopic"] * 100 + ["clinical"] * 100
+    check = SkinCheck.fit(reference, validation, modality, components=4)
+    assert check.threshold == pytest.approx(float(check.scores(validation[100:]).quantile(0.99)))
+    assert sum(flag for flag, _ in check.judge(skin(200, 0.05))) <= 10
+    off = torch.nn.functional.normalize(torch.randn(50, 64, generator=generator), dim=1)
+    judged = check.judge(off)
+    assert all(flag and confidence == 1.0 for flag, confidence in judged)
+    trust, features, pixels = _trust_on_clusters()
+    trust.skin = check
+    trust.settings.skin_check = {"tower": check.tower, "components": 4,
+                                 "threshold": check.threshold}
+    trust.save(tmp_path)
+    loaded = TrustModel.load(tmp_path)
+    assert torch.equal(loaded.skin.scores(off), check.scores(off))
+    assert loaded.skin.judge(validation) == check.judge(validation)
+
+
+def test_imagenet_features_tell_a_document_from_skin(synth_dir):
+    """The wheel's untouched ImageNet tower (dermvlm.skincheck): a page of text lies further
+    from the subspace of SynthDerm renders than every held-out render does."""
+    from PIL import ImageDraw
+
+    from dermvlm.skincheck import SkinCheck, imagenet_features
+    renders = [Image.open(p).convert("RGB") for p in sorted((synth_dir / "images").iterdir())]
+    features = imagenet_features(renders)
+    assert features.shape == (len(renders), 1280)
+    assert torch.allclose(features.norm(dim=1), torch.ones(len(renders)), atol=1e-5)
+    page = Image.new("RGB", (224, 224), (250, 250, 245))
+    draw = ImageDraw.Draw(page)
+    for line in range(12):
+        draw.text((8, 8 + 17 * line), "the quick brown fox jumps over", fill=(0, 0, 0))
+    check = SkinCheck.fit(features[:30], features[30:], ["clinical"] * 10, components=8)
+    assert float(check.scores(imagenet_features([page]))[0]) > \
+        float(check.scores(features[30:]).max())

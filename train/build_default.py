@@ -297,7 +297,7 @@ def fit_trust_stage(work, clip_folder, progress):
                          malignancy=malignancy, sensitivity=MALIGNANCY_SENSITIVITY,
                          sensitivity_bound=True,
                          answerable=malignancy, min_images=3, min_f1=0.5,
-                         quiet=not progress))
+                         skin_check=True, quiet=not progress))
 
 
 def write_manifest(folder, overrides, heldout, started, reused, warm_start=None,

@@ -18,7 +18,9 @@ threshold on P(malignant or premalignant) that flags --sensitivity of those sets
 premalignant images (the app raises such an image's concern to at least moderate). With
 --answerable (held-out labelled sets with clinical photographs), the conditions a clinical
 photograph may be answered with are fitted: those whose top-1 F1 on the sets' clinical photos
-reaches --min-f1 with at least --min-images of them.
+reaches --min-f1 with at least --min-images of them. Unless --no-skin-check, the "not skin"
+check is fitted too (dermvlm.skincheck): the skin subspace of the reference images' ImageNet
+features, and its threshold on the validation images of each modality.
 """
 import os
 import sys
@@ -62,6 +64,9 @@ def main(argv=None):
                         help="top-1 F1 a condition needs on those photos (default 0.5)")
     parser.add_argument("--min-images", type=positive_int, default=3,
                         help="held-out clinical photos a condition needs (default 3)")
+    parser.add_argument("--no-skin-check", dest="skin_check", action="store_false",
+                        help="fit no \"not skin\" check (every image is then judged "
+                        "dermoscopic or clinical)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return print_result("train.fit_trust", lambda: fit(parser.parse_args(argv)))
 
@@ -79,7 +84,7 @@ def fit(args):
     model, cfg, tokenizer = load_model(args.model)
     zs, transform = ZeroShot(model, tokenizer), eval_transform(cfg["vision_cfg"]["image_size"])
     reference, validation, labels, concepts, sets = [], [], [], [], {}
-    reference_modality = []
+    reference_modality, validation_modality = [], []
     roles = ([(s, 1.0, 0.0) for s in args.reference] + [(s, 0.0, 1.0) for s in args.validation]
              + [(s, 1 - args.holdout, args.holdout) for s in args.split])
     if not any(r for _, r, _ in roles) or not any(v for _, _, v in roles):
@@ -102,6 +107,10 @@ def fit(args):
                                for p, m in zip(reference[-1][2], judged)]
         encoded = encode_images(zs, transform, [p for p, _ in val], progress=not args.quiet)
         validation.append(encoded)
+        told = {r.image: r.modality for r in records}
+        validation_modality += [told[p] if told[p] in MODALITIES else m for p, m in
+                                zip(encoded[2], zeroshot_modality(zs, encoded[0])[0]
+                                    if encoded[2] else [])]
         label_of = dict(val)     # only the calibration sets' labels count for the temperature
         labels += [canonical(label_of[p]) if spec in calibrate else None for p in encoded[2]]
         concept_of = concept_labels(spec) if spec in calibrate else {}
@@ -120,6 +129,10 @@ def fit(args):
                       {"sets": sets, "temperature_images": len(known), "holdout": args.holdout},
                       torch.tensor(reference_modality), zeroshot_modality(zs, features)[0])
     fit_concepts(trust, zs, features, concepts)
+    if args.skin_check:
+        fit_skin_check(trust, [p for r in reference for p in r[2]],
+                       [p for v in validation for p in v[2]], validation_modality,
+                       progress=not args.quiet)
     if args.malignancy:
         fit_operating_point(trust, zs, transform, args.malignancy, args.sensitivity,
                             args.sensitivity_bound,
@@ -189,6 +202,21 @@ def fit_clinical_scope(trust, zs, transform, sets, min_images, min_f1, progress=
     trust.settings.fitted_on["clinical_answerable"] = {
         "sets": list(sets), "images": len(kept), "min_images": min_images, "min_f1": min_f1,
         "conditions": rows}
+
+
+def fit_skin_check(trust, reference_paths, validation_paths, validation_modality,
+                   progress=True):
+    """trust.skin and settings.skin_check: the "not skin" check (dermvlm.skincheck) from the
+    ImageNet features of the reference and validation images."""
+    from dermvlm.skincheck import SkinCheck, imagenet_features_of
+    reference = imagenet_features_of(reference_paths, progress=progress)
+    validation = imagenet_features_of(validation_paths, progress=progress)
+    trust.skin = SkinCheck.fit(reference, validation, validation_modality)
+    trust.settings.skin_check = {"tower": trust.skin.tower,
+                                 "components": trust.skin.basis.shape[1],
+                                 "threshold": trust.skin.threshold,
+                                 "reference": len(reference_paths),
+                                 "validation": len(validation_paths)}
 
 
 def fit_concepts(trust, zs, features, concepts):

@@ -9,9 +9,9 @@ from dermvlm.clip.model import load_model
 from dermvlm.errors import DermvlmError
 from dermvlm.imaging import ImageError, collect_images, eval_transform, open_image
 from dermvlm.ontology import find_condition
-from dermvlm.trust import TrustModel, abstain_message, concept_scaling, image_statistics
+from dermvlm.trust import TrustModel, abstain_message, assess, concept_scaling, ood_note
 from dermvlm.vocab import SKINCON_CONCEPTS
-from dermvlm.zeroshot import DERMLIP_TEMPLATES, ZeroShot, zeroshot_modality
+from dermvlm.zeroshot import DERMLIP_TEMPLATES, ZeroShot
 
 
 def read_labels(labels=None, labels_file=None):
@@ -62,9 +62,8 @@ def classify(inputs, model_spec, labels=None, concepts=False, top_k=5, templates
 def _classify_batch(batch, zs, transform, trust, names, concepts, top_k, templates,
                     ignore_ood):
     features = zs.encode_images(torch.stack([transform(image) for _, image in batch]))
-    modalities = zeroshot_modality(zs, features)[0] if trust else [None] * len(batch)
-    verdicts = (trust.verdict(features, torch.stack([image_statistics(im) for _, im in batch]),
-                              modalities) if trust else [None] * len(batch))
+    judged, verdicts = assess(zs, trust, features, [image for _, image in batch])
+    modalities = [m for m, _ in judged]
     if concepts:
         scores = zs.concept_scores(features, names, **concept_scaling(trust))
     else:
@@ -98,10 +97,13 @@ def write_predictions(results, out):
 
 
 def result_lines(path, ranked, verdict):
-    """What `dermvlm classify` prints for one image."""
-    head = path if verdict is None else (f"{path}  (out-of-distribution score "
-                                         f"{verdict['ood_score']:.2f}, threshold "
-                                         f"{verdict['threshold']:.2f})")
+    """What `dermvlm classify` prints for one image: the OOD score beside it, unless the image
+    was refused for another reason (not skin, out of scope) that the score is not part of."""
+    head = path
+    if verdict is not None and not (verdict["abstained"] and ood_note(verdict) == ""
+                                    and verdict.get("message")):
+        head = (f"{path}  (out-of-distribution score {verdict['ood_score']:.2f}, threshold "
+                f"{verdict['threshold']:.2f})")
     if verdict and verdict["abstained"] and not ranked:
         return [head, f"  {abstain_message(verdict)}"]
     return [head] + [f"  {score:7.3f}  {label}" for label, score in ranked]
