@@ -307,3 +307,34 @@ def test_imagenet_features_tell_a_document_from_skin(synth_dir):
     check = SkinCheck.fit(features[:30], features[30:], ["clinical"] * 10, components=8)
     assert float(check.scores(imagenet_features([page]))[0]) > \
         float(check.scores(features[30:]).max())
+
+
+def test_modality_evaluation_judges_every_image_once(synth_dir, tmp_path):
+    """eval.modality: each set's images under their records' modality, a --nonskin folder's
+    as not skin; the confusion rows add up to the images, a flat grey page is judged not
+    skin, and a model folder without the check never says "not skin"."""
+    import json
+
+    from eval import modality
+    from train import fit_trust
+    folder = vanilla_open_clip_folder(tmp_path / "clip")
+    assert fit_trust.main(["--model", str(folder), "--split", str(synth_dir), "--calibrate",
+                           str(synth_dir), "--holdout", "0.5", "--quiet"]) == 0
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    for shade in (120, 180, 240):
+        Image.new("RGB", (120, 160), (shade, shade, shade)).save(pages / f"grey{shade}.png")
+    out = tmp_path / "modality.json"
+    assert modality.main(["--model", str(folder), "--set", str(synth_dir), "--nonskin",
+                          str(pages), "--out", str(out), "--quiet"]) == 0
+    result = json.loads(out.read_text())
+    assert result["not_skin_check"] and result["all"]["n"] == 43
+    rows = result["sets"][str(synth_dir)]["confusion"]
+    assert sum(sum(row.values()) for row in rows.values()) == 40
+    assert set(rows) <= {"clinical", "dermoscopic"}
+    assert result["sets"][str(pages)]["confusion"]["not skin"].get("not skin", 0) == 3
+    (folder / "trust.json").unlink()
+    assert modality.main(["--model", str(folder), "--nonskin", str(pages), "--out", str(out),
+                          "--quiet"]) == 0
+    assert "not skin" not in json.loads(out.read_text())["all"]["confusion"]["not skin"]
+    assert modality.main(["--model", str(folder)]) == 2
