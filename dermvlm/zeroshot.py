@@ -1,4 +1,5 @@
-"""Zero-shot use of an aligned image/text pair: prompt-ensemble classification, hierarchical
+"""Zero-shot use of an aligned image/text pair: prompt-ensemble classification (with a model
+folder's fitted prototypes for the labels it has them for, dermvlm.prototypes), hierarchical
 roll-up, MONET-style concept scores, retrieval, and linear probes on frozen features.
 
     zs = ZeroShot(model, tokenizer)
@@ -84,10 +85,12 @@ def trim_padding(model, tokens):
 class ZeroShot:
     """Encodes images and prompt ensembles with one model; text embeddings are cached."""
 
-    def __init__(self, model, tokenizer, device="cpu", batch_size=64):
+    def __init__(self, model, tokenizer, device="cpu", batch_size=64, prototypes=True):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.device, self.batch_size = device, batch_size
         self._text_cache = {}          # prompt -> normalised embedding (D,)
+        # {label: (D,)} fitted prototypes of a model folder (dermvlm.prototypes), or None
+        self.prototypes = getattr(model, "dermvlm_prototypes", None) if prototypes else None
 
     @torch.no_grad()
     def encode_images(self, images):
@@ -109,11 +112,17 @@ class ZeroShot:
         return torch.stack([self._text_cache[p] for p in prompts])
 
     def classifier(self, labels, templates=DERMLIP_TEMPLATES):
-        """(D, C) weights: the renormalised mean embedding of each label's templates."""
+        """(D, C) weights: a label's fitted prototype where the model folder has one and the
+        prompts are DermLIP's (dermvlm.prototypes), else the renormalised mean embedding of
+        its templates."""
         if not labels:
             raise ValueError("empty label list: give at least two labels")
         weights = []
+        fitted = self.prototypes if tuple(templates) == DERMLIP_TEMPLATES else None
         for label in labels:
+            if fitted and label in fitted:
+                weights.append(fitted[label])
+                continue
             feats = self.encode_texts([t.format(c=label) for t in templates])
             weights.append(F.normalize(feats.mean(0), dim=-1))
         return torch.stack(weights, dim=1)

@@ -22,6 +22,7 @@ from dermvlm.clip.effnet import VARIANTS as EFFNET_VARIANTS
 from dermvlm.clip.effnet import effnet_vision_cfg, load_wheel_trunk
 from dermvlm.config import check_choice
 from dermvlm.errors import DermvlmError
+from dermvlm.prototypes import load_prototypes
 from dermvlm.hub import check_hub
 from dermvlm.imaging import MEAN, STD
 
@@ -187,7 +188,10 @@ def load_model(spec, device="cpu"):
         return model, open_clip.get_model_config(spec), open_clip.get_tokenizer(spec)
     folder = Path(spec[len("local-dir:"):] if spec.startswith("local-dir:") else spec)
     if folder.is_dir():
-        return _load_folder(folder, device)
+        model, model_cfg, tokenizer = _load_folder(folder, device)
+        # fitted class prototypes beside the weights (dermvlm.prototypes), for ZeroShot
+        model.dermvlm_prototypes = load_prototypes(folder)
+        return model, model_cfg, tokenizer
     if spec.startswith("local-dir:"):
         raise DermvlmError(f"{spec}: no such folder")
     name, _, tag = spec.partition(":")
