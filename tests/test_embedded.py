@@ -72,18 +72,18 @@ def test_shipped_default_classifies_chats_and_reports():
     report, text = assistant.report(image)
     assert report.disclaimer and "Lesions:" in text
     assert report.out_of_distribution is not None and not report.out_of_distribution.abstained
-    # a photo that is not skin (scikit-learn's sample of a temple): no diagnosis anywhere
+    # a photo that is not skin (scikit-learn's sample of a temple): judged so, no diagnosis
     from PIL import Image
     from sklearn.datasets import load_sample_image
 
-    from dermvlm.trust import ABSTAIN_MESSAGE
+    from dermvlm.skincheck import NOT_SKIN, NOT_SKIN_MESSAGE
     temple = Image.fromarray(load_sample_image("china.jpg"))
-    diagnoses, _, verdict, _ = assistant.classify(temple)
-    assert verdict["abstained"] and diagnoses == {}
-    assert list(assistant.chat(temple, [], "Is this melanoma?"))[-1] == ABSTAIN_MESSAGE
+    diagnoses, _, verdict, modality = assistant.classify(temple)
+    assert modality[0] == NOT_SKIN and verdict["abstained"] and diagnoses == {}
+    assert list(assistant.chat(temple, [], "Is this melanoma?"))[-1] == NOT_SKIN_MESSAGE
     report, text = assistant.report(temple)
     assert report.out_of_distribution.abstained and report.differential == []
-    assert ABSTAIN_MESSAGE in text
+    assert NOT_SKIN_MESSAGE in text
     # a clinical photo of a condition not earned on real clinical photos: out of scope
     from dermvlm.trust import OUT_OF_SCOPE_MESSAGE
     cellulitis = open_image(examples / "cellulitis_clinical_fst5.jpg")

@@ -35,12 +35,16 @@ def main(argv=None):
     parser.add_argument("--max-per-class", type=positive_int, default=600,
                         help="training images kept per group and label, by a hash of the "
                         "file name (default 600)")
+    parser.add_argument("--max-per-set", type=positive_int,
+                        help="training images kept per group after that, by the same hash "
+                        "(default: all)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return print_result("train.fit_prototypes", lambda: fit(parser.parse_args(argv)))
 
 
-def grouped(specs, max_per_class=None):
-    """{source: [(image, ontology name)]} of labelled sets, at most max_per_class per label."""
+def grouped(specs, max_per_class=None, max_per_set=None):
+    """{source: [(image, ontology name)]} of labelled sets, at most max_per_class per label
+    and then max_per_set per source (each by a hash of the file name)."""
     from dermvlm.labelled import labelled_records, pick_records
     from dermvlm.ontology import find_condition
     groups = {}
@@ -56,8 +60,10 @@ def grouped(specs, max_per_class=None):
         by_label = {}
         for r in records:
             by_label.setdefault(find_condition(r.label).name, []).append(r)
-        out[source] = [(r.image, label) for label, rs in sorted(by_label.items())
-                       for r in (pick_records(rs, max_per_class) if max_per_class else rs)]
+        kept = [r for _, rs in sorted(by_label.items())
+                for r in (pick_records(rs, max_per_class) if max_per_class else rs)]
+        kept = pick_records(kept, max_per_set) if max_per_set else kept
+        out[source] = [(r.image, find_condition(r.label).name) for r in kept]
     return out
 
 
@@ -109,7 +115,7 @@ def fit(args):
     zs = ZeroShot(model, tokenizer, prototypes=False)        # the text weights to start from
     transform = eval_transform(cfg["vision_cfg"]["image_size"])
     progress = not args.quiet
-    train_groups = grouped(args.train, args.max_per_class)
+    train_groups = grouped(args.train, args.max_per_class, args.max_per_set)
     spaces = {source: sorted({label for _, label in items})
               for source, items in train_groups.items()}
     names = sorted({label for space in spaces.values() for label in space})
@@ -137,7 +143,8 @@ def fit(args):
     summary = {"model": args.model, "train": args.train, "val": args.val,
                "label_spaces": spaces, "train_images": {s: len(i) for s, i in
                                                        train_groups.items()},
-               "max_per_class": args.max_per_class, "lr": args.lr,
+               "max_per_class": args.max_per_class, "max_per_set": args.max_per_set,
+               "lr": args.lr,
                "val_balanced_accuracy": {str(s): scores for s, (_, scores) in tried.items()},
                "steps": best}
     if best == 0:
