@@ -10,7 +10,10 @@ records are grouped by their source (ham10000, isic9, ...), and each group is on
 its images are scored only against the labels that group's training images have. Labels must
 be the ontology's diagnoses. Candidates: the --steps values and 0 (the zero-shot weights); the
 one with the highest mean over val groups of balanced accuracy is kept. When that is 0, nothing
-is written: the prototypes would not beat zero-shot.
+is written: the prototypes would not beat zero-shot. Each group is fitted within its own label
+space, so a ranking over the union of the labels (the app ranks the whole ontology) can get
+worse while every set's own ranking gets better: check `eval.zeroshot`'s `diagnosis_ontology`
+before shipping prototypes.
 """
 import sys
 
