@@ -5,6 +5,7 @@ the expected calibration error (ECE) of its diagnosis probabilities before and a
 fitted temperature, per labelled set.
 
     python -m eval.ood --make-nonskin runs/data/nonskin        # sample photos, documents, noise
+    python -m eval.ood --make-package-nonskin runs/data/nonskin2   # other packages' images
     python -m eval.ood --model dermvlm/default/clip --id runs/data/seed1 \\
         --id ../shared/realdata/isic9/Test --ood runs/data/nonskin --out ood.json
 
@@ -59,6 +60,45 @@ def make_nonskin(out, seed=0):
         Image.fromarray(noise).save(out / f"noise{j}.png")
         ramp = np.linspace(0, 255, 200)[None, :, None] * rng.uniform(0, 1, 3)[None, None]
         Image.fromarray(np.repeat(ramp, 200, 0).astype(np.uint8)).save(out / f"gradient{j}.png")
+    return sorted(str(p) for p in out.iterdir())
+
+
+PACKAGE_IMAGES = ("gradio", "matplotlib", "networkx", "sympy", "playwright", "scipy")
+
+
+def make_package_nonskin(out, seed=1, packages=PACKAGE_IMAGES):
+    """Write a second non-skin set, apart from the first's sources: the images of at least
+    64 px that installed packages ship (gradio's animal and landmark samples, matplotlib's
+    logos, networkx and sympy test plots, ...), whole and two random crops each; portraits are
+    left out (a face crop is skin)."""
+    import importlib.util
+
+    from PIL import Image
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for package in packages:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        root = Path(list(spec.submodule_search_locations)[0])
+        for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg",
+                                                                              ".png")):
+            if "hopper" in path.name or "copy" in path.name:
+                continue                          # a portrait; a duplicate
+            try:
+                image = Image.open(path).convert("RGB")
+            except OSError:
+                continue
+            if min(image.size) < 64:
+                continue
+            stem = f"{package}_{path.stem}"
+            image.save(out / f"{stem}.jpg")
+            w, h = image.size
+            for j in range(2):
+                side = int(min(w, h) * rng.uniform(0.4, 0.8))
+                x, y = rng.integers(0, w - side + 1), rng.integers(0, h - side + 1)
+                image.crop((x, y, x + side, y + side)).save(out / f"{stem}_crop{j}.jpg")
     return sorted(str(p) for p in out.iterdir())
 
 
@@ -171,8 +211,15 @@ def main(argv=None):
     parser.add_argument("--ood", help="folder of out-of-distribution images")
     parser.add_argument("--make-nonskin", metavar="DIR",
                         help="write the non-skin image set to DIR and stop")
+    parser.add_argument("--make-package-nonskin", metavar="DIR",
+                        help="write the second non-skin set (images installed packages ship) "
+                        "to DIR and stop")
     parser.add_argument("--out", help="write the results JSON here")
     args = parser.parse_args(argv)
+    if args.make_package_nonskin:
+        made = make_package_nonskin(args.make_package_nonskin)
+        print(f"{len(made)} images in {args.make_package_nonskin}")
+        return 0
     if args.make_nonskin:
         print(f"{len(make_nonskin(args.make_nonskin))} images in {args.make_nonskin}")
         return 0

@@ -2,6 +2,7 @@
 round trip, the abstained report, and `train.fit_trust` + `dermvlm classify` end to end on a
 tiny model."""
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,6 +184,9 @@ def test_non_skin_set_and_ood_evaluation(synth_dir, tmp_path):
     from train import fit_trust
     nonskin = ood.make_nonskin(tmp_path / "nonskin")
     assert len(nonskin) == 160 and all(open_image(p).size for p in nonskin[::20])
+    second = ood.make_package_nonskin(tmp_path / "nonskin2")    # other sources, whole + crops
+    assert len(second) >= 30 and len(second) % 3 == 0 and not any("hopper" in p for p in second)
+    assert {Path(p).name for p in nonskin}.isdisjoint(Path(p).name for p in second)
     folder = vanilla_open_clip_folder(tmp_path / "clip")
     assert fit_trust.main(["--model", str(folder), "--split", str(synth_dir), "--calibrate",
                            str(synth_dir), "--holdout", "0.5", "--quiet"]) == 0
