@@ -45,7 +45,7 @@ def test_fit_prototypes_writes_a_file_zeroshot_uses_for_dermlip_prompts(synth_di
                      "--steps", "100", "--quiet"]) == 0
     summary = json.loads(capsys.readouterr().out)
     scores = summary["val_balanced_accuracy"]
-    assert summary["written"] and summary["steps"] == 100
+    assert summary["written"] and summary["steps"] == 100 and summary["space"] == "union"
     assert scores["100"]["SynthDerm"] > scores["0"]["SynthDerm"]   # fitted on these images
     prototypes = load_prototypes(folder)
     labels = sorted(prototypes)
@@ -63,3 +63,24 @@ def test_fit_prototypes_writes_a_file_zeroshot_uses_for_dermlip_prompts(synth_di
                           plain.classifier(labels[:2], ATTRIBUTE_TEMPLATES), atol=1e-6)
     assert cli.main(["--model", str(folder), "--train", str(synth_dir), "--val",
                      str(synth_dir), "--steps", "x"]) == 2
+
+
+def test_union_space_separates_labels_that_never_share_a_set():
+    """Two sets with disjoint labels ({0, 1} and {2, 3}) whose classes 0 and 2 look alike: fitted
+    within each set's own labels nothing pulls 0 and 2 apart, fitted against all four labels
+    (the app ranks them all) the four-way ranking is better."""
+    generator = torch.Generator().manual_seed(1)
+    base = torch.nn.functional.normalize(torch.randn(3, 32, generator=generator), dim=1)
+    centres = torch.nn.functional.normalize(torch.stack(
+        [base[0], base[1], base[0] + 0.6 * base[2], base[2]]), dim=1)
+    text = torch.nn.functional.normalize(torch.randn(4, 32, generator=generator), dim=1)
+    x, y = _clusters(centres, 800, generator)
+    first, second = y <= 1, y >= 2
+    own = [(x[first], y[first], [0, 1]), (x[second], y[second], [2, 3])]
+    union = [(x[first], y[first], [0, 1, 2, 3]), (x[second], y[second], [0, 1, 2, 3])]
+    test_x, test_y = _clusters(centres, 400, generator)
+
+    def four_way(weights):
+        return float(((test_x @ weights.T).argmax(1) == test_y).float().mean())
+    assert four_way(fit_prototypes(text, union, 200, lr=1e-2)) > \
+        four_way(fit_prototypes(text, own, 200, lr=1e-2)) + 0.1

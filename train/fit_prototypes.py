@@ -10,10 +10,11 @@ records are grouped by their source (ham10000, isic9, ...), and each group is on
 its images are scored only against the labels that group's training images have. Labels must
 be the ontology's diagnoses. Candidates: the --steps values and 0 (the zero-shot weights); the
 one with the highest mean over val groups of balanced accuracy is kept. When that is 0, nothing
-is written: the prototypes would not beat zero-shot. Each group is fitted within its own label
-space, so a ranking over the union of the labels (the app ranks the whole ontology) can get
-worse while every set's own ranking gets better: check `eval.zeroshot`'s `diagnosis_ontology`
-before shipping prototypes.
+is written: the prototypes would not beat zero-shot. With --space own each group is fitted and
+scored within its own label space, so a ranking over the union of the labels (the app ranks
+the whole ontology) can get worse while every set's own ranking gets better; --space union
+fits and scores every image against all the labels, as the app ranks them. Check
+`eval.zeroshot`'s `diagnosis_ontology` before shipping prototypes.
 """
 import sys
 
@@ -35,6 +36,9 @@ def main(argv=None):
     parser.add_argument("--steps", default="50,150,400",
                         help="candidate numbers of Adam steps (default 50,150,400)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam rate (default 1e-3)")
+    parser.add_argument("--space", choices=("own", "union"), default="union",
+                        help="score each image against its set's labels or all of them "
+                        "(default union: as the app ranks)")
     parser.add_argument("--max-per-class", type=positive_int, default=600,
                         help="training images kept per group and label, by a hash of the "
                         "file name (default 600)")
@@ -89,8 +93,9 @@ def encode_with_mirror(zs, transform, paths, progress=False, batch_size=64):
     return torch.cat(plain), torch.cat(mirror), kept
 
 
-def val_score(weights, names, val, spaces):
-    """{source: balanced accuracy} of the val groups whose labels their training space has."""
+def val_score(weights, names, val, spaces, union=False):
+    """{source: balanced accuracy} of the val groups whose labels their training space has,
+    ranked among that space's labels or (union) among all `names`."""
     from dermvlm.clip.evaluate import balanced_accuracy
     scores = {}
     for source, (features, labels) in val.items():
@@ -98,9 +103,10 @@ def val_score(weights, names, val, spaces):
         rows = [i for i, label in enumerate(labels) if space and label in space]
         if not rows:
             continue
-        index = [names.index(label) for label in space]
+        ranked = names if union else space
+        index = [names.index(label) for label in ranked]
         predicted = (features[rows] @ weights[index].T).argmax(1).numpy()
-        truth = np.array([space.index(labels[i]) for i in rows])
+        truth = np.array([ranked.index(labels[i]) for i in rows])
         scores[source] = round(balanced_accuracy(predicted, truth), 4)
     return scores
 
@@ -127,8 +133,9 @@ def fit(args):
         label_of = dict(items)
         plain, mirror, kept = encode_with_mirror(zs, transform, [p for p, _ in items], progress)
         targets = torch.tensor([names.index(label_of[p]) for p in kept] * 2)
+        space = names if args.space == "union" else spaces[source]
         groups.append((torch.cat([plain, mirror]), targets,
-                       [names.index(label) for label in spaces[source]]))
+                       [names.index(label) for label in space]))
     val = {}
     for source, items in grouped(args.val).items():
         label_of = dict(items)
@@ -136,10 +143,11 @@ def fit(args):
         # scored as the app would see them: the unmirrored image
         val[source] = (plain, [label_of[p] for p in kept])
     text = zs.classifier(names).T.contiguous()                      # (C, D)
-    tried = {0: (text, val_score(text, names, val, spaces))}
+    union = args.space == "union"
+    tried = {0: (text, val_score(text, names, val, spaces, union))}
     for steps in candidates:
         weights = fit_prototypes(text, groups, steps, args.lr)
-        tried[steps] = (weights, val_score(weights, names, val, spaces))
+        tried[steps] = (weights, val_score(weights, names, val, spaces, union))
     if not any(scores for _, scores in tried.values()):
         raise DermvlmError("no --val image has a label of its source's training labels")
     best = max(tried, key=lambda s: (np.mean(list(tried[s][1].values())), -s))
@@ -147,7 +155,7 @@ def fit(args):
                "label_spaces": spaces, "train_images": {s: len(i) for s, i in
                                                        train_groups.items()},
                "max_per_class": args.max_per_class, "max_per_set": args.max_per_set,
-               "lr": args.lr,
+               "lr": args.lr, "space": args.space,
                "val_balanced_accuracy": {str(s): scores for s, (_, scores) in tried.items()},
                "steps": best}
     if best == 0:
