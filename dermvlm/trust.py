@@ -162,6 +162,15 @@ class TrustModel:
             return verdict
         return {**verdict, "abstained": True, "message": OUT_OF_SCOPE_MESSAGE}
 
+    def judge_skin(self, modalities, imagenet):
+        """`modalities` ([(name, confidence)] per image) with ("not skin", its confidence)
+        where the skin check flags the image's (N, F) ImageNet features (dermvlm.skincheck);
+        unchanged without a check."""
+        if self.skin is None:
+            return list(modalities)
+        return [(NOT_SKIN, confidence) if not_skin else judged for judged, (not_skin, confidence)
+                in zip(modalities, self.skin.judge(imagenet))]
+
     def calibrated(self, logits):
         """Softmax of the diagnosis logits at the fitted temperature."""
         return (logits / self.settings.temperature).softmax(-1)
@@ -205,10 +214,7 @@ def assess(zs, trust, features, images):
     if trust is None:
         return modalities, [None] * len(images)
     if trust.skin is not None:
-        for i, (not_skin, confidence) in enumerate(trust.skin.judge(
-                imagenet_features(images, trust.skin.tower))):
-            if not_skin:
-                modalities[i] = (NOT_SKIN, confidence)
+        modalities = trust.judge_skin(modalities, imagenet_features(images, trust.skin.tower))
     pixels = torch.stack([image_statistics(im) for im in images])
     verdicts = trust.verdict(features, pixels, [m for m, _ in modalities])
     return modalities, [{**v, "abstained": True, "message": NOT_SKIN_MESSAGE}

@@ -70,6 +70,8 @@ def evaluate(args):
                                    "clinical)")
             paths, truths = [r.image for r in records], [r.modality for r in records]
         else:
+            if not Path(spec).is_dir():
+                raise DermvlmError(f"--nonskin {spec}: not a folder")
             paths = sorted(str(p) for p in Path(spec).iterdir() if p.is_file())
             truths = [fixed] * len(paths)
         said = judge(zs, trust, transform, paths, progress=not args.quiet)

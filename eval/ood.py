@@ -147,15 +147,14 @@ def _margins(trust, zs, features, pixels, paths):
     check flags the image: above 0 the image is refused."""
     import torch
 
-    from dermvlm.skincheck import NOT_SKIN, imagenet_features_of
+    from dermvlm.skincheck import imagenet_features_of
     from dermvlm.zeroshot import zeroshot_modality
-    modalities = zeroshot_modality(zs, features)[0]
+    modalities = list(zip(*zeroshot_modality(zs, features)))
     skin = None
     if trust.skin is not None:
-        skin = trust.skin.scores(imagenet_features_of(paths, trust.skin.tower))
-        modalities = [NOT_SKIN if s > trust.skin.threshold else m
-                      for s, m in zip(skin, modalities)]
-    score, threshold = trust.scores(features, pixels, modalities)
+        imagenet = imagenet_features_of(paths, trust.skin.tower)
+        modalities, skin = trust.judge_skin(modalities, imagenet), trust.skin.scores(imagenet)
+    score, threshold = trust.scores(features, pixels, [m for m, _ in modalities])
     margin = torch.log(score.clamp_min(1e-9) / threshold)
     if skin is not None:
         margin = torch.maximum(margin, torch.log(skin.clamp_min(1e-9) / trust.skin.threshold))

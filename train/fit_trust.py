@@ -100,17 +100,13 @@ def fit(args):
         val = [(r.image, r.label) for r in records if held_out(r.image, share)]
         reference.append(encode_images(zs, transform, [r.image for r in train],
                                        progress=not args.quiet))
-        told = {r.image: r.modality for r in train}
-        judged = (zeroshot_modality(zs, reference[-1][0])[0]    # where a record does not say
-                  if reference[-1][2] else [])
-        reference_modality += [MODALITIES.index(told[p] if told[p] in MODALITIES else m)
-                               for p, m in zip(reference[-1][2], judged)]
+        reference_modality += [MODALITIES.index(m)
+                               for m in modality_of(zs, records, reference[-1])]
         encoded = encode_images(zs, transform, [p for p, _ in val], progress=not args.quiet)
         validation.append(encoded)
-        told = {r.image: r.modality for r in records}
-        validation_modality += [told[p] if told[p] in MODALITIES else m for p, m in
-                                zip(encoded[2], zeroshot_modality(zs, encoded[0])[0]
-                                    if encoded[2] else [])]
+        # the skin check's thresholds go by what an image is; the OOD thresholds below by
+        # how the app judges it
+        validation_modality += modality_of(zs, records, encoded)
         label_of = dict(val)     # only the calibration sets' labels count for the temperature
         labels += [canonical(label_of[p]) if spec in calibrate else None for p in encoded[2]]
         concept_of = concept_labels(spec) if spec in calibrate else {}
@@ -142,6 +138,16 @@ def fit(args):
                            progress=not args.quiet)
     trust.save(args.model.removeprefix("local-dir:"))
     return {"model": args.model, **vars(trust.settings)}
+
+
+def modality_of(zs, records, encoded):
+    """Each image of `encoded` (encode_images' features, pixels, paths): its record's modality
+    where the record names one, else as the zero-shot prompts judge it."""
+    from dermvlm.vocab import MODALITIES
+    from dermvlm.zeroshot import zeroshot_modality
+    told = {r.image: r.modality for r in records}
+    judged = zeroshot_modality(zs, encoded[0])[0] if encoded[2] else []
+    return [told[p] if told[p] in MODALITIES else m for p, m in zip(encoded[2], judged)]
 
 
 def canonical(label):

@@ -100,8 +100,7 @@ def result_lines(path, ranked, verdict):
     """What `dermvlm classify` prints for one image: the OOD score beside it, unless the image
     was refused for another reason (not skin, out of scope) that the score is not part of."""
     head = path
-    if verdict is not None and not (verdict["abstained"] and ood_note(verdict) == ""
-                                    and verdict.get("message")):
+    if verdict is not None and (not verdict["abstained"] or ood_note(verdict)):
         head = (f"{path}  (out-of-distribution score {verdict['ood_score']:.2f}, threshold "
                 f"{verdict['threshold']:.2f})")
     if verdict and verdict["abstained"] and not ranked:
