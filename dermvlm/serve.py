@@ -79,7 +79,8 @@ class Assistant:
         features, verdict, modality = self.inspect(image)
         with self._clip_lock:
             logits = self.zeroshot.logits(features, self.labels)
-            probs = (self.trust.calibrated(logits) if self.trust else logits.softmax(1))[0]
+            probs = (self.trust.calibrated(logits, [modality[0]]) if self.trust
+                     else logits.softmax(1))[0]
             concepts = self.zeroshot.concept_scores(features, self.concepts,
                                                     **concept_scaling(self.trust))[0]
             if verdict is not None:

@@ -19,6 +19,10 @@ from dermoscopy; that says nothing about whether the model knows it).
 A clinical photograph is answered only when its top diagnosis is one the model earned on real
 held-out clinical photographs (`clinical_answerable`, fitted by train.fit_trust); otherwise it
 is out of scope: the reply says so instead of giving the nearest wrong name.
+
+Each judged modality can have its own temperature too (`modality_temperature`, fitted on real
+held-out images of it): the model is less often right on phone photos than on dermoscopy, so
+one temperature fitted mostly on dermoscopy makes phone-photo answers overconfident.
 """
 import json
 from dataclasses import asdict, dataclass
@@ -40,6 +44,7 @@ OUT_OF_SCOPE_MESSAGE = ("This photo seems to show a condition this model is not 
                         "it to a dermatologist or your doctor.")
 QUANTILE = 0.975        # of held-out in-distribution scores: the scale of each part
 MIN_MODALITY_IMAGES = 20    # per-modality reference and threshold only with this many of each
+MIN_TEMPERATURE_IMAGES = 30     # a modality's own temperature only with this many held-out images
 
 
 def image_statistics(image, bins=6, edge_bins=8):
@@ -79,6 +84,9 @@ class TrustSettings:
     # {"tower", "components", "threshold", "reference", "validation"} of the "not skin" check
     # (dermvlm.skincheck); None: every image is judged dermoscopic or clinical
     skin_check: dict | None = None
+    # {modality: temperature} for the judged modalities with a temperature of their own
+    # (fitted on real held-out images of that modality); the others use `temperature`
+    modality_temperature: dict | None = None
 
 
 def abstain_message(verdict):
@@ -171,9 +179,17 @@ class TrustModel:
         return [(NOT_SKIN, confidence) if not_skin else judged for judged, (not_skin, confidence)
                 in zip(modalities, self.skin.judge(imagenet))]
 
-    def calibrated(self, logits):
-        """Softmax of the diagnosis logits at the fitted temperature."""
-        return (logits / self.settings.temperature).softmax(-1)
+    def temperatures(self, modalities):
+        """(B, 1) temperature per image: its judged modality's own, else the shared one."""
+        own = self.settings.modality_temperature or {}
+        return torch.tensor([[own.get(m, self.settings.temperature)] for m in modalities])
+
+    def calibrated(self, logits, modalities=None):
+        """Softmax of the (B, C) diagnosis logits at the fitted temperature: each image's
+        judged modality's own where given and fitted."""
+        if modalities is None:
+            return (logits / self.settings.temperature).softmax(-1)
+        return (logits / self.temperatures(modalities)).softmax(-1)
 
     def save(self, folder):
         folder = Path(folder)
@@ -262,6 +278,19 @@ def fit_temperature(logits, targets, steps=200):
         return loss
     optimizer.step(closure)
     return float(log_t.detach().exp())
+
+
+def fit_modality_temperatures(logits, targets, modalities, min_images=MIN_TEMPERATURE_IMAGES):
+    """({modality: temperature}, {modality: images}) from (N, C) held-out diagnosis `logits`,
+    their (N,) `targets` and each image's judged modality: a temperature for each modality
+    with at least `min_images` images (Guo et al. 2017, per group)."""
+    temperatures, counts = {}, {}
+    for name in sorted(set(modalities)):
+        rows = torch.tensor([m == name for m in modalities])
+        counts[name] = int(rows.sum())
+        if counts[name] >= min_images:
+            temperatures[name] = fit_temperature(logits[rows], targets[rows])
+    return temperatures, counts
 
 
 def fit_concept_scaling(margins, labels, steps=300):

@@ -103,9 +103,11 @@ def make_package_nonskin(out, seed=1, packages=PACKAGE_IMAGES):
 
 
 def calibration(zs, features, labels, trust):
-    """ECE before and after the temperature, in the set's own label space."""
+    """ECE before and after the temperature (each image's judged modality's), in the set's
+    own label space."""
     from dermvlm.ontology import CONDITIONS
     from dermvlm.trust import expected_calibration_error
+    from dermvlm.zeroshot import zeroshot_modality
     import torch
     names = [c.name for c in CONDITIONS]
     space = names if all(label in names for label in labels) else sorted(set(labels))
@@ -114,8 +116,8 @@ def calibration(zs, features, labels, trust):
     return {"classes": len(space), "label_space": "ontology" if space is names else "own",
             "top1": round(float((logits.argmax(1) == targets).float().mean()), 4),
             "ece_uncalibrated": round(expected_calibration_error(logits.softmax(1), targets), 4),
-            "ece_calibrated": round(expected_calibration_error(trust.calibrated(logits),
-                                                               targets), 4)}
+            "ece_calibrated": round(expected_calibration_error(
+                trust.calibrated(logits, zeroshot_modality(zs, features)[0]), targets), 4)}
 
 
 def concept_calibration(zs, features, paths, labels, trust):

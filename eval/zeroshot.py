@@ -53,12 +53,9 @@ def evaluate(args, rank=0, world=1, device="cpu"):
     records = labelled_records(args.data)[:args.limit]
     labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
     trust = None if args.no_trust else TrustModel.load(args.model)
-    settings = trust.settings if trust else None
     report = evaluate_records(model, tokenizer, records,
                               model_cfg["vision_cfg"]["image_size"], labels=labels,
-                              temperature=settings.temperature if settings else 1.0,
-                              threshold=settings.malignancy_threshold if settings else None,
-                              device=device, rank=rank, world=world)
+                              device=device, rank=rank, world=world, trust=trust)
     return {"model": args.model, "data": args.data, **report}
 
 

@@ -23,6 +23,33 @@ def test_temperature_fit_recovers_the_temperature_labels_were_drawn_at():
     assert fit_temperature(logits, targets) == pytest.approx(3.0, rel=0.1)
 
 
+def test_each_modality_gets_the_temperature_its_labels_were_drawn_at(tmp_path):
+    """Phone photos drawn at T = 4 and dermoscopy at T = 1.5 get those temperatures back; a
+    modality with too few images keeps the shared one; the fit survives a save and load."""
+    from dermvlm.trust import MIN_TEMPERATURE_IMAGES, fit_modality_temperatures
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(6000, 6, generator=generator) * 6
+    modalities = ["clinical"] * 3000 + ["dermoscopic"] * 3000
+    drawn = torch.tensor([[4.0]] * 3000 + [[1.5]] * 3000)
+    targets = torch.multinomial((logits / drawn).softmax(1), 1, generator=generator)[:, 0]
+    few = MIN_TEMPERATURE_IMAGES - 1
+    temperatures, counts = fit_modality_temperatures(
+        torch.cat([logits, logits[:few]]), torch.cat([targets, targets[:few]]),
+        modalities + ["not skin"] * few)
+    assert temperatures["clinical"] == pytest.approx(4.0, rel=0.1)
+    assert temperatures["dermoscopic"] == pytest.approx(1.5, rel=0.1)
+    assert "not skin" not in temperatures and counts["not skin"] == few
+    trust, _, _ = _trust_on_clusters()
+    trust.settings.modality_temperature = temperatures
+    row = logits[:1]
+    for name, temperature in [("clinical", temperatures["clinical"]),
+                              ("not skin", trust.settings.temperature)]:
+        assert torch.allclose(trust.calibrated(row, [name]), (row / temperature).softmax(-1))
+    assert torch.allclose(trust.calibrated(row), (row / trust.settings.temperature).softmax(-1))
+    trust.save(tmp_path)
+    assert TrustModel.load(tmp_path).settings.modality_temperature == temperatures
+
+
 def test_ece_by_hand():
     # confidences 0.9 (right), 0.9 (wrong), 0.6 (right): bins (0.867, 0.933] and (0.533, 0.6]
     probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6]])
@@ -153,8 +180,14 @@ def test_fit_trust_then_classify_abstains_on_non_skin(synth_dir, tmp_path, capsy
     from train import fit_trust
     folder = vanilla_open_clip_folder(tmp_path / "clip")
     assert fit_trust.main(["--model", str(folder), "--split", str(synth_dir), "--calibrate",
-                           str(synth_dir), "--holdout", "0.5", "--quiet"]) == 0
+                           str(synth_dir), "--holdout", "0.5", "--calibrate-modality",
+                           str(synth_dir), "--quiet"]) == 0
     assert (folder / "trust.json").is_file()
+    # every labelled image is counted under the modality it was judged; >= 30: its own T
+    settings = TrustModel.load(folder).settings
+    counts = settings.fitted_on["modality_temperature"]["images"]
+    assert sum(counts.values()) == 40
+    assert set(settings.modality_temperature or {}) == {m for m, n in counts.items() if n >= 30}
     photos = tmp_path / "photos"
     photos.mkdir()
     rng = np.random.default_rng(0)

@@ -18,7 +18,10 @@ threshold on P(malignant or premalignant) that flags --sensitivity of those sets
 premalignant images (the app raises such an image's concern to at least moderate). With
 --answerable (held-out labelled sets with clinical photographs), the conditions a clinical
 photograph may be answered with are fitted: those whose top-1 F1 on the sets' clinical photos
-reaches --min-f1 with at least --min-images of them. Unless --no-skin-check, the "not skin"
+reaches --min-f1 with at least --min-images of them. With --calibrate-modality (held-out
+labelled real sets), each modality the zero-shot model judges with at least 30 of their images
+gets its own temperature (phone photos are answered less well than dermoscopy, so the shared
+temperature makes them overconfident); it is fitted before the operating point. Unless --no-skin-check, the "not skin"
 check is fitted too (dermvlm.skincheck): the skin subspace of the reference images' ImageNet
 features, and its threshold on the validation images of each modality.
 """
@@ -64,6 +67,9 @@ def main(argv=None):
                         help="top-1 F1 a condition needs on those photos (default 0.5)")
     parser.add_argument("--min-images", type=positive_int, default=3,
                         help="held-out clinical photos a condition needs (default 3)")
+    parser.add_argument("--calibrate-modality", action="append", default=[],
+                        help="held-out labelled set(s) on which each judged modality gets its "
+                        "own temperature (repeatable)")
     parser.add_argument("--no-skin-check", dest="skin_check", action="store_false",
                         help="fit no \"not skin\" check (every image is then judged "
                         "dermoscopic or clinical)")
@@ -129,6 +135,9 @@ def fit(args):
         fit_skin_check(trust, [p for r in reference for p in r[2]],
                        [p for v in validation for p in v[2]], validation_modality,
                        progress=not args.quiet)
+    if args.calibrate_modality:
+        fit_modality_calibration(trust, zs, transform, args.calibrate_modality,
+                                 progress=not args.quiet)
     if args.malignancy:
         fit_operating_point(trust, zs, transform, args.malignancy, args.sensitivity,
                             args.sensitivity_bound,
@@ -157,24 +166,52 @@ def canonical(label):
     return condition.name if condition else label
 
 
-def fit_operating_point(trust, zs, transform, sets, sensitivity, bound=False, progress=True):
-    """trust.settings.malignancy_threshold on the labelled held-out `sets`, with the app's
-    label set (the ontology) and calibration."""
-    from dermvlm.clip.evaluate import malignancy_flags, nonbenign_labels
+def labelled_features(zs, transform, sets, option, progress=True):
+    """(features (N, D), [ontology Condition] per image, paths) of the labelled `sets`' readable
+    images; a label outside the ontology is an error naming `option`."""
     from dermvlm.labelled import labelled_images
-    from dermvlm.ontology import CONDITIONS, find_condition
-    from dermvlm.trust import encode_images, fit_malignancy_threshold
+    from dermvlm.ontology import find_condition
+    from dermvlm.trust import encode_images
     pairs = [(p, label) for spec in sets for p, label in labelled_images(spec)]
     unknown = sorted({label for _, label in pairs if find_condition(label) is None})
-    items = [(p, find_condition(label)) for p, label in pairs]
     if unknown:
-        raise DermvlmError(f"--malignancy: labels not in the ontology: {', '.join(unknown)}")
-    features, _, kept = encode_images(zs, transform, [p for p, _ in items], progress=progress)
-    condition_of = dict(items)
+        raise DermvlmError(f"{option}: labels not in the ontology: {', '.join(unknown)}")
+    condition_of = {p: find_condition(label) for p, label in pairs}
+    features, _, kept = encode_images(zs, transform, list(condition_of), progress=progress)
+    return features, [condition_of[p] for p in kept], kept
+
+
+def fit_modality_calibration(trust, zs, transform, sets, progress=True):
+    """trust.settings.modality_temperature on the labelled held-out `sets`: a temperature for
+    each modality, as the app judges it, with enough of their images."""
+    from dermvlm.ontology import CONDITIONS
+    from dermvlm.trust import MIN_TEMPERATURE_IMAGES, fit_modality_temperatures
+    from dermvlm.zeroshot import zeroshot_modality
+    features, conditions, _ = labelled_features(zs, transform, sets, "--calibrate-modality",
+                                                progress)
     names = [c.name for c in CONDITIONS]
-    probs = trust.calibrated(zs.logits(features, names)).numpy()
+    targets = torch.tensor([names.index(c.name) for c in conditions])
+    temperatures, counts = fit_modality_temperatures(
+        zs.logits(features, names), targets, zeroshot_modality(zs, features)[0])
+    trust.settings.modality_temperature = temperatures or None
+    trust.settings.fitted_on["modality_temperature"] = {
+        "sets": list(sets), "images": counts, "min_images": MIN_TEMPERATURE_IMAGES}
+
+
+def fit_operating_point(trust, zs, transform, sets, sensitivity, bound=False, progress=True):
+    """trust.settings.malignancy_threshold on the labelled held-out `sets`, with the app's
+    label set (the ontology) and calibration (each image's judged modality's temperature)."""
+    from dermvlm.clip.evaluate import malignancy_flags, nonbenign_labels
+    from dermvlm.ontology import CONDITIONS
+    from dermvlm.trust import fit_malignancy_threshold
+    from dermvlm.zeroshot import zeroshot_modality
+    features, conditions, kept = labelled_features(zs, transform, sets, "--malignancy",
+                                                   progress)
+    names = [c.name for c in CONDITIONS]
+    probs = trust.calibrated(zs.logits(features, names),
+                             zeroshot_modality(zs, features)[0]).numpy()
     score, _ = malignancy_flags(probs, nonbenign_labels(names))
-    positive = [condition_of[p].malignancy != "benign" for p in kept]
+    positive = [c.malignancy != "benign" for c in conditions]
     trust.settings.malignancy_threshold = fit_malignancy_threshold(score, positive, sensitivity,
                                                                    bound)
     flagged = float(np.mean(np.asarray(score)[positive] >= trust.settings.malignancy_threshold))
@@ -201,7 +238,7 @@ def fit_clinical_scope(trust, zs, transform, sets, min_images, min_f1, progress=
     if not truth_of:
         raise DermvlmError(f"--answerable {' '.join(sets)}: no clinical photograph there")
     features, _, kept = encode_images(zs, transform, list(truth_of), progress=progress)
-    top = trust.calibrated(zs.logits(features, names)).argmax(1).tolist()
+    top = zs.logits(features, names).argmax(1).tolist()       # a temperature keeps the order
     rows, answerable = fit_answerable([names[i] for i in top], [truth_of[p] for p in kept],
                                       min_images, min_f1)
     trust.settings.clinical_answerable = answerable

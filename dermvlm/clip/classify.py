@@ -68,7 +68,7 @@ def _classify_batch(batch, zs, transform, trust, names, concepts, top_k, templat
         scores = zs.concept_scores(features, names, **concept_scaling(trust))
     else:
         logits = zs.logits(features, names, templates or DERMLIP_TEMPLATES)
-        scores = trust.calibrated(logits) if trust else logits.softmax(1)
+        scores = trust.calibrated(logits, modalities) if trust else logits.softmax(1)
         # with ontology labels, a clinical photo is answered only with a condition it earned
         conditions = [find_condition(name) for name in names]
         if trust and all(conditions):

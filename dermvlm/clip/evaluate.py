@@ -70,6 +70,8 @@ def diagnosis_metrics(zs, features, records, labels=None, temperature=1.0, thres
     targets = [labels.index(records[i].label) for i in rows]
     acc = topk_accuracy(logits, targets, ks=(1, min(5, len(labels))))
     correct = (logits.argmax(1) == torch.as_tensor(targets)).tolist()
+    if torch.is_tensor(temperature):                    # (N, 1): one per record
+        temperature = temperature[rows]
     probs = (logits / temperature).softmax(1).numpy()
     predicted, truth = probs.argmax(1), np.asarray(targets)
     return {"n": len(rows), "classes": len(labels), "top1": round(acc[1], 4),
@@ -247,12 +249,17 @@ def concept_metrics(zs, features, records):
 
 
 def evaluate_records(model, tokenizer, records, image_size, device="cpu", labels=None,
-                     temperature=1.0, threshold=None, rank=0, world=1):
+                     temperature=1.0, threshold=None, rank=0, world=1, trust=None):
     """`temperature` and `threshold`: the model's calibration and malignancy operating point
-    (dermvlm.trust), as the app applies them. `rank`, `world`: the images are encoded over
-    the ranks (data-parallel), the metrics computed on all of them."""
+    (dermvlm.trust), as the app applies them; with `trust` (a TrustModel) both come from it,
+    each image at its judged modality's temperature. `rank`, `world`: the images are encoded
+    over the ranks (data-parallel), the metrics computed on all of them."""
     zs = ZeroShot(model, tokenizer, device=device)
     features, kept, skipped = encode_records(zs, records, image_size, rank, world)
+    if trust is not None:
+        from dermvlm.zeroshot import zeroshot_modality
+        temperature = trust.temperatures(zeroshot_modality(zs, features)[0] if kept else [])
+        threshold = trust.settings.malignancy_threshold
     report = {"n_images": len(kept), "skipped_unreadable": skipped,
               "diagnosis": diagnosis_metrics(zs, features, kept, labels, temperature),
               "diagnosis_ontology": ontology_metrics(zs, features, kept, temperature,
