@@ -38,6 +38,12 @@ COMPOSED_KINDS = ("diagnosis", "malignancy", "differential", "advice", "watch", 
                   "compare")
 _MALIGNANCY_Q = re.compile(r"\b(benign|malignan\w*|cancer\w*|carcinoma)\b", re.I)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
+# the patient's age or sex: nothing in an image tells them, and the app is never given them
+# (the LM learnt such sentences from HAM10000's captions, which were written from its table)
+_PATIENT = re.compile(r"\b(\d{1,3}[- ]years?[- ]old|aged \d{1,3}|man|woman|men|women|male|"
+                      r"female|boy|girl)\b", re.I)
+_SITE = re.compile(r"\b(on|of) the (face|scalp|neck|trunk|back|chest|abdomen|ear|arm|hand|leg|"
+                   r"foot|genitals?|(upper|lower) (extremity|limb))\b", re.I)
 _REASSURING = re.compile(r"\b(benign|not (a )?(skin )?cancer\w*|harmless|nothing to worry)\b",
                          re.I)
 
@@ -162,20 +168,20 @@ def sentence_holds(sentence, case):
     """Whether one sentence of the LM's keeps to the case: it names no condition but the
     case's top one (and the risky one a raised concern does not exclude), states no concern
     but the case's, gives sound reasons, and no finding the case does not see or the image
-    cannot show. The claims themselves are the composed replies' to make."""
+    cannot show, nor the patient's age or sex. The claims themselves are the composed
+    replies' to make."""
     allowed = {case.top} | ({case.risky} if case.raised else set())
     if set(named_conditions(sentence)) - allowed:
         return False
     said = reply_concern(sentence)
     if said != "low" and said != case.concern:
         return False
-    if _REASSURING.search(sentence) and case.concern != "low":
+    if _REASSURING.search(sentence) and case.concern != "low" or _PATIENT.search(sentence):
         return False
     unseen = unseen_fields(case)
     if "size" in unseen and re.search(r"\b\d+(\.\d+)? ?(mm|cm)\b", sentence, re.I):
         return False
-    if "body_site" in unseen and re.search(r"\b(on|of) the (face|scalp|neck|trunk|back|arm|"
-                                           r"hand|leg|foot)\b", sentence, re.I):
+    if "body_site" in unseen and _SITE.search(sentence):
         return False
     return reasons_hold(sentence) and not (case.findings and
                                            _findings_conflict(sentence, case.findings))

@@ -92,6 +92,12 @@ def test_a_report_gives_no_size_in_mm_and_a_dermoscopic_one_no_site():
     assert "(no scale or body in the image)" in render_report_text(report)
     said = vetted("It is 6 mm across. It sits on the back.", clinical_case, "describe")
     assert "6 mm" not in said and "on the back" in said and "no scale" in said
+    # nothing in an image gives the patient's age or sex (HAM captions taught the LM to say it)
+    said = vetted("The patient is a 60-year-old man; the lesion is on the lower extremity. "
+                  "It shows a brown macule.", clinical_case, "describe")
+    assert "60" not in said and " man" not in said and "brown macule" in said
+    said = vetted("It shows a brown macule on the lower extremity.", CASES[0], "describe")
+    assert "extremity" not in said
     assert report_for(CASES[3]).suggested_next_step == next_step(CASES[3]) == \
         "urgent referral for biopsy"
 
