@@ -8,7 +8,9 @@ labels of its own set (HAM10000's 7, isic9's 9, ...: the sets disagree where the
 spaces overlap), and the number of steps chosen on the val splits. `ZeroShot` then uses a
 label's prototype in place of its text weight when the prompts are DermLIP's; any other label
 or template set stays zero-shot. Saved beside the model as prototypes.safetensors, which
-open_clip ignores (the folder stays a vanilla open_clip folder).
+open_clip ignores (the folder stays a vanilla open_clip folder). Prototypes fitted for one
+modality (their metadata's "modality", train.fit_prototypes --modality) apply only to images
+the zero-shot prompts judge that modality.
 
     weights = fit_prototypes(text, groups, steps=400)        # text (C, D); groups below
     save_prototypes(folder, names, weights, {"fitted_on": ...})

@@ -91,6 +91,8 @@ class ZeroShot:
         self._text_cache = {}          # prompt -> normalised embedding (D,)
         # {label: (D,)} fitted prototypes of a model folder (dermvlm.prototypes), or None
         self.prototypes = getattr(model, "dermvlm_prototypes", None) if prototypes else None
+        # the judged modality they apply to (None: every image)
+        self.prototypes_modality = getattr(model, "dermvlm_prototypes_modality", None)
 
     @torch.no_grad()
     def encode_images(self, images):
@@ -111,14 +113,14 @@ class ZeroShot:
             self._text_cache.update(zip(chunk, feats))
         return torch.stack([self._text_cache[p] for p in prompts])
 
-    def classifier(self, labels, templates=DERMLIP_TEMPLATES):
-        """(D, C) weights: a label's fitted prototype where the model folder has one and the
-        prompts are DermLIP's (dermvlm.prototypes), else the renormalised mean embedding of
-        its templates."""
+    def classifier(self, labels, templates=DERMLIP_TEMPLATES, fitted=True):
+        """(D, C) weights: a label's fitted prototype where the model folder has one, the
+        prompts are DermLIP's (dermvlm.prototypes) and `fitted`, else the renormalised mean
+        embedding of its templates."""
         if not labels:
             raise ValueError("empty label list: give at least two labels")
         weights = []
-        fitted = self.prototypes if tuple(templates) == DERMLIP_TEMPLATES else None
+        fitted = self.prototypes if fitted and tuple(templates) == DERMLIP_TEMPLATES else None
         for label in labels:
             if fitted and label in fitted:
                 weights.append(fitted[label])
@@ -128,8 +130,17 @@ class ZeroShot:
         return torch.stack(weights, dim=1)
 
     def logits(self, image_features, labels, templates=DERMLIP_TEMPLATES):
-        """(N, C) = 100 * image @ classifier, DermLIP's convention."""
-        return 100.0 * image_features @ self.classifier(labels, templates)
+        """(N, C) = 100 * image @ classifier, DermLIP's convention. Prototypes fitted for one
+        modality score only the images judged that modality; the others, the text weights."""
+        logits = 100.0 * image_features @ self.classifier(labels, templates)
+        fitted = self.prototypes and tuple(templates) == DERMLIP_TEMPLATES and \
+            any(label in self.prototypes for label in labels)
+        if fitted and self.prototypes_modality and len(image_features):
+            other = torch.tensor([m != self.prototypes_modality
+                                  for m in zeroshot_modality(self, image_features)[0]])
+            plain = 100.0 * image_features[other] @ self.classifier(labels, templates, False)
+            logits[other] = plain
+        return logits
 
     def concept_scores(self, image_features, concepts, dermoscopy=False, temperature=0.01,
                        synonyms=SKINCON_SYNONYMS, bias=0.0):

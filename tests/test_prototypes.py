@@ -65,6 +65,36 @@ def test_fit_prototypes_writes_a_file_zeroshot_uses_for_dermlip_prompts(synth_di
                      str(synth_dir), "--steps", "x"]) == 2
 
 
+def test_prototypes_of_one_modality_score_only_images_judged_that_modality(synth_dir,
+                                                                          tmp_path, capsys):
+    from dermvlm.clip.model import load_model
+    from dermvlm.labelled import labelled_records
+    from dermvlm.zeroshot import (MODALITY_TEMPLATES, MODALITY_WORDS, ZeroShot,
+                                  zeroshot_modality)
+    from train import fit_prototypes as cli
+    folder = vanilla_open_clip_folder(tmp_path / "clip")
+    assert cli.main(["--model", str(folder), "--train", str(synth_dir), "--val", str(synth_dir),
+                     "--steps", "100", "--modality", "dermoscopic", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    dermoscopic = sum(r.modality == "dermoscopic" for r in labelled_records(str(synth_dir)))
+    assert summary["modality"] == "dermoscopic" and prototypes_info(folder)["modality"] == \
+        "dermoscopic"
+    assert summary["train_images"]["SynthDerm"] == dermoscopic < 40
+    model, _, tokenizer = load_model(str(folder))
+    fitted, plain = ZeroShot(model, tokenizer), ZeroShot(model, tokenizer, prototypes=False)
+    # "images" that are the modality prompts themselves: each is judged its own modality
+    words = [MODALITY_WORDS[m] for m in ("dermoscopic", "clinical")]
+    images = plain.classifier(words, MODALITY_TEMPLATES).T                # (2, D)
+    assert zeroshot_modality(plain, images)[0] == ["dermoscopic", "clinical"]
+    labels = sorted(load_prototypes(folder))
+    with_prototypes = 100 * images @ fitted.classifier(labels)
+    text_only = plain.logits(images, labels)
+    logits = fitted.logits(images, labels)
+    assert torch.allclose(logits[0], with_prototypes[0], atol=1e-4)
+    assert torch.allclose(logits[1], text_only[1], atol=1e-4)
+    assert not torch.allclose(logits[0], text_only[0], atol=1e-3)
+
+
 def test_union_space_separates_labels_that_never_share_a_set():
     """Two sets with disjoint labels ({0, 1} and {2, 3}) whose classes 0 and 2 look alike: fitted
     within each set's own labels nothing pulls 0 and 2 apart, fitted against all four labels

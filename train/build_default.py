@@ -25,6 +25,7 @@ from dermvlm.cliargs import OneLineParser
 from dermvlm.config import get_config
 from dermvlm.embedded import DEFAULT_DIR, sha256
 from dermvlm.errors import DermvlmError
+from dermvlm.prototypes import PROTOTYPES_FILE
 
 # The build recipe: the tiny preset, trained longer. Changing it changes the manifest.
 TRAIN_DATA = {"n": 16000, "seed": 0, "size": 96}
@@ -45,6 +46,10 @@ ALIGN_ARGS = ("--tower", "efficientnet-lite0", "--image-size", "224", "--cut", "
               "--train-from", "6", "--views", "3", "--frozen-steps", "600",
               "--last-steps", "1500")
 ALIGN_SYNTH = 4000
+PROTOTYPE_STEPS = "50,150,400"      # candidates, and zero-shot, chosen on val
+PROTOTYPES_PER_CLASS = 600          # training images per set and label (by file-name hash),
+PROTOTYPES_PER_SET = 3000           # then per set (SynthDerm: 3,000 of its 16,000)
+PROTOTYPES_MODALITY = "dermoscopic"  # on real val they gained nothing on phone photos
 MALIGNANCY_SENSITIVITY = 0.90     # the operating point flags this share of real cancers: the
                                   # Wilson lower bound of the share flagged on real val
 # stage-2 items per epoch: SynthDerm questions, SynthDerm chats, real chats, real questions
@@ -176,6 +181,7 @@ def train_parts(config, work, progress, warm_start=None):
     _stage("alignment: EfficientNet-Lite0 (ImageNet) vs all-MiniLM-L6-v2 (train.align)")
     if not (work / "clip/model").is_dir():
         align_stage(work, progress)
+    prototypes_stage(work, progress)
     config.vlm.vision = str(work / "clip/model")
     _stage("VLM stage 1 (projector on captions)")
     if not (work / "vlm1/model").is_dir():
@@ -185,6 +191,27 @@ def train_parts(config, work, progress, warm_start=None):
     if not (work / "vlm2/model").is_dir():
         train_vlm(config, chats, work / "vlm2", stage=2,
                   init=str(work / "vlm1/model"), progress=progress)
+
+
+def prototypes_stage(work, progress):
+    """Class prototypes on the aligned tower's frozen features (train.fit_prototypes) for
+    dermoscopic images: the real and SynthDerm dermoscopic training images, every image
+    scored against every label, the steps chosen on the real and SynthDerm dermoscopic val
+    images; skipped without the real set or when the model folder already has them."""
+    from argparse import Namespace
+
+    from train.fit_prototypes import fit
+    model = work / "clip/model"
+    real = work / "data/real"
+    if (model / PROTOTYPES_FILE).is_file() or not (real / "val/manifest.jsonl").is_file():
+        return
+    _stage("class prototypes on the tower's frozen features (train.fit_prototypes)")
+    _synth(work / "data/val", "val", VAL_DATA, progress)
+    print(json.dumps(fit(Namespace(
+        model=str(model), train=[str(real / "train"), str(work / "data/train")],
+        val=[str(real / "val"), str(work / "data/val")], steps=PROTOTYPE_STEPS, lr=1e-3,
+        space="union", modality=PROTOTYPES_MODALITY, max_per_class=PROTOTYPES_PER_CLASS,
+        max_per_set=PROTOTYPES_PER_SET, quiet=not progress)), indent=1))
 
 
 def evaluate_parts(work, clip, clip_cfg, tokenizer, progress, warm_start=None, vqa=True):
@@ -279,8 +306,9 @@ def strip_adapter(adapter):
 def fit_trust_stage(work, clip_folder, progress):
     """The OOD reference (SynthDerm and real training images, up to 2,000 per set and
     modality), the thresholds and the calibration temperature on held-out SynthDerm (seed 2)
-    and the real val split, and on that real val split the malignancy operating point and
-    the conditions clinical photographs may be answered with."""
+    and the real val split, and on that real val split a temperature per judged modality,
+    the malignancy operating point and the conditions clinical photographs may be answered
+    with."""
     from argparse import Namespace
 
     from train.fit_trust import fit
@@ -294,7 +322,7 @@ def fit_trust_stage(work, clip_folder, progress):
         malignancy = [validation[-1]]
     return fit(Namespace(model=str(clip_folder), reference=reference, validation=validation,
                          split=[], calibrate=[], holdout=0.2, max_per_set=2000,
-                         malignancy=malignancy, sensitivity=MALIGNANCY_SENSITIVITY,
+                         calibrate_modality=malignancy, malignancy=malignancy, sensitivity=MALIGNANCY_SENSITIVITY,
                          sensitivity_bound=True,
                          answerable=malignancy, min_images=3, min_f1=0.5,
                          skin_check=True, quiet=not progress))
@@ -367,6 +395,8 @@ def build_default(work="runs/build_default", out=DEFAULT_DIR, overrides=(), prog
     zeroshot, vqa = evaluate_parts(work, clip, clip_cfg, tokenizer, progress, warm_start, vqa)
     _stage(f"writing {out}")
     tmp = package(clip, clip_cfg, work / "vlm2/model", out)
+    if (work / "clip/model" / PROTOTYPES_FILE).is_file():
+        shutil.copy(work / "clip/model" / PROTOTYPES_FILE, tmp / "clip" / PROTOTYPES_FILE)
     trust = fit_trust_stage(work, tmp / "clip", progress)
     _stage("draft store: the assistant's replies on SynthDerm and real train images")
     real = work / "data/real/train"

@@ -14,7 +14,10 @@ is written: the prototypes would not beat zero-shot. With --space own each group
 scored within its own label space, so a ranking over the union of the labels (the app ranks
 the whole ontology) can get worse while every set's own ranking gets better; --space union
 fits and scores every image against all the labels, as the app ranks them. Check
-`eval.zeroshot`'s `diagnosis_ontology` before shipping prototypes.
+`eval.zeroshot`'s `diagnosis_ontology` before shipping prototypes. With --modality M the fit
+and the choice use only the images whose record names modality M (SynthDerm and dermvlm
+manifests name it), and ZeroShot applies the prototypes only to images the zero-shot prompts
+judge M; the others keep the text weights.
 """
 import sys
 
@@ -23,6 +26,7 @@ import torch
 
 from dermvlm.cliargs import OneLineParser, positive_int, print_result
 from dermvlm.errors import DermvlmError
+from dermvlm.vocab import MODALITIES
 
 
 def main(argv=None):
@@ -39,6 +43,8 @@ def main(argv=None):
     parser.add_argument("--space", choices=("own", "union"), default="union",
                         help="score each image against its set's labels or all of them "
                         "(default union: as the app ranks)")
+    parser.add_argument("--modality", choices=MODALITIES,
+                        help="fit on, and apply to, this modality's images only (default: all)")
     parser.add_argument("--max-per-class", type=positive_int, default=600,
                         help="training images kept per group and label, by a hash of the "
                         "file name (default 600)")
@@ -49,9 +55,10 @@ def main(argv=None):
     return print_result("train.fit_prototypes", lambda: fit(parser.parse_args(argv)))
 
 
-def grouped(specs, max_per_class=None, max_per_set=None):
-    """{source: [(image, ontology name)]} of labelled sets, at most max_per_class per label
-    and then max_per_set per source (each by a hash of the file name)."""
+def grouped(specs, max_per_class=None, max_per_set=None, modality=None):
+    """{source: [(image, ontology name)]} of labelled sets (only the records of `modality`
+    when given), at most max_per_class per label and then max_per_set per source (each by a
+    hash of the file name)."""
     from dermvlm.labelled import labelled_records, pick_records
     from dermvlm.ontology import find_condition
     groups = {}
@@ -61,7 +68,8 @@ def grouped(specs, max_per_class=None, max_per_set=None):
         if unknown:
             raise DermvlmError(f"{spec}: labels not in the ontology: {', '.join(unknown[:5])}")
         for record in records:
-            groups.setdefault(record.source or spec, []).append(record)
+            if modality is None or record.modality == modality:
+                groups.setdefault(record.source or spec, []).append(record)
     out = {}
     for source, records in groups.items():
         by_label = {}
@@ -124,7 +132,9 @@ def fit(args):
     zs = ZeroShot(model, tokenizer, prototypes=False)        # the text weights to start from
     transform = eval_transform(cfg["vision_cfg"]["image_size"])
     progress = not args.quiet
-    train_groups = grouped(args.train, args.max_per_class, args.max_per_set)
+    train_groups = grouped(args.train, args.max_per_class, args.max_per_set, args.modality)
+    if not train_groups:
+        raise DermvlmError(f"--train: no record of modality {args.modality}")
     spaces = {source: sorted({label for _, label in items})
               for source, items in train_groups.items()}
     names = sorted({label for space in spaces.values() for label in space})
@@ -137,7 +147,7 @@ def fit(args):
         groups.append((torch.cat([plain, mirror]), targets,
                        [names.index(label) for label in space]))
     val = {}
-    for source, items in grouped(args.val).items():
+    for source, items in grouped(args.val, modality=args.modality).items():
         label_of = dict(items)
         plain, mirror, kept = encode_with_mirror(zs, transform, [p for p, _ in items], progress)
         # scored as the app would see them: the unmirrored image
@@ -155,7 +165,7 @@ def fit(args):
                "label_spaces": spaces, "train_images": {s: len(i) for s, i in
                                                        train_groups.items()},
                "max_per_class": args.max_per_class, "max_per_set": args.max_per_set,
-               "lr": args.lr, "space": args.space,
+               "lr": args.lr, "space": args.space, "modality": args.modality,
                "val_balanced_accuracy": {str(s): scores for s, (_, scores) in tried.items()},
                "steps": best}
     if best == 0:

@@ -22,7 +22,7 @@ from dermvlm.clip.effnet import VARIANTS as EFFNET_VARIANTS
 from dermvlm.clip.effnet import effnet_vision_cfg, load_wheel_trunk
 from dermvlm.config import check_choice
 from dermvlm.errors import DermvlmError
-from dermvlm.prototypes import load_prototypes
+from dermvlm.prototypes import load_prototypes, prototypes_info
 from dermvlm.hub import check_hub
 from dermvlm.imaging import MEAN, STD
 
@@ -191,6 +191,8 @@ def load_model(spec, device="cpu"):
         model, model_cfg, tokenizer = _load_folder(folder, device)
         # fitted class prototypes beside the weights (dermvlm.prototypes), for ZeroShot
         model.dermvlm_prototypes = load_prototypes(folder)
+        # the modality they were fitted for (None: every image)
+        model.dermvlm_prototypes_modality = prototypes_info(folder).get("modality")
         return model, model_cfg, tokenizer
     if spec.startswith("local-dir:"):
         raise DermvlmError(f"{spec}: no such folder")
