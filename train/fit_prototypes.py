@@ -134,7 +134,8 @@ def fit(args):
     progress = not args.quiet
     train_groups = grouped(args.train, args.max_per_class, args.max_per_set, args.modality)
     if not train_groups:
-        raise DermvlmError(f"--train: no record of modality {args.modality}")
+        raise DermvlmError("--train: no labelled record" + (
+            f" of modality {args.modality}" if args.modality else ""))
     spaces = {source: sorted({label for _, label in items})
               for source, items in train_groups.items()}
     names = sorted({label for space in spaces.values() for label in space})
