@@ -322,8 +322,8 @@ def fit_trust_stage(work, clip_folder, progress):
         malignancy = [validation[-1]]
     return fit(Namespace(model=str(clip_folder), reference=reference, validation=validation,
                          split=[], calibrate=[], holdout=0.2, max_per_set=2000,
-                         calibrate_modality=malignancy, malignancy=malignancy, sensitivity=MALIGNANCY_SENSITIVITY,
-                         sensitivity_bound=True,
+                         calibrate_modality=malignancy, malignancy=malignancy,
+                         sensitivity=MALIGNANCY_SENSITIVITY, sensitivity_bound=True,
                          answerable=malignancy, min_images=3, min_f1=0.5,
                          skin_check=True, quiet=not progress))
 

@@ -21,9 +21,10 @@ photograph may be answered with are fitted: those whose top-1 F1 on the sets' cl
 reaches --min-f1 with at least --min-images of them. With --calibrate-modality (held-out
 labelled real sets), each modality the zero-shot model judges with at least 30 of their images
 gets its own temperature (phone photos are answered less well than dermoscopy, so the shared
-temperature makes them overconfident); it is fitted before the operating point. Unless --no-skin-check, the "not skin"
-check is fitted too (dermvlm.skincheck): the skin subspace of the reference images' ImageNet
-features, and its threshold on the validation images of each modality.
+temperature makes them overconfident); it is fitted before the operating point. Unless
+--no-skin-check, the "not skin" check is fitted too (dermvlm.skincheck): the skin subspace of
+the reference images' ImageNet features, and its threshold on the validation images of each
+modality.
 """
 import os
 import sys
