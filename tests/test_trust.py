@@ -375,3 +375,31 @@ def test_modality_evaluation_judges_every_image_once(synth_dir, tmp_path):
                           "--quiet"]) == 0
     assert "not skin" not in json.loads(out.read_text())["all"]["confusion"]["not skin"]
     assert modality.main(["--model", str(folder)]) == 2
+
+
+def test_fit_trust_encodes_each_held_out_image_once(synth_dir, tmp_path, monkeypatch):
+    """The operating point, the per-modality temperature and the clinical scope read their
+    sets through one cache: an image already encoded is not encoded again, and its features
+    are what encoding it gives."""
+    import dermvlm.trust
+    from dermvlm.clip.model import load_model
+    from dermvlm.imaging import eval_transform
+    from dermvlm.trust import encode_images
+    from dermvlm.zeroshot import ZeroShot
+    from train.fit_trust import encode_cached
+    folder = vanilla_open_clip_folder(tmp_path / "clip")
+    model, cfg, tokenizer = load_model(str(folder))
+    zs, transform = ZeroShot(model, tokenizer), eval_transform(cfg["vision_cfg"]["image_size"])
+    paths = sorted(str(p) for p in (synth_dir / "images").iterdir())[:6]
+    expected, _, _ = encode_images(zs, transform, paths)
+    cache = {}
+    first, kept = encode_cached(zs, transform, paths[:4] + [str(tmp_path / "gone.jpg")], cache,
+                                progress=False)
+    assert kept == paths[:4] and torch.allclose(first, expected[:4], atol=1e-5)
+    encoded = []
+    monkeypatch.setattr(dermvlm.trust, "encode_images",
+                        lambda zs, tr, missing, **kw: encoded.append(list(missing)) or
+                        encode_images(zs, tr, missing, **kw))
+    again, kept = encode_cached(zs, transform, paths, cache, progress=False)
+    assert encoded == [paths[4:]] and kept == paths
+    assert torch.allclose(again, expected, atol=1e-5)

@@ -98,6 +98,9 @@ def fit(args):
         raise DermvlmError("need reference images (--reference or --split) and validation "
                            "images (--validation or --split)")
     calibrate = set(args.calibrate or args.validation)
+    # {path: CLIP feature} of the held-out images, so the stages below that read the same
+    # sets (the operating point, the clinical scope, ...) do not encode them again
+    cache = {}
     for spec, _, share in roles:
         records = labelled_records(spec)
         train = [r for r in records if not held_out(r.image, share)]
@@ -111,6 +114,7 @@ def fit(args):
                                for m in modality_of(zs, records, reference[-1])]
         encoded = encode_images(zs, transform, [p for p, _ in val], progress=not args.quiet)
         validation.append(encoded)
+        cache.update(zip(encoded[2], encoded[0]))
         # the skin check's thresholds go by what an image is; the OOD thresholds below by
         # how the app judges it
         validation_modality += modality_of(zs, records, encoded)
@@ -138,14 +142,13 @@ def fit(args):
                        progress=not args.quiet)
     if args.calibrate_modality:
         fit_modality_calibration(trust, zs, transform, args.calibrate_modality,
-                                 progress=not args.quiet)
+                                 progress=not args.quiet, cache=cache)
     if args.malignancy:
         fit_operating_point(trust, zs, transform, args.malignancy, args.sensitivity,
-                            args.sensitivity_bound,
-                            progress=not args.quiet)
+                            args.sensitivity_bound, progress=not args.quiet, cache=cache)
     if args.answerable:
         fit_clinical_scope(trust, zs, transform, args.answerable, args.min_images, args.min_f1,
-                           progress=not args.quiet)
+                           progress=not args.quiet, cache=cache)
     trust.save(args.model.removeprefix("local-dir:"))
     return {"model": args.model, **vars(trust.settings)}
 
@@ -167,29 +170,41 @@ def canonical(label):
     return condition.name if condition else label
 
 
-def labelled_features(zs, transform, sets, option, progress=True):
+def encode_cached(zs, transform, paths, cache=None, progress=True):
+    """(features (N, D), kept paths) of the usable images among `paths`, encoding only those
+    `cache` ({path: (D,) feature}, filled here) does not hold yet."""
+    from dermvlm.trust import encode_images
+    cache = {} if cache is None else cache
+    missing = [p for p in dict.fromkeys(paths) if p not in cache]
+    encoded, _, kept = encode_images(zs, transform, missing, progress=progress and bool(missing))
+    cache.update(zip(kept, encoded))
+    kept = [p for p in dict.fromkeys(paths) if p in cache]
+    return (torch.stack([cache[p] for p in kept]) if kept else encoded), kept
+
+
+def labelled_features(zs, transform, sets, option, progress=True, cache=None):
     """(features (N, D), [ontology Condition] per image, paths) of the labelled `sets`' readable
-    images; a label outside the ontology is an error naming `option`."""
+    images (through `cache`, see encode_cached); a label outside the ontology is an error
+    naming `option`."""
     from dermvlm.labelled import labelled_images
     from dermvlm.ontology import find_condition
-    from dermvlm.trust import encode_images
     pairs = [(p, label) for spec in sets for p, label in labelled_images(spec)]
     unknown = sorted({label for _, label in pairs if find_condition(label) is None})
     if unknown:
         raise DermvlmError(f"{option}: labels not in the ontology: {', '.join(unknown)}")
     condition_of = {p: find_condition(label) for p, label in pairs}
-    features, _, kept = encode_images(zs, transform, list(condition_of), progress=progress)
+    features, kept = encode_cached(zs, transform, list(condition_of), cache, progress)
     return features, [condition_of[p] for p in kept], kept
 
 
-def fit_modality_calibration(trust, zs, transform, sets, progress=True):
+def fit_modality_calibration(trust, zs, transform, sets, progress=True, cache=None):
     """trust.settings.modality_temperature on the labelled held-out `sets`: a temperature for
     each modality, as the app judges it, with enough of their images."""
     from dermvlm.ontology import CONDITIONS
     from dermvlm.trust import MIN_TEMPERATURE_IMAGES, fit_modality_temperatures
     from dermvlm.zeroshot import zeroshot_modality
     features, conditions, _ = labelled_features(zs, transform, sets, "--calibrate-modality",
-                                                progress)
+                                                progress, cache)
     names = [c.name for c in CONDITIONS]
     targets = torch.tensor([names.index(c.name) for c in conditions])
     temperatures, counts = fit_modality_temperatures(
@@ -199,7 +214,8 @@ def fit_modality_calibration(trust, zs, transform, sets, progress=True):
         "sets": list(sets), "images": counts, "min_images": MIN_TEMPERATURE_IMAGES}
 
 
-def fit_operating_point(trust, zs, transform, sets, sensitivity, bound=False, progress=True):
+def fit_operating_point(trust, zs, transform, sets, sensitivity, bound=False, progress=True,
+                        cache=None):
     """trust.settings.malignancy_threshold on the labelled held-out `sets`, with the app's
     label set (the ontology) and calibration (each image's judged modality's temperature)."""
     from dermvlm.clip.evaluate import malignancy_flags, nonbenign_labels
@@ -207,7 +223,7 @@ def fit_operating_point(trust, zs, transform, sets, sensitivity, bound=False, pr
     from dermvlm.trust import fit_malignancy_threshold
     from dermvlm.zeroshot import zeroshot_modality
     features, conditions, kept = labelled_features(zs, transform, sets, "--malignancy",
-                                                   progress)
+                                                   progress, cache)
     names = [c.name for c in CONDITIONS]
     probs = trust.calibrated(zs.logits(features, names),
                              zeroshot_modality(zs, features)[0]).numpy()
@@ -223,13 +239,14 @@ def fit_operating_point(trust, zs, transform, sets, sensitivity, bound=False, pr
                                               "sensitivity_on_these": round(flagged, 4)}
 
 
-def fit_clinical_scope(trust, zs, transform, sets, min_images, min_f1, progress=True):
+def fit_clinical_scope(trust, zs, transform, sets, min_images, min_f1, progress=True,
+                       cache=None):
     """trust.settings.clinical_answerable: the ontology conditions the model names right often
     enough (top-1 F1 >= min_f1, >= min_images images) on the clinical photographs of the
     labelled held-out `sets`, with the app's label set and calibration."""
     from dermvlm.labelled import labelled_records
     from dermvlm.ontology import CONDITIONS
-    from dermvlm.trust import encode_images, fit_answerable
+    from dermvlm.trust import fit_answerable
     truth_of = {r.image: canonical(r.label) for spec in sets for r in labelled_records(spec)
                 if r.modality == "clinical"}
     names = [c.name for c in CONDITIONS]
@@ -238,7 +255,7 @@ def fit_clinical_scope(trust, zs, transform, sets, min_images, min_f1, progress=
         raise DermvlmError(f"--answerable: labels not in the ontology: {', '.join(unknown)}")
     if not truth_of:
         raise DermvlmError(f"--answerable {' '.join(sets)}: no clinical photograph there")
-    features, _, kept = encode_images(zs, transform, list(truth_of), progress=progress)
+    features, kept = encode_cached(zs, transform, list(truth_of), cache, progress)
     top = zs.logits(features, names).argmax(1).tolist()       # a temperature keeps the order
     rows, answerable = fit_answerable([names[i] for i in top], [truth_of[p] for p in kept],
                                       min_images, min_f1)
