@@ -35,6 +35,9 @@ class OutOfDistribution(BaseModel):
     threshold: float
     abstained: bool
     message: str = ""
+    # why there is no answer: "not skin", "out of scope", "low confidence" (dermvlm.trust), or
+    # "" (out of distribution, or answered)
+    reason: str = ""
 
 
 class LesionReport(BaseModel):

@@ -74,8 +74,9 @@ class Assistant:
     def _scores(self, image):
         """(calibrated diagnosis probabilities over self.labels, concept scores, verdict,
         CLIP features (1, D), (modality, its probability)). A clinical photograph whose top
-        diagnosis the model has not earned on real clinical photographs gets an out-of-scope
-        verdict (dermvlm.trust)."""
+        diagnosis the model has not earned on real clinical photographs, or whose top
+        probability is below the trust file's clinical minimum, gets an abstained verdict
+        (dermvlm.trust)."""
         features, verdict, modality = self.inspect(image)
         with self._clip_lock:
             logits = self.zeroshot.logits(features, self.labels)
@@ -85,7 +86,8 @@ class Assistant:
                                                     **concept_scaling(self.trust))[0]
             if verdict is not None:
                 verdict = self.trust.in_scope(verdict, modality[0],
-                                              self.labels[int(probs.argmax())])
+                                              self.labels[int(probs.argmax())],
+                                              float(probs.max()))
         return probs, concepts, verdict, features, modality
 
     def classify(self, image, top_k=5, top_concepts=8):

@@ -18,7 +18,10 @@ from dermoscopy; that says nothing about whether the model knows it).
 
 A clinical photograph is answered only when its top diagnosis is one the model earned on real
 held-out clinical photographs (`clinical_answerable`, fitted by train.fit_trust); otherwise it
-is out of scope: the reply says so instead of giving the nearest wrong name.
+is out of scope: the reply says so instead of giving the nearest wrong name. It is also named
+only at a calibrated top probability at least `clinical_min_confidence`, the lowest at which the
+held-out clinical photographs named so were right often enough (selective classification,
+Geifman & El-Yaniv 2017); below it the reply says the model is not sure enough to name it.
 
 Each judged modality can have its own temperature too (`modality_temperature`, fitted on real
 held-out images of it): the model is less often right on phone photos than on dermoscopy, so
@@ -42,6 +45,10 @@ ABSTAIN_MESSAGE = ("This image does not look like the skin images this model was
 OUT_OF_SCOPE_MESSAGE = ("This photo seems to show a condition this model is not trained to "
                         "judge on clinical photographs, so no diagnosis is given. Please show "
                         "it to a dermatologist or your doctor.")
+LOW_CONFIDENCE_MESSAGE = ("The model is not confident enough to name what this photo shows: on "
+                          "clinical photographs it names a condition only when it is as sure as "
+                          "it was on held-out photos where it was right {share} of the time. "
+                          "Please show it to a dermatologist or your doctor.")
 QUANTILE = 0.975        # of held-out in-distribution scores: the scale of each part
 MIN_MODALITY_IMAGES = 20    # per-modality reference and threshold only with this many of each
 MIN_TEMPERATURE_IMAGES = 30     # a modality's own temperature only with this many held-out images
@@ -87,6 +94,8 @@ class TrustSettings:
     # {modality: temperature} for the judged modalities with a temperature of their own
     # (fitted on real held-out images of that modality); the others use `temperature`
     modality_temperature: dict | None = None
+    # calibrated top probability below which a clinical photograph is not named (None: any)
+    clinical_min_confidence: float | None = None
 
 
 def abstain_message(verdict):
@@ -161,14 +170,23 @@ class TrustModel:
         return [{"ood_score": round(float(s), 4), "threshold": round(float(t), 4),
                  "abstained": bool(s > t)} for s, t in zip(score, threshold)]
 
-    def in_scope(self, verdict, modality, top):
-        """The verdict, turned into an out-of-scope abstention when a clinical photograph's
-        top diagnosis is not one the model may answer clinical photographs with."""
-        answerable = self.settings.clinical_answerable
-        if verdict["abstained"] or modality != "clinical" or answerable is None or \
-                top in answerable:
+    def in_scope(self, verdict, modality, top, confidence=None):
+        """The verdict, turned into an abstention when a clinical photograph's top diagnosis
+        is not one the model may answer clinical photographs with (out of scope), or its
+        calibrated probability `confidence` is below `clinical_min_confidence`."""
+        settings = self.settings
+        if verdict["abstained"] or modality != "clinical":
             return verdict
-        return {**verdict, "abstained": True, "message": OUT_OF_SCOPE_MESSAGE}
+        if settings.clinical_answerable is not None and top not in settings.clinical_answerable:
+            return {**verdict, "abstained": True, "reason": "out of scope",
+                    "message": OUT_OF_SCOPE_MESSAGE}
+        if settings.clinical_min_confidence is not None and confidence is not None and \
+                confidence < settings.clinical_min_confidence:
+            share = (settings.fitted_on.get("clinical_min_confidence") or {}).get("precision")
+            return {**verdict, "abstained": True, "reason": "low confidence",
+                    "message": LOW_CONFIDENCE_MESSAGE.format(
+                share=f"{share:.0%}" if share else "nearly all")}
+        return verdict
 
     def judge_skin(self, modalities, imagenet):
         """`modalities` ([(name, confidence)] per image) with ("not skin", its confidence)
@@ -233,7 +251,7 @@ def assess(zs, trust, features, images):
         modalities = trust.judge_skin(modalities, imagenet_features(images, trust.skin.tower))
     pixels = torch.stack([image_statistics(im) for im in images])
     verdicts = trust.verdict(features, pixels, [m for m, _ in modalities])
-    return modalities, [{**v, "abstained": True, "message": NOT_SKIN_MESSAGE}
+    return modalities, [{**v, "abstained": True, "reason": NOT_SKIN, "message": NOT_SKIN_MESSAGE}
                         if m == NOT_SKIN else v for v, (m, _) in zip(verdicts, modalities)]
 
 
@@ -379,6 +397,20 @@ def fit_answerable(predicted, truth, min_images=3, min_f1=0.5):
         if true >= min_images and f1 >= min_f1:
             answerable.append(name)
     return rows, answerable
+
+
+def fit_min_confidence(confidence, correct, precision=0.9):
+    """The lowest confidence c at which the answers given at confidence >= c (top-1
+    probabilities of held-out images, and whether each was right) are right at least
+    `precision` of the time; None when no c reaches it (the model then names nothing)."""
+    ranked = sorted(zip(confidence, correct), key=lambda pair: -pair[0])
+    best, hits = None, 0
+    for i, (c, right) in enumerate(ranked):
+        hits += bool(right)
+        tied = i + 1 < len(ranked) and ranked[i + 1][0] == c    # a threshold keeps all ties
+        if not tied and hits / (i + 1) >= precision:
+            best = float(c)
+    return best
 
 
 def encode_images(zeroshot, transform, paths, batch_size=128, progress=False):

@@ -1,10 +1,11 @@
 """How often the app gives a confident wrong name: each image goes through what `dermvlm
 classify` and the app do (the OOD check against its modality's reference, the calibrated
-ontology diagnosis, the out-of-scope rule for clinical photographs), and per set it counts
-the images answered, refused as out of distribution, refused as out of scope, and answered
-wrongly at a top probability >= --confident, with Wilson 95 % intervals. Images are split by
-whether their true condition is one the model may answer (trust.json `clinical_answerable`
-for clinical photographs; every ontology condition for dermoscopy).
+ontology diagnosis, the out-of-scope and minimum-confidence rules for clinical photographs),
+and per set it counts the images answered, refused (as out of distribution, not skin, out of
+scope or not confident enough), and answered wrongly at a top probability >= --confident,
+with Wilson 95 % intervals. Images are split by whether their true condition is one the model
+may answer (trust.json `clinical_answerable` for clinical photographs; every ontology condition
+for dermoscopy).
 
     python -m eval.scope --model dermvlm/default/clip --set runs/eval/pad-ufes-20_test \\
         --set runs/data/seed1 --modality clinical --out scope.json
@@ -25,14 +26,18 @@ def share(hits, n):
 
 
 def tally(outcomes, confident):
-    """{n, answered, refused_ood, out_of_scope, confident_wrong, right_when_answered} over
-    (truth, top, probability, verdict) rows."""
+    """{n, answered, refused_ood, not_skin, out_of_scope, low_confidence, confident_wrong,
+    right_when_answered} over (truth, top, probability, verdict) rows: each refusal counted
+    under its reason (the verdict's "reason"; none: out of distribution)."""
     n = len(outcomes)
     answered = [o for o in outcomes if not (o[3] and o[3]["abstained"])]
-    scope = sum(bool(o[3] and o[3]["abstained"] and o[3].get("message")) for o in outcomes)
+    reasons = [o[3].get("reason") for o in outcomes if o[3] and o[3]["abstained"]]
     wrong = sum(top != truth and p >= confident for truth, top, p, _ in answered)
     return {"n": n, "answered": share(len(answered), n),
-            "refused_ood": share(n - len(answered) - scope, n), "out_of_scope": share(scope, n),
+            "refused_ood": share(reasons.count(None), n),
+            "not_skin": share(reasons.count("not skin"), n),
+            "out_of_scope": share(reasons.count("out of scope"), n),
+            "low_confidence": share(reasons.count("low confidence"), n),
             "confident_wrong": share(wrong, n),
             "right_when_answered": share(sum(top == truth for truth, top, _, _ in answered),
                                          len(answered))}

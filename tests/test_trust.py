@@ -151,6 +151,31 @@ def test_answerable_conditions_and_the_out_of_scope_verdict():
     assert abstain_message({**fine, "abstained": True}) == ABSTAIN_MESSAGE
 
 
+def test_clinical_minimum_confidence_names_only_what_val_got_right_often_enough(tmp_path):
+    from dermvlm.trust import LOW_CONFIDENCE_MESSAGE, fit_min_confidence
+    # ranked: 0.9 R, 0.8 R, 0.7 W, 0.6 R, 0.5 W: precision 1, 1, 2/3, 3/4, 3/5
+    confidence, right = [0.6, 0.9, 0.5, 0.8, 0.7], [True, True, False, True, False]
+    assert fit_min_confidence(confidence, right, 0.9) == 0.8
+    assert fit_min_confidence(confidence, right, 0.75) == 0.6
+    assert fit_min_confidence(confidence, right, 0.0) == 0.5
+    assert fit_min_confidence([0.7, 0.6], [False, True], 0.9) is None
+    # tied confidences stand or fall together: a threshold cannot split them
+    assert fit_min_confidence([0.8, 0.8, 0.5], [True, False, True], 0.7) is None
+    trust, _, _ = _trust_on_clusters()
+    trust.settings.clinical_answerable = ["nevus"]
+    trust.settings.clinical_min_confidence = 0.6
+    trust.settings.fitted_on["clinical_min_confidence"] = {"precision": 0.9}
+    fine = {"ood_score": 0.5, "threshold": 1.0, "abstained": False}
+    assert trust.in_scope(fine, "clinical", "nevus", 0.6) == fine
+    low = trust.in_scope(fine, "clinical", "nevus", 0.59)
+    assert low["abstained"] and low["reason"] == "low confidence"
+    assert low["message"] == LOW_CONFIDENCE_MESSAGE.format(share="90%")
+    assert trust.in_scope(fine, "dermoscopic", "nevus", 0.1) == fine      # clinical only
+    assert trust.in_scope(fine, "clinical", "melanoma", 0.99)["reason"] == "out of scope"
+    loaded = TrustModel.load(trust.save(tmp_path))
+    assert loaded.in_scope(fine, "clinical", "nevus", 0.59) == low
+
+
 def test_image_statistics_tell_a_blank_page_from_skin(synth_dir):
     skin = [image_statistics(Image.open(p)) for p in sorted((synth_dir / "images").iterdir())]
     blank = image_statistics(Image.new("RGB", (80, 80), (250, 250, 250)))
@@ -248,7 +273,7 @@ def test_concept_scaling_recovers_the_scaling_labels_were_drawn_at():
 
 
 def test_scope_evaluation_counts_every_image_once(synth_dir, tmp_path):
-    """eval.scope: every image is answered, refused as OOD or refused as out of scope, and
+    """eval.scope: every image is answered or refused for exactly one reason, and
     falls in exactly one of the truth-in-scope and truth-out-of-scope groups; Wilson
     intervals by hand."""
     import json
@@ -271,6 +296,13 @@ def test_scope_evaluation_counts_every_image_once(synth_dir, tmp_path):
     assert fitted["images"] == len(clinical) > 0
     assert sum(row["images"] for row in fitted["conditions"]) == len(clinical)
     assert set(trust.settings.clinical_answerable) <= {c.name for c in CONDITIONS}
+    # the minimum confidence: the photos named at or above it are right 90 % of the time
+    minimum = trust.settings.fitted_on["clinical_min_confidence"]
+    assert minimum["precision"] == 0.9 and minimum["named"] <= len(clinical)
+    if trust.settings.clinical_min_confidence is None:
+        assert trust.settings.clinical_answerable == [] and minimum["named_above"] == 0
+    else:
+        assert minimum["right_above"] >= 0.9 * minimum["named_above"] > 0
     trust.settings.clinical_answerable = []
     trust.save(folder)
     out = tmp_path / "scope.json"
@@ -278,8 +310,8 @@ def test_scope_evaluation_counts_every_image_once(synth_dir, tmp_path):
                        "--quiet"]) == 0
     result = json.loads(out.read_text())["sets"][str(synth_dir)]
     every = result["all"]
-    assert every["n"] == 40 and every["answered"]["count"] + every["refused_ood"]["count"] + \
-        every["out_of_scope"]["count"] == 40
+    outcomes = ("answered", "refused_ood", "not_skin", "out_of_scope", "low_confidence")
+    assert every["n"] == 40 and sum(every[k]["count"] for k in outcomes) == 40
     assert result["truth_in_scope"]["n"] + result["truth_out_of_scope"]["n"] == 40
     assert scope.main(["--model", str(tmp_path), "--set", str(synth_dir)]) == 2
 

@@ -52,6 +52,8 @@ PROTOTYPES_PER_SET = 3000           # then per set (SynthDerm: 3,000 of its 16,0
 PROTOTYPES_MODALITY = "dermoscopic"  # on real val they gained nothing on phone photos
 MALIGNANCY_SENSITIVITY = 0.90     # the operating point flags this share of real cancers: the
                                   # Wilson lower bound of the share flagged on real val
+ANSWER_PRECISION = 0.90           # a clinical photo is named only at a confidence where real val
+                                  # photos named so were right this share of the time
 # stage-2 items per epoch: SynthDerm questions, SynthDerm chats, real chats, real questions
 STAGE2_MIX = {"synth_vqa": 6000, "synth_chat": 3000, "real_chat": 3000, "real_closed": 3000}
 # a warm start (--warm-start FOLDER: a previous default's clip/ and vlm/) continues those
@@ -307,8 +309,8 @@ def fit_trust_stage(work, clip_folder, progress):
     """The OOD reference (SynthDerm and real training images, up to 2,000 per set and
     modality), the thresholds and the calibration temperature on held-out SynthDerm (seed 2)
     and the real val split, and on that real val split a temperature per judged modality,
-    the malignancy operating point and the conditions clinical photographs may be answered
-    with."""
+    the malignancy operating point, the conditions clinical photographs may be answered
+    with and the confidence they are answered from."""
     from argparse import Namespace
 
     from train.fit_trust import fit
@@ -325,7 +327,7 @@ def fit_trust_stage(work, clip_folder, progress):
                          calibrate_modality=malignancy, malignancy=malignancy,
                          sensitivity=MALIGNANCY_SENSITIVITY, sensitivity_bound=True,
                          answerable=malignancy, min_images=3, min_f1=0.5,
-                         skin_check=True, quiet=not progress))
+                         answer_precision=ANSWER_PRECISION, skin_check=True, quiet=not progress))
 
 
 def write_manifest(folder, overrides, heldout, started, reused, warm_start=None,

@@ -18,10 +18,13 @@ threshold on P(malignant or premalignant) that flags --sensitivity of those sets
 premalignant images (the app raises such an image's concern to at least moderate). With
 --answerable (held-out labelled sets with clinical photographs), the conditions a clinical
 photograph may be answered with are fitted: those whose top-1 F1 on the sets' clinical photos
-reaches --min-f1 with at least --min-images of them. With --calibrate-modality (held-out
-labelled real sets), each modality the zero-shot model judges with at least 30 of their images
-gets its own temperature (phone photos are answered less well than dermoscopy, so the shared
-temperature makes them overconfident); it is fitted before the operating point. Unless
+reaches --min-f1 with at least --min-images of them, and the lowest calibrated top probability
+at which the photos judged clinical among them, named with one of those conditions, are right
+--answer-precision of the time (below it a clinical photo is not named). With
+--calibrate-modality (held-out labelled real sets), each modality the zero-shot model judges
+with at least 30 of their images gets its own temperature (phone photos are answered less well
+than dermoscopy, so the shared temperature makes them overconfident); it is fitted before the
+operating point and the clinical scope. Unless
 --no-skin-check, the "not skin" check is fitted too (dermvlm.skincheck): the skin subspace of
 the reference images' ImageNet features, and its threshold on the validation images of each
 modality.
@@ -68,6 +71,9 @@ def main(argv=None):
                         help="top-1 F1 a condition needs on those photos (default 0.5)")
     parser.add_argument("--min-images", type=positive_int, default=3,
                         help="held-out clinical photos a condition needs (default 3)")
+    parser.add_argument("--answer-precision", type=float, default=0.9,
+                        help="share of those photos, named at or above the clinical minimum "
+                        "confidence, that must be right (default 0.9; 0: no minimum)")
     parser.add_argument("--calibrate-modality", action="append", default=[],
                         help="held-out labelled set(s) on which each judged modality gets its "
                         "own temperature (repeatable)")
@@ -148,7 +154,7 @@ def fit(args):
                             args.sensitivity_bound, progress=not args.quiet, cache=cache)
     if args.answerable:
         fit_clinical_scope(trust, zs, transform, args.answerable, args.min_images, args.min_f1,
-                           progress=not args.quiet, cache=cache)
+                           args.answer_precision, progress=not args.quiet, cache=cache)
     trust.save(args.model.removeprefix("local-dir:"))
     return {"model": args.model, **vars(trust.settings)}
 
@@ -239,14 +245,20 @@ def fit_operating_point(trust, zs, transform, sets, sensitivity, bound=False, pr
                                               "sensitivity_on_these": round(flagged, 4)}
 
 
-def fit_clinical_scope(trust, zs, transform, sets, min_images, min_f1, progress=True,
-                       cache=None):
+def fit_clinical_scope(trust, zs, transform, sets, min_images, min_f1, precision=0.0,
+                       progress=True, cache=None):
     """trust.settings.clinical_answerable: the ontology conditions the model names right often
     enough (top-1 F1 >= min_f1, >= min_images images) on the clinical photographs of the
-    labelled held-out `sets`, with the app's label set and calibration."""
+    labelled held-out `sets`, with the app's label set; and, with `precision` > 0,
+    clinical_min_confidence: the lowest calibrated top probability at which those photos that
+    the app judges clinical and names with an answerable condition are right `precision` of
+    the time (fit after the temperatures: it is the probability the app shows)."""
     from dermvlm.labelled import labelled_records
     from dermvlm.ontology import CONDITIONS
-    from dermvlm.trust import fit_answerable
+    from dermvlm.trust import fit_answerable, fit_min_confidence
+    from dermvlm.zeroshot import zeroshot_modality
+    if not 0 <= precision <= 1:
+        raise DermvlmError(f"--answer-precision must be between 0 and 1, got {precision}")
     truth_of = {r.image: canonical(r.label) for spec in sets for r in labelled_records(spec)
                 if r.modality == "clinical"}
     names = [c.name for c in CONDITIONS]
@@ -256,13 +268,31 @@ def fit_clinical_scope(trust, zs, transform, sets, min_images, min_f1, progress=
     if not truth_of:
         raise DermvlmError(f"--answerable {' '.join(sets)}: no clinical photograph there")
     features, kept = encode_cached(zs, transform, list(truth_of), cache, progress)
-    top = zs.logits(features, names).argmax(1).tolist()       # a temperature keeps the order
-    rows, answerable = fit_answerable([names[i] for i in top], [truth_of[p] for p in kept],
-                                      min_images, min_f1)
+    judged = zeroshot_modality(zs, features)[0]
+    probs = trust.calibrated(zs.logits(features, names), judged)
+    confidence, top = probs.max(1)
+    said, truth = [names[i] for i in top.tolist()], [truth_of[p] for p in kept]
+    rows, answerable = fit_answerable(said, truth, min_images, min_f1)
     trust.settings.clinical_answerable = answerable
     trust.settings.fitted_on["clinical_answerable"] = {
         "sets": list(sets), "images": len(kept), "min_images": min_images, "min_f1": min_f1,
         "conditions": rows}
+    trust.settings.clinical_min_confidence = None
+    if precision <= 0:
+        return
+    named = [i for i, (m, name) in enumerate(zip(judged, said))
+             if m == "clinical" and name in answerable]
+    threshold = fit_min_confidence([float(confidence[i]) for i in named],
+                                   [said[i] == truth[i] for i in named], precision)
+    if threshold is None:           # no confidence reaches the precision: name nothing
+        trust.settings.clinical_answerable = []
+    kept_named = [i for i in named if threshold is not None and confidence[i] >= threshold]
+    trust.settings.clinical_min_confidence = threshold
+    trust.settings.fitted_on["clinical_min_confidence"] = {
+        "precision": precision, "named": len(named),
+        "right": sum(said[i] == truth[i] for i in named),
+        "named_above": len(kept_named), "right_above": sum(said[i] == truth[i]
+                                                           for i in kept_named)}
 
 
 def fit_skin_check(trust, reference_paths, validation_paths, validation_modality,

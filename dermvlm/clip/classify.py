@@ -69,10 +69,12 @@ def _classify_batch(batch, zs, transform, trust, names, concepts, top_k, templat
     else:
         logits = zs.logits(features, names, templates or DERMLIP_TEMPLATES)
         scores = trust.calibrated(logits, modalities) if trust else logits.softmax(1)
-        # with ontology labels, a clinical photo is answered only with a condition it earned
+        # with ontology labels, a clinical photo is answered only with a condition it
+        # earned, and confidently enough
         conditions = [find_condition(name) for name in names]
         if trust and all(conditions):
-            verdicts = [trust.in_scope(v, m, conditions[int(row.argmax())].name)
+            verdicts = [trust.in_scope(v, m, conditions[int(row.argmax())].name,
+                                       float(row.max()))
                         for v, m, row in zip(verdicts, modalities, scores)]
     results = []
     for (path, _), row, verdict in zip(batch, scores, verdicts):
