@@ -87,7 +87,7 @@ class Assistant:
             if verdict is not None:
                 verdict = self.trust.in_scope(verdict, modality[0],
                                               self.labels[int(probs.argmax())],
-                                              float(probs.max()))
+                                              float(probs.max()), modality[1])
         return probs, concepts, verdict, features, modality
 
     def classify(self, image, top_k=5, top_concepts=8):

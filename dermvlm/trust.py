@@ -22,6 +22,8 @@ is out of scope: the reply says so instead of giving the nearest wrong name. It 
 only at a calibrated top probability at least `clinical_min_confidence`, the lowest at which the
 held-out clinical photographs named so were right often enough (selective classification,
 Geifman & El-Yaniv 2017); below it the reply says the model is not sure enough to name it.
+These clinical rules also hold for an image judged dermoscopic less surely than held-out real
+dermoscopy nearly always is: a phone photo mistaken for dermoscopy must not escape them.
 
 Each judged modality can have its own temperature too (`modality_temperature`, fitted on real
 held-out images of it): the model is less often right on phone photos than on dermoscopy, so
@@ -96,6 +98,9 @@ class TrustSettings:
     modality_temperature: dict | None = None
     # calibrated top probability below which a clinical photograph is not named (None: any)
     clinical_min_confidence: float | None = None
+    # modality confidence below which an image judged dermoscopic is answered under the
+    # clinical rules (the 1st percentile of held-out real dermoscopy judged so; None: never)
+    dermoscopic_min_modality_confidence: float | None = None
 
 
 def abstain_message(verdict):
@@ -170,12 +175,22 @@ class TrustModel:
         return [{"ood_score": round(float(s), 4), "threshold": round(float(t), 4),
                  "abstained": bool(s > t)} for s, t in zip(score, threshold)]
 
-    def in_scope(self, verdict, modality, top, confidence=None):
-        """The verdict, turned into an abstention when a clinical photograph's top diagnosis
-        is not one the model may answer clinical photographs with (out of scope), or its
-        calibrated probability `confidence` is below `clinical_min_confidence`."""
+    def strict(self, modality, modality_confidence=None):
+        """Whether an image is answered under the clinical rules: a clinical photograph, or
+        one judged dermoscopic less surely than held-out real dermoscopy nearly always is
+        (`dermoscopic_min_modality_confidence`): when unsure which it is, the stricter rules."""
+        floor = self.settings.dermoscopic_min_modality_confidence
+        return modality == "clinical" or (
+            modality == "dermoscopic" and floor is not None and
+            modality_confidence is not None and modality_confidence < floor)
+
+    def in_scope(self, verdict, modality, top, confidence=None, modality_confidence=None):
+        """The verdict, turned into an abstention when an image under the clinical rules
+        (`strict`) has a top diagnosis the model may not answer clinical photographs with (out
+        of scope), or a calibrated top probability `confidence` below
+        `clinical_min_confidence`."""
         settings = self.settings
-        if verdict["abstained"] or modality != "clinical":
+        if verdict["abstained"] or not self.strict(modality, modality_confidence):
             return verdict
         if settings.clinical_answerable is not None and top not in settings.clinical_answerable:
             return {**verdict, "abstained": True, "reason": "out of scope",

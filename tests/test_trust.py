@@ -172,8 +172,14 @@ def test_clinical_minimum_confidence_names_only_what_val_got_right_often_enough(
     assert low["message"] == LOW_CONFIDENCE_MESSAGE.format(share="90%")
     assert trust.in_scope(fine, "dermoscopic", "nevus", 0.1) == fine      # clinical only
     assert trust.in_scope(fine, "clinical", "melanoma", 0.99)["reason"] == "out of scope"
+    # judged dermoscopic, but less surely than real dermoscopy nearly always is: clinical rules
+    trust.settings.dermoscopic_min_modality_confidence = 0.95
+    assert trust.in_scope(fine, "dermoscopic", "melanoma", 0.99, 0.96) == fine
+    assert trust.in_scope(fine, "dermoscopic", "melanoma", 0.99, 0.9)["reason"] == "out of scope"
+    assert trust.in_scope(fine, "dermoscopic", "nevus", 0.5, 0.9)["reason"] == "low confidence"
     loaded = TrustModel.load(trust.save(tmp_path))
     assert loaded.in_scope(fine, "clinical", "nevus", 0.59) == low
+    assert loaded.strict("dermoscopic", 0.9) and not loaded.strict("dermoscopic", 0.95)
 
 
 def test_image_statistics_tell_a_blank_page_from_skin(synth_dir):
@@ -272,7 +278,7 @@ def test_concept_scaling_recovers_the_scaling_labels_were_drawn_at():
                           torch.sigmoid(margins / 0.01).mean(-1), atol=1e-6)
 
 
-def test_scope_evaluation_counts_every_image_once(synth_dir, tmp_path):
+def test_scope_evaluation_counts_every_image_once(synth_dir, tmp_path, monkeypatch):
     """eval.scope: every image is answered or refused for exactly one reason, and
     falls in exactly one of the truth-in-scope and truth-out-of-scope groups; Wilson
     intervals by hand."""
@@ -303,6 +309,27 @@ def test_scope_evaluation_counts_every_image_once(synth_dir, tmp_path):
         assert trust.settings.clinical_answerable == [] and minimum["named_above"] == 0
     else:
         assert minimum["right_above"] >= 0.9 * minimum["named_above"] > 0
+    # the dermoscopic floor: the 1st percentile of the modality confidence of the answerable
+    # sets' dermoscopic images judged dermoscopic, with enough of them (here too few)
+    floor = trust.settings.fitted_on["dermoscopic_min_modality_confidence"]
+    dermoscopic = len(labelled_records(synth_dir)) - len(clinical)
+    assert floor["images"] <= dermoscopic < fit_trust.MIN_DERMOSCOPIC_FLOOR_IMAGES
+    assert trust.settings.dermoscopic_min_modality_confidence is None
+    monkeypatch.setattr(fit_trust, "MIN_DERMOSCOPIC_FLOOR_IMAGES", 1)
+    from dermvlm.clip.model import load_model
+    from dermvlm.imaging import eval_transform
+    from dermvlm.zeroshot import ZeroShot, zeroshot_modality
+    model, cfg, tokenizer = load_model(str(folder))
+    zs, transform = ZeroShot(model, tokenizer), eval_transform(cfg["vision_cfg"]["image_size"])
+    fit_trust.fit_dermoscopic_floor(trust, zs, transform, [str(synth_dir)], progress=False)
+    features, _ = fit_trust.encode_cached(
+        zs, transform, [r.image for r in labelled_records(synth_dir)
+                        if r.modality == "dermoscopic"], progress=False)
+    judged, sure = zeroshot_modality(zs, features)
+    sure = [c for m, c in zip(judged, sure) if m == "dermoscopic"]
+    if sure:
+        assert trust.settings.dermoscopic_min_modality_confidence == \
+            pytest.approx(np.quantile(sure, 0.01))
     trust.settings.clinical_answerable = []
     trust.save(folder)
     out = tmp_path / "scope.json"

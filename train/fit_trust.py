@@ -20,7 +20,9 @@ premalignant images (the app raises such an image's concern to at least moderate
 photograph may be answered with are fitted: those whose top-1 F1 on the sets' clinical photos
 reaches --min-f1 with at least --min-images of them, and the lowest calibrated top probability
 at which the photos judged clinical among them, named with one of those conditions, are right
---answer-precision of the time (below it a clinical photo is not named). With
+--answer-precision of the time (below it a clinical photo is not named); and the 1st
+percentile of the modality confidence of the sets' dermoscopic images judged dermoscopic (an
+image judged dermoscopic less surely gets the clinical rules). With
 --calibrate-modality (held-out labelled real sets), each modality the zero-shot model judges
 with at least 30 of their images gets its own temperature (phone photos are answered less well
 than dermoscopy, so the shared temperature makes them overconfident); it is fitted before the
@@ -37,6 +39,10 @@ import torch
 
 from dermvlm.cliargs import OneLineParser, positive_int, print_result
 from dermvlm.errors import DermvlmError
+
+# an image judged dermoscopic less surely than this share of held-out real dermoscopy is
+# answered under the clinical rules; fitted only with enough dermoscopic images
+DERMOSCOPIC_FLOOR_QUANTILE, MIN_DERMOSCOPIC_FLOOR_IMAGES = 0.01, 100
 
 
 def main(argv=None):
@@ -277,6 +283,7 @@ def fit_clinical_scope(trust, zs, transform, sets, min_images, min_f1, precision
     trust.settings.fitted_on["clinical_answerable"] = {
         "sets": list(sets), "images": len(kept), "min_images": min_images, "min_f1": min_f1,
         "conditions": rows}
+    fit_dermoscopic_floor(trust, zs, transform, sets, progress, cache)
     trust.settings.clinical_min_confidence = None
     if precision <= 0:
         return
@@ -293,6 +300,26 @@ def fit_clinical_scope(trust, zs, transform, sets, min_images, min_f1, precision
         "right": sum(said[i] == truth[i] for i in named),
         "named_above": len(kept_named), "right_above": sum(said[i] == truth[i]
                                                            for i in kept_named)}
+
+
+def fit_dermoscopic_floor(trust, zs, transform, sets, progress=True, cache=None):
+    """trust.settings.dermoscopic_min_modality_confidence: the DERMOSCOPIC_FLOOR_QUANTILE of
+    the modality confidence of the `sets`' dermoscopic images that the app judges dermoscopic
+    (with at least MIN_DERMOSCOPIC_FLOOR_IMAGES of them; else None). An image judged
+    dermoscopic less surely is answered under the clinical rules."""
+    from dermvlm.labelled import labelled_records
+    from dermvlm.zeroshot import zeroshot_modality
+    paths = [r.image for spec in sets for r in labelled_records(spec)
+             if r.modality == "dermoscopic"]
+    features, _ = encode_cached(zs, transform, paths, cache, progress)
+    judged, sure = zeroshot_modality(zs, features) if len(paths) else ([], [])
+    sure = [c for m, c in zip(judged, sure) if m == "dermoscopic"]
+    floor = (float(np.quantile(sure, DERMOSCOPIC_FLOOR_QUANTILE))
+             if len(sure) >= MIN_DERMOSCOPIC_FLOOR_IMAGES else None)
+    trust.settings.dermoscopic_min_modality_confidence = floor
+    trust.settings.fitted_on["dermoscopic_min_modality_confidence"] = {
+        "sets": list(sets), "quantile": DERMOSCOPIC_FLOOR_QUANTILE, "images": len(sure),
+        "min_images": MIN_DERMOSCOPIC_FLOOR_IMAGES}
 
 
 def fit_skin_check(trust, reference_paths, validation_paths, validation_modality,

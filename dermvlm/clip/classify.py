@@ -74,8 +74,8 @@ def _classify_batch(batch, zs, transform, trust, names, concepts, top_k, templat
         conditions = [find_condition(name) for name in names]
         if trust and all(conditions):
             verdicts = [trust.in_scope(v, m, conditions[int(row.argmax())].name,
-                                       float(row.max()))
-                        for v, m, row in zip(verdicts, modalities, scores)]
+                                       float(row.max()), sure)
+                        for v, (m, sure), row in zip(verdicts, judged, scores)]
     results = []
     for (path, _), row, verdict in zip(batch, scores, verdicts):
         if verdict and verdict["abstained"] and not ignore_ood:
