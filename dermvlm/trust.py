@@ -47,10 +47,10 @@ ABSTAIN_MESSAGE = ("This image does not look like the skin images this model was
 OUT_OF_SCOPE_MESSAGE = ("This photo seems to show a condition this model is not trained to "
                         "judge on clinical photographs, so no diagnosis is given. Please show "
                         "it to a dermatologist or your doctor.")
-LOW_CONFIDENCE_MESSAGE = ("The model is not confident enough to name what this photo shows: on "
-                          "clinical photographs it names a condition only when it is as sure as "
-                          "it was on held-out photos where it was right {share} of the time. "
-                          "Please show it to a dermatologist or your doctor.")
+LOW_CONFIDENCE_MESSAGE = ("The model is not sure enough to name what this photo shows: on "
+                          "clinical photographs it names a condition only at a confidence at "
+                          "which it was right {share} of the time on held-out photos. Please "
+                          "show it to a dermatologist or your doctor.")
 QUANTILE = 0.975        # of held-out in-distribution scores: the scale of each part
 MIN_MODALITY_IMAGES = 20    # per-modality reference and threshold only with this many of each
 MIN_TEMPERATURE_IMAGES = 30     # a modality's own temperature only with this many held-out images
