@@ -6,6 +6,7 @@ import threading
 import time
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from dermvlm import embedded
@@ -59,6 +60,8 @@ class Assistant:
         from dermvlm.ontology import CONDITIONS
         from dermvlm.vocab import SKINCON_CONCEPTS
         self.labels = [c.name for c in CONDITIONS]
+        # (C,) the malignant and premalignant labels: their summed probability is the concern's
+        self.risky = torch.tensor([c.malignancy != "benign" for c in CONDITIONS])
         self.concepts = list(SKINCON_CONCEPTS)
         self.classify(Image.new("RGB", (64, 64), (200, 160, 140)))
 
@@ -88,6 +91,7 @@ class Assistant:
                 verdict = self.trust.in_scope(verdict, modality[0],
                                               self.labels[int(probs.argmax())],
                                               float(probs.max()), modality[1])
+                verdict = self.trust.with_concern(verdict, float(probs[self.risky].sum()))
         return probs, concepts, verdict, features, modality
 
     def classify(self, image, top_k=5, top_concepts=8):

@@ -51,6 +51,9 @@ LOW_CONFIDENCE_MESSAGE = ("The model is not sure enough to name what this photo 
                           "clinical photographs it names a condition only at a confidence at "
                           "which it was right {share} of the time on held-out photos. Please "
                           "show it to a dermatologist or your doctor.")
+REVIEW_NOTE = (" Even so, the chance it gives a malignant or premalignant condition is at or "
+               "above the level at which it asks for a review: please have it examined by a "
+               "dermatologist within weeks.")
 QUANTILE = 0.975        # of held-out in-distribution scores: the scale of each part
 MIN_MODALITY_IMAGES = 20    # per-modality reference and threshold only with this many of each
 MIN_TEMPERATURE_IMAGES = 30     # a modality's own temperature only with this many held-out images
@@ -202,6 +205,19 @@ class TrustModel:
                     "message": LOW_CONFIDENCE_MESSAGE.format(
                 share=f"{share:.0%}" if share else "nearly all")}
         return verdict
+
+    def with_concern(self, verdict, malignancy_probability):
+        """A photo withheld only for low confidence (its top diagnosis is one the model may
+        name) keeps its concern: REVIEW_NOTE is added to the message where its P(malignant or
+        premalignant) reaches the operating point (`malignancy_threshold`), which was fitted
+        on such lesions. Out-of-scope photos get none (the operating point was not fitted on
+        the conditions they show, and a spread-out distribution over the ontology would flag
+        most of them), nor do images out of distribution or not skin."""
+        threshold = self.settings.malignancy_threshold
+        if verdict.get("reason") != "low confidence" or \
+                threshold is None or malignancy_probability < threshold:
+            return verdict
+        return {**verdict, "message": verdict["message"] + REVIEW_NOTE}
 
     def judge_skin(self, modalities, imagenet):
         """`modalities` ([(name, confidence)] per image) with ("not skin", its confidence)

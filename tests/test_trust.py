@@ -177,6 +177,13 @@ def test_clinical_minimum_confidence_names_only_what_val_got_right_often_enough(
     assert trust.in_scope(fine, "dermoscopic", "melanoma", 0.99, 0.96) == fine
     assert trust.in_scope(fine, "dermoscopic", "melanoma", 0.99, 0.9)["reason"] == "out of scope"
     assert trust.in_scope(fine, "dermoscopic", "nevus", 0.5, 0.9)["reason"] == "low confidence"
+    # a photo withheld for low confidence keeps its concern; an out-of-scope one does not
+    from dermvlm.trust import REVIEW_NOTE
+    trust.settings.malignancy_threshold = 0.2
+    assert trust.with_concern(low, 0.2)["message"] == low["message"] + REVIEW_NOTE
+    assert trust.with_concern(low, 0.19) == low
+    scope = trust.in_scope(fine, "clinical", "melanoma", 0.99)
+    assert trust.with_concern(scope, 0.9) == scope and trust.with_concern(fine, 0.9) == fine
     loaded = TrustModel.load(trust.save(tmp_path))
     assert loaded.in_scope(fine, "clinical", "nevus", 0.59) == low
     assert loaded.strict("dermoscopic", 0.9) and not loaded.strict("dermoscopic", 0.95)
@@ -340,6 +347,17 @@ def test_scope_evaluation_counts_every_image_once(synth_dir, tmp_path, monkeypat
     outcomes = ("answered", "refused_ood", "not_skin", "out_of_scope", "low_confidence")
     assert every["n"] == 40 and sum(every[k]["count"] for k in outcomes) == 40
     assert result["truth_in_scope"]["n"] + result["truth_out_of_scope"]["n"] == 40
+    # dermvlm classify: a clinical photo below the minimum confidence is not named, and keeps
+    # its concern when its P(malignant or premalignant) reaches the operating point
+    from dermvlm.clip.classify import classify
+    from dermvlm.trust import REVIEW_NOTE
+    trust.settings.clinical_answerable = [c.name for c in CONDITIONS]
+    trust.settings.clinical_min_confidence, trust.settings.malignancy_threshold = 1.01, 0.0
+    trust.save(folder)
+    ranked = classify([r.image for r in clinical], str(folder), [c.name for c in CONDITIONS])
+    low = [v for _, top, v in ranked if v.get("reason") == "low confidence"]
+    assert low and all(v["message"].endswith(REVIEW_NOTE) for v in low)
+    assert all(top == [] for _, top, v in ranked if v["abstained"])
     assert scope.main(["--model", str(tmp_path), "--set", str(synth_dir)]) == 2
 
 
