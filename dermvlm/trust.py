@@ -51,9 +51,9 @@ LOW_CONFIDENCE_MESSAGE = ("The model is not sure enough to name what this photo 
                           "clinical photographs it names a condition only at a confidence at "
                           "which it was right {share} of the time on held-out photos. Please "
                           "show it to a dermatologist or your doctor.")
-REVIEW_NOTE = (" Even so, the chance it gives a malignant or premalignant condition is at or "
-               "above the level at which it asks for a review: please have it examined by a "
-               "dermatologist within weeks.")
+REVIEW_NOTE = (" The chance the model gives a malignant or premalignant condition reaches the "
+               "level at which it asks for a review, so do not wait: have it examined within "
+               "weeks.")
 QUANTILE = 0.975        # of held-out in-distribution scores: the scale of each part
 MIN_MODALITY_IMAGES = 20    # per-modality reference and threshold only with this many of each
 MIN_TEMPERATURE_IMAGES = 30     # a modality's own temperature only with this many held-out images
