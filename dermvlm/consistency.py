@@ -26,6 +26,20 @@ _URGENCY = (("urgent", re.compile(r"\burgent(ly)?\b|\bwithout delay\b|\bpromptly
 STEP_URGENCY = {vocab.NEXT_STEPS[0]: "routine", vocab.NEXT_STEPS[1]: "weeks",
                 vocab.NEXT_STEPS[2]: "weeks", vocab.NEXT_STEPS[3]: "urgent"}
 _STATUS = {"precancerous": "premalignant"}
+# findings the report states in a closed vocabulary (dermvlm.vocab), as a reply words them
+_BORDER = re.compile(r"\b(border|margin|edge)s?\b", re.I)
+_BORDER_WORDS = (("border_regularity", "irregular", re.compile(r"\birregular\b", re.I)),
+                 ("border_regularity", "regular", re.compile(r"(?<!ir)\bregular\b", re.I)),
+                 ("border_definition", "ill-defined",
+                  re.compile(r"\bill[- ]defined\b|\bpoorly[- ]defined\b|\bindistinct\b", re.I)),
+                 ("border_definition", "well-defined",
+                  re.compile(r"\bwell[- ]defined\b|\bsharply\b|\bwell[- ]demarcated\b", re.I)))
+# ("scale" alone is a ruler: "no scale in the photo")
+_SURFACE_WORDS = (("scaly", re.compile(r"\bscal(y|es|ing)\b", re.I)),
+                  ("verrucous", re.compile(r"\bverrucous\b|\bwarty\b", re.I)),
+                  ("smooth", re.compile(r"\bsmooth\b", re.I)))
+# a sentence about what to watch for, or what would be a sign, states no finding
+_HYPOTHETICAL = re.compile(r"\b(watch|if|whether|signs?|would|could|might)\b", re.I)
 
 
 @dataclass
@@ -35,6 +49,9 @@ class Claims:
     not_excluded: list         # conditions it says cannot be excluded
     urgency: str | None        # routine | weeks | urgent
     text: str
+    # {"border_regularity", "border_definition": the word said} where a sentence about the
+    # border says one, and "surface": the surface words said (vocab.SURFACES)
+    findings: dict = None
 
 
 def read_claims(text):
@@ -48,7 +65,24 @@ def read_claims(text):
     not_excluded = [name for start, _, name in mentions(text)
                     if _EXCLUDED.search(text[start:start + 120])]
     urgency = next((level for level, pattern in _URGENCY if pattern.search(text)), None)
-    return Claims(verdict, found[0] if found else None, not_excluded, urgency, text)
+    return Claims(verdict, found[0] if found else None, not_excluded, urgency, text,
+                  read_findings(text))
+
+
+def read_findings(text):
+    """{"border_regularity", "border_definition", "surface"} a text states (see Claims)."""
+    findings, surface = {}, []
+    for sentence in re.split(r"(?<=[.!?])\s+", text.strip()):
+        if _HYPOTHETICAL.search(sentence):
+            continue
+        if _BORDER.search(sentence):
+            for field, word, pattern in _BORDER_WORDS:
+                if pattern.search(sentence):
+                    findings.setdefault(field, word)
+        surface += [word for word, pattern in _SURFACE_WORDS if pattern.search(sentence)]
+    if surface:
+        findings["surface"] = sorted(set(surface))
+    return findings
 
 
 def _status(name):
@@ -97,4 +131,13 @@ def report_contradictions(claims, report):
             claims.first not in claims.not_excluded and claims.first in [
                 d.diagnosis for d in report.differential]:
         out.append(f"ranks {claims.first} first, report ranks {top} first")
+    said = claims.findings or {}
+    for field in ("border_regularity", "border_definition"):
+        if said.get(field) and getattr(report, field) and said[field] != getattr(report, field):
+            out.append(f"{field.replace('_', ' ')} {said[field]}, report "
+                       f"{getattr(report, field)}")
+    surface = set(said.get("surface", ())) - set(report.surface_features or ())
+    if surface and report.surface_features:
+        out.append(f"surface {', '.join(sorted(surface))}, report "
+                   f"{', '.join(report.surface_features)}")
     return out

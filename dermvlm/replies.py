@@ -42,6 +42,12 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 # (the LM learnt such sentences from HAM10000's captions, which were written from its table)
 _PATIENT = re.compile(r"\b(\d{1,3}[- ]years?[- ]old|aged \d{1,3}|man|woman|men|women|male|"
                       r"female|boy|girl)\b", re.I)
+# border and surface: the case does not see them (its findings are the lesion type and
+# colours), and the report words them separately, so an LM sentence stating them could
+# contradict the report the user reads beside it
+_BORDER_OR_SURFACE = re.compile(r"\b(borders?|margins?|edges?|(well|ill|poorly)[- ]defined|"
+                                r"demarcated|circumscribed|surface|smooth|scal(y|es|ing)|"
+                                r"verrucous|warty|rough)\b", re.I)
 _SITE = re.compile(r"\b(on|of) the (face|scalp|neck|trunk|back|chest|abdomen|ear|arm|hand|leg|"
                    r"foot|genitals?|(upper|lower) (extremity|limb))\b", re.I)
 _REASSURING = re.compile(r"\b(benign|not (a )?(skin )?cancer\w*|harmless|nothing to worry)\b",
@@ -167,9 +173,9 @@ def unseen_findings(case):
 def sentence_holds(sentence, case):
     """Whether one sentence of the LM's keeps to the case: it names no condition but the
     case's top one (and the risky one a raised concern does not exclude), states no concern
-    but the case's, gives sound reasons, and no finding the case does not see or the image
-    cannot show, nor the patient's age or sex. The claims themselves are the composed
-    replies' to make."""
+    but the case's, gives sound reasons, and no finding the case does not see (a border or
+    surface among them) or the image cannot show, nor the patient's age or sex. The claims
+    themselves are the composed replies' to make."""
     allowed = {case.top} | ({case.risky} if case.raised else set())
     if set(named_conditions(sentence)) - allowed:
         return False
@@ -182,6 +188,8 @@ def sentence_holds(sentence, case):
     if "size" in unseen and re.search(r"\b\d+(\.\d+)? ?(mm|cm)\b", sentence, re.I):
         return False
     if "body_site" in unseen and _SITE.search(sentence):
+        return False
+    if _BORDER_OR_SURFACE.search(sentence):
         return False
     return reasons_hold(sentence) and not (case.findings and
                                            _findings_conflict(sentence, case.findings))

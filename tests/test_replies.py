@@ -111,6 +111,17 @@ def test_the_reader_catches_what_users_saw():
                                read_claims("It may be malignant."))
     urgent = read_claims("Please see a dermatologist urgently.")
     assert report_contradictions(urgent, report_for(CASES[2]))     # report: within weeks
+    # the report says border regular, well-defined, surface smooth
+    seen = read_claims("This is a patch lesion, with an irregular, ill-defined border and a "
+                       "scaly surface.")
+    assert seen.findings == {"border_regularity": "irregular",
+                             "border_definition": "ill-defined", "surface": ["scaly"]}
+    assert len(report_contradictions(seen, report_for(CASES[0]))) == 3
+    agreeing = read_claims("Its border is regular and well-defined. The surface is smooth.")
+    assert report_contradictions(agreeing, report_for(CASES[0])) == []
+    for said in ("Regular follow-up is reasonable.", "There is no scale in the photo.",
+                 "Watch for change: growth or an irregular border."):
+        assert read_claims(said).findings == {}, said
 
 
 def test_lm_sentences_are_shown_only_once_checked_and_never_withdrawn():
@@ -123,6 +134,10 @@ def test_lm_sentences_are_shown_only_once_checked_and_never_withdrawn():
     final = shown[-1]
     assert "brown macule" in final and "even colour" in final
     assert "squamous" not in final and "harmless" not in final and "6 mm" not in final
+    # a border or surface the case does not see (the report words them) is not stated
+    said = vetted("It is a brown macule. It has an irregular, ill-defined border. Its surface "
+                  "is scaly.", case, "describe")
+    assert "brown macule" in said and "border" not in said and "scaly" not in said
     assert "cannot be judged" in final
     # nothing of the LM's holds: a short reply from the case, not an empty one
     assert vetted("This is psoriasis.", case, "other").startswith("The image analysis ranks")
