@@ -6,12 +6,15 @@ time, on the same files and model in one run (both with the trust check the mode
     python -m benchmarks.classify_throughput --n 200 --baseline runs/prev_default/clip
 
 With --baseline (another CLIP folder), both are measured on the same files in one run and the
-ratios (this / baseline) are printed.
+ratios (this / baseline) are printed. With --compare-layout, the model is measured again
+feeding its towers the plain way (contiguous tensors, 64 images a piece: dermvlm.imaging's
+CPU_CHANNELS_LAST and CPU_CHUNK off), and the ratios (as shipped / plain) are printed.
 """
 import argparse
 import json
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -30,6 +33,8 @@ def main(argv=None):
     parser.add_argument("--baseline", help="a CLIP folder measured beside it")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compare-layout", action="store_true",
+                        help="also measure the towers fed contiguous 64-image pieces")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = args.model or checked_part("clip")
@@ -48,6 +53,9 @@ def main(argv=None):
     for warm in (model, args.baseline):
         if warm:
             classify(first, warm, labels=LABELS, batch_size=1, progress=False)
+    if args.compare_layout:         # the plain layout's kernels are first used here too
+        with plain_layout():
+            classify(first, model, labels=LABELS, batch_size=2, progress=False)
     result = {"threads": args.threads, "model": model,
               **throughput(folder, model, args.batch_size)}
     if args.baseline:
@@ -57,7 +65,26 @@ def main(argv=None):
             name: round(result[name]["images_per_s"] /
                         result["baseline"][name]["images_per_s"], 3)
             for name in ("one_at_a_time", "batched")}
+    if args.compare_layout:
+        with plain_layout():
+            result["plain_layout"] = throughput(folder, model, args.batch_size)
+        result["ratio_shipped_over_plain_layout"] = {
+            name: round(result[name]["images_per_s"] /
+                        result["plain_layout"][name]["images_per_s"], 3)
+            for name in ("one_at_a_time", "batched")}
     print(json.dumps(result, indent=1))
+
+
+@contextmanager
+def plain_layout():
+    """Feed the image towers contiguous 64-image pieces, as dermvlm did before."""
+    from dermvlm import imaging
+    shipped = imaging.CPU_CHANNELS_LAST, imaging.CPU_CHUNK
+    imaging.CPU_CHANNELS_LAST, imaging.CPU_CHUNK = False, 64
+    try:
+        yield
+    finally:
+        imaging.CPU_CHANNELS_LAST, imaging.CPU_CHUNK = shipped
 
 
 def throughput(folder, model, batch_size):

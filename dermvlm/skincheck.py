@@ -52,9 +52,11 @@ def _transform(name=TOWER):
 @torch.no_grad()
 def imagenet_features(images, name=TOWER, batch_size=64):
     """(N, F) unit ImageNet features of PIL images."""
+    from dermvlm.imaging import tower_chunks
     net, transform = imagenet_tower(name), _transform(name)
-    out = [net(torch.stack([transform(im) for im in images[i:i + batch_size]]))
-           for i in range(0, len(images), batch_size)]
+    out = [net(part) for i in range(0, len(images), batch_size)
+           for part in tower_chunks(torch.stack([transform(im) for im in
+                                                 images[i:i + batch_size]]), batch_size)]
     width = net.num_features
     return torch.nn.functional.normalize(torch.cat(out), dim=-1) if out else \
         torch.empty(0, width)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from dermvlm import vocab
+from dermvlm.imaging import tower_chunks
 from dermvlm.ontology import CONDITIONS
 
 # DermLIP's prompt ensemble (its zero-shot evaluation code).
@@ -97,9 +98,8 @@ class ZeroShot:
     @torch.no_grad()
     def encode_images(self, images):
         """(N, D) normalised features from a (N, 3, H, W) tensor, in batches."""
-        feats = [self.model.encode_image(images[i:i + self.batch_size].to(self.device),
-                                         normalize=True).float().cpu()
-                 for i in range(0, len(images), self.batch_size)]
+        feats = [self.model.encode_image(part.to(self.device), normalize=True).float().cpu()
+                 for part in tower_chunks(images, self.batch_size, self.device)]
         return torch.cat(feats) if feats else torch.empty(0)
 
     @torch.no_grad()

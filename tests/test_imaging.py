@@ -63,3 +63,21 @@ def test_oversized_file_is_refused_before_decoding(tmp_path):
     path = _save(Image.new("RGB", (64, 64)), tmp_path / "x.png")
     with pytest.raises(ImageError, match="limit"):
         open_image(path, max_bytes=10)
+
+
+def test_towers_get_small_channels_last_chunks_on_cpu_with_the_same_result(monkeypatch):
+    import torch
+
+    from dermvlm import imaging
+    images = torch.randn(19, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    parts = list(imaging.tower_chunks(images, 64))
+    assert [len(p) for p in parts] == [8, 8, 3] and torch.equal(torch.cat(parts), images)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in parts)
+    assert [len(p) for p in imaging.tower_chunks(images, 64, device="cuda")] == [19]
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(8, 8, 3, groups=8)).eval()
+    with torch.no_grad():
+        fast = torch.cat([conv(p) for p in imaging.tower_chunks(images, 64)])
+        monkeypatch.setattr(imaging, "CPU_CHANNELS_LAST", False)
+        assert all(p.is_contiguous() for p in imaging.tower_chunks(images, 64))
+        assert torch.allclose(fast, conv(images), atol=1e-5)
