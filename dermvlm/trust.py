@@ -201,9 +201,10 @@ class TrustModel:
         if settings.clinical_min_confidence is not None and confidence is not None and \
                 confidence < settings.clinical_min_confidence:
             share = (settings.fitted_on.get("clinical_min_confidence") or {}).get("precision")
+            message = LOW_CONFIDENCE_MESSAGE.format(share=f"{share:.0%}" if share else
+                                                    "nearly all")
             return {**verdict, "abstained": True, "reason": "low confidence",
-                    "message": LOW_CONFIDENCE_MESSAGE.format(
-                share=f"{share:.0%}" if share else "nearly all")}
+                    "message": message}
         return verdict
 
     def with_concern(self, verdict, malignancy_probability):
@@ -211,8 +212,8 @@ class TrustModel:
         name) keeps its concern: REVIEW_NOTE is added to the message where its P(malignant or
         premalignant) reaches the operating point (`malignancy_threshold`), which was fitted
         on such lesions. Out-of-scope photos get none (the operating point was not fitted on
-        the conditions they show, and a spread-out distribution over the ontology would flag
-        most of them), nor do images out of distribution or not skin."""
+        the conditions they show, and would send many benign ones to a dermatologist), nor do
+        images out of distribution or not skin."""
         threshold = self.settings.malignancy_threshold
         if verdict.get("reason") != "low confidence" or \
                 threshold is None or malignancy_probability < threshold:
