@@ -6,12 +6,12 @@ import threading
 import time
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 from dermvlm import embedded
 from dermvlm.case import Case
 from dermvlm.chat import REDIRECTS, analysis_line
+from dermvlm.clip.classify import scoped
 from dermvlm.replies import composed, stream_vetted, turn_kind
 from dermvlm.clip.model import load_model
 from dermvlm.imaging import eval_transform
@@ -60,8 +60,6 @@ class Assistant:
         from dermvlm.ontology import CONDITIONS
         from dermvlm.vocab import SKINCON_CONCEPTS
         self.labels = [c.name for c in CONDITIONS]
-        # (C,) the malignant and premalignant labels: their summed probability is the concern's
-        self.risky = torch.tensor([c.malignancy != "benign" for c in CONDITIONS])
         self.concepts = list(SKINCON_CONCEPTS)
         self.classify(Image.new("RGB", (64, 64), (200, 160, 140)))
 
@@ -87,11 +85,8 @@ class Assistant:
                      else logits.softmax(1))[0]
             concepts = self.zeroshot.concept_scores(features, self.concepts,
                                                     **concept_scaling(self.trust))[0]
-            if verdict is not None:
-                verdict = self.trust.in_scope(verdict, modality[0],
-                                              self.labels[int(probs.argmax())],
-                                              float(probs.max()), modality[1])
-                verdict = self.trust.with_concern(verdict, float(probs[self.risky].sum()))
+            if verdict is not None:      # the clinical rules, as `dermvlm classify` has them
+                verdict = scoped(self.trust, self.zeroshot, features, [modality], [verdict])[0]
         return probs, concepts, verdict, features, modality
 
     def classify(self, image, top_k=5, top_concepts=8):

@@ -358,6 +358,9 @@ def test_scope_evaluation_counts_every_image_once(synth_dir, tmp_path, monkeypat
     low = [v for _, top, v in ranked if v.get("reason") == "low confidence"]
     assert low and all(v["message"].endswith(REVIEW_NOTE) for v in low)
     assert all(top == [] for _, top, v in ranked if v["abstained"])
+    # the rules are the photo's, whatever labels are ranked (here one outside the ontology)
+    mine = classify([r.image for r in clinical], str(folder), ["keloid", "psoriasis"])
+    assert [v for _, _, v in mine] == [v for _, _, v in ranked]
     assert scope.main(["--model", str(tmp_path), "--set", str(synth_dir)]) == 2
 
 

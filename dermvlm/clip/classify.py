@@ -8,7 +8,7 @@ from tqdm import tqdm
 from dermvlm.clip.model import load_model
 from dermvlm.errors import DermvlmError
 from dermvlm.imaging import ImageError, collect_images, eval_transform, open_image
-from dermvlm.ontology import CONDITIONS, find_condition
+from dermvlm.ontology import CONDITIONS
 from dermvlm.trust import TrustModel, abstain_message, assess, concept_scaling, ood_note
 from dermvlm.vocab import SKINCON_CONCEPTS
 from dermvlm.zeroshot import DERMLIP_TEMPLATES, ZeroShot
@@ -69,18 +69,8 @@ def _classify_batch(batch, zs, transform, trust, names, concepts, top_k, templat
     else:
         logits = zs.logits(features, names, templates or DERMLIP_TEMPLATES)
         scores = trust.calibrated(logits, modalities) if trust else logits.softmax(1)
-        # with ontology labels, a clinical photo is answered only with a condition it
-        # earned, and confidently enough; one it does not name keeps its concern
-        conditions = [find_condition(name) for name in names]
-        if trust and all(conditions):
-            verdicts = [trust.in_scope(v, m, conditions[int(row.argmax())].name,
-                                       float(row.max()), sure)
-                        for v, (m, sure), row in zip(verdicts, judged, scores)]
-        # the operating point is a probability over the whole ontology
-        if trust and sorted(names) == sorted(c.name for c in CONDITIONS):
-            risky = torch.tensor([c.malignancy != "benign" for c in conditions])
-            verdicts = [trust.with_concern(v, float(row[risky].sum()))
-                        for v, row in zip(verdicts, scores)]
+        if trust:
+            verdicts = scoped(trust, zs, features, judged, verdicts)
     results = []
     for (path, _), row, verdict in zip(batch, scores, verdicts):
         if verdict and verdict["abstained"] and not ignore_ood:
@@ -89,6 +79,20 @@ def _classify_batch(batch, zs, transform, trust, names, concepts, top_k, templat
         order = row.argsort(descending=True)[:top_k].tolist()
         results.append((path, [(names[j], float(row[j])) for j in order], verdict))
     return results
+
+
+def scoped(trust, zs, features, judged, verdicts):
+    """The verdicts with the clinical rules applied (dermvlm.trust: a phone photo is named
+    only when its top diagnosis is one the model earned, confidently enough; one withheld for
+    low confidence keeps its concern), judged on the whole ontology whatever labels the user
+    ranks: whether the model may name what a photo shows is a property of the photo, not of
+    the label list. (features (N, D); judged [(modality, confidence)] per image.)"""
+    names = [c.name for c in CONDITIONS]
+    probs = trust.calibrated(zs.logits(features, names), [m for m, _ in judged])
+    risky = torch.tensor([c.malignancy != "benign" for c in CONDITIONS])
+    return [trust.with_concern(trust.in_scope(verdict, modality, names[int(row.argmax())],
+                                              float(row.max()), sure), float(row[risky].sum()))
+            for verdict, (modality, sure), row in zip(verdicts, judged, probs)]
 
 
 def write_predictions(results, out):
