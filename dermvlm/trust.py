@@ -54,6 +54,8 @@ LOW_CONFIDENCE_MESSAGE = ("The model is not sure enough to name what this photo 
 REVIEW_NOTE = (" The chance the model gives a malignant or premalignant condition reaches the "
                "level at which it asks for a review, so do not wait: have it examined within "
                "weeks.")
+RESEMBLES_RISKY_NOTE = (" What it most resembles is a malignant or premalignant condition, so "
+                        "do not wait: have it examined within weeks.")
 QUANTILE = 0.975        # of held-out in-distribution scores: the scale of each part
 MIN_MODALITY_IMAGES = 20    # per-modality reference and threshold only with this many of each
 MIN_TEMPERATURE_IMAGES = 30     # a modality's own temperature only with this many held-out images
@@ -207,18 +209,22 @@ class TrustModel:
                     "message": message}
         return verdict
 
-    def with_concern(self, verdict, malignancy_probability):
-        """A photo withheld only for low confidence (its top diagnosis is one the model may
-        name) keeps its concern: REVIEW_NOTE is added to the message where its P(malignant or
-        premalignant) reaches the operating point (`malignancy_threshold`), which was fitted
-        on such lesions. Out-of-scope photos get none (the operating point was not fitted on
-        the conditions they show, and would send many benign ones to a dermatologist), nor do
-        images out of distribution or not skin."""
-        threshold = self.settings.malignancy_threshold
-        if verdict.get("reason") != "low confidence" or \
-                threshold is None or malignancy_probability < threshold:
-            return verdict
-        return {**verdict, "message": verdict["message"] + REVIEW_NOTE}
+    def with_concern(self, verdict, malignancy_probability, top_risky=False):
+        """An in-distribution photo the model does not name keeps its concern in words. Withheld
+        for low confidence (its top diagnosis is one the model may name): REVIEW_NOTE where its
+        P(malignant or premalignant) reaches the operating point (`malignancy_threshold`),
+        which was fitted on such lesions. Out of scope: RESEMBLES_RISKY_NOTE where its
+        withheld top diagnosis is malignant or premalignant (`top_risky`); the operating point
+        was not fitted on the conditions such photos show, and would send many benign ones to
+        a dermatologist. Images out of distribution or not skin get nothing: their
+        probabilities mean nothing."""
+        reason, threshold = verdict.get("reason"), self.settings.malignancy_threshold
+        if reason == "low confidence" and threshold is not None and \
+                malignancy_probability >= threshold:
+            return {**verdict, "message": verdict["message"] + REVIEW_NOTE}
+        if reason == "out of scope" and top_risky:
+            return {**verdict, "message": verdict["message"] + RESEMBLES_RISKY_NOTE}
+        return verdict
 
     def judge_skin(self, modalities, imagenet):
         """`modalities` ([(name, confidence)] per image) with ("not skin", its confidence)

@@ -182,8 +182,14 @@ def test_clinical_minimum_confidence_names_only_what_val_got_right_often_enough(
     trust.settings.malignancy_threshold = 0.2
     assert trust.with_concern(low, 0.2)["message"] == low["message"] + REVIEW_NOTE
     assert trust.with_concern(low, 0.19) == low
+    # out of scope: the note goes by whether the withheld top diagnosis is a risky one
+    from dermvlm.trust import RESEMBLES_RISKY_NOTE
     scope = trust.in_scope(fine, "clinical", "melanoma", 0.99)
-    assert trust.with_concern(scope, 0.9) == scope and trust.with_concern(fine, 0.9) == fine
+    assert trust.with_concern(scope, 0.9) == scope and trust.with_concern(fine, 0.9, True) == fine
+    assert trust.with_concern(scope, 0.0, True)["message"] == scope["message"] + \
+        RESEMBLES_RISKY_NOTE
+    assert trust.with_concern({**fine, "abstained": True}, 0.9, True) == {**fine,
+                                                                         "abstained": True}
     loaded = TrustModel.load(trust.save(tmp_path))
     assert loaded.in_scope(fine, "clinical", "nevus", 0.59) == low
     assert loaded.strict("dermoscopic", 0.9) and not loaded.strict("dermoscopic", 0.95)

@@ -83,15 +83,16 @@ def _classify_batch(batch, zs, transform, trust, names, concepts, top_k, templat
 
 def scoped(trust, zs, features, judged, verdicts):
     """The verdicts with the clinical rules applied (dermvlm.trust: a phone photo is named
-    only when its top diagnosis is one the model earned, confidently enough; one withheld for
-    low confidence keeps its concern), judged on the whole ontology whatever labels the user
+    only when its top diagnosis is one the model earned, confidently enough; one it does not
+    name keeps its concern in words), judged on the whole ontology whatever labels the user
     ranks: whether the model may name what a photo shows is a property of the photo, not of
     the label list. (features (N, D); judged [(modality, confidence)] per image.)"""
     names = [c.name for c in CONDITIONS]
     probs = trust.calibrated(zs.logits(features, names), [m for m, _ in judged])
     risky = torch.tensor([c.malignancy != "benign" for c in CONDITIONS])
     return [trust.with_concern(trust.in_scope(verdict, modality, names[int(row.argmax())],
-                                              float(row.max()), sure), float(row[risky].sum()))
+                                              float(row.max()), sure), float(row[risky].sum()),
+                               bool(risky[row.argmax()]))
             for verdict, (modality, sure), row in zip(verdicts, judged, probs)]
 
 
