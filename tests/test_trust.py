@@ -334,10 +334,10 @@ def test_scope_evaluation_counts_every_image_once(synth_dir, tmp_path, monkeypat
     from dermvlm.zeroshot import ZeroShot, zeroshot_modality
     model, cfg, tokenizer = load_model(str(folder))
     zs, transform = ZeroShot(model, tokenizer), eval_transform(cfg["vision_cfg"]["image_size"])
-    fit_trust.fit_dermoscopic_floor(trust, zs, transform, [str(synth_dir)], progress=False)
-    features, _ = fit_trust.encode_cached(
-        zs, transform, [r.image for r in labelled_records(synth_dir)
-                        if r.modality == "dermoscopic"], progress=False)
+    paths = [r.image for r in labelled_records(synth_dir) if r.modality == "dermoscopic"]
+    fit_trust.fit_dermoscopic_floor(trust, zs, transform, [str(synth_dir)], paths,
+                                    progress=False)
+    features, _ = fit_trust.encode_cached(zs, transform, paths, progress=False)
     judged, sure = zeroshot_modality(zs, features)
     sure = [c for m, c in zip(judged, sure) if m == "dermoscopic"]
     if sure:
@@ -359,6 +359,8 @@ def test_scope_evaluation_counts_every_image_once(synth_dir, tmp_path, monkeypat
     from dermvlm.trust import REVIEW_NOTE
     trust.settings.clinical_answerable = [c.name for c in CONDITIONS]
     trust.settings.clinical_min_confidence, trust.settings.malignancy_threshold = 1.01, 0.0
+    # every image under the clinical rules, however the random tower judges its modality
+    trust.settings.dermoscopic_min_modality_confidence = 1.01
     trust.save(folder)
     ranked = classify([r.image for r in clinical], str(folder), [c.name for c in CONDITIONS])
     low = [v for _, top, v in ranked if v.get("reason") == "low confidence"]
