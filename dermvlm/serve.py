@@ -86,7 +86,8 @@ class Assistant:
             concepts = self.zeroshot.concept_scores(features, self.concepts,
                                                     **concept_scaling(self.trust))[0]
             if verdict is not None:      # the clinical rules, as `dermvlm classify` has them
-                verdict = scoped(self.trust, self.zeroshot, features, [modality], [verdict])[0]
+                verdict = scoped(self.trust, self.zeroshot, features, [modality], [verdict],
+                                 probs[None])[0]
         return probs, concepts, verdict, features, modality
 
     def classify(self, image, top_k=5, top_concepts=8):

@@ -265,8 +265,8 @@ def fit_clinical_scope(trust, zs, transform, sets, min_images, min_f1, precision
     from dermvlm.zeroshot import zeroshot_modality
     if not 0 <= precision <= 1:
         raise DermvlmError(f"--answer-precision must be between 0 and 1, got {precision}")
-    truth_of = {r.image: canonical(r.label) for spec in sets for r in labelled_records(spec)
-                if r.modality == "clinical"}
+    records = [r for spec in sets for r in labelled_records(spec)]
+    truth_of = {r.image: canonical(r.label) for r in records if r.modality == "clinical"}
     names = [c.name for c in CONDITIONS]
     unknown = sorted({label for label in truth_of.values() if label not in names})
     if unknown:
@@ -283,7 +283,9 @@ def fit_clinical_scope(trust, zs, transform, sets, min_images, min_f1, precision
     trust.settings.fitted_on["clinical_answerable"] = {
         "sets": list(sets), "images": len(kept), "min_images": min_images, "min_f1": min_f1,
         "conditions": rows}
-    fit_dermoscopic_floor(trust, zs, transform, sets, progress, cache)
+    fit_dermoscopic_floor(trust, zs, transform, sets,
+                          [r.image for r in records if r.modality == "dermoscopic"], progress,
+                          cache)
     trust.settings.clinical_min_confidence = None
     if precision <= 0:
         return
@@ -302,15 +304,12 @@ def fit_clinical_scope(trust, zs, transform, sets, min_images, min_f1, precision
                                                            for i in kept_named)}
 
 
-def fit_dermoscopic_floor(trust, zs, transform, sets, progress=True, cache=None):
+def fit_dermoscopic_floor(trust, zs, transform, sets, paths, progress=True, cache=None):
     """trust.settings.dermoscopic_min_modality_confidence: the DERMOSCOPIC_FLOOR_QUANTILE of
-    the modality confidence of the `sets`' dermoscopic images that the app judges dermoscopic
-    (with at least MIN_DERMOSCOPIC_FLOOR_IMAGES of them; else None). An image judged
-    dermoscopic less surely is answered under the clinical rules."""
-    from dermvlm.labelled import labelled_records
+    the modality confidence of the dermoscopic images `paths` (of the `sets`) that the app
+    judges dermoscopic (with at least MIN_DERMOSCOPIC_FLOOR_IMAGES of them; else None). An
+    image judged dermoscopic less surely is answered under the clinical rules."""
     from dermvlm.zeroshot import zeroshot_modality
-    paths = [r.image for spec in sets for r in labelled_records(spec)
-             if r.modality == "dermoscopic"]
     features, _ = encode_cached(zs, transform, paths, cache, progress)
     judged, sure = zeroshot_modality(zs, features) if len(paths) else ([], [])
     sure = [c for m, c in zip(judged, sure) if m == "dermoscopic"]

@@ -5,6 +5,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from dermvlm.clip.evaluate import nonbenign_labels
 from dermvlm.clip.model import load_model
 from dermvlm.errors import DermvlmError
 from dermvlm.imaging import ImageError, collect_images, eval_transform, open_image
@@ -69,8 +70,10 @@ def _classify_batch(batch, zs, transform, trust, names, concepts, top_k, templat
     else:
         logits = zs.logits(features, names, templates or DERMLIP_TEMPLATES)
         scores = trust.calibrated(logits, modalities) if trust else logits.softmax(1)
-        if trust:
-            verdicts = scoped(trust, zs, features, judged, verdicts)
+        if trust:           # the ontology's own probabilities, where those are the labels
+            ontology = names == [c.name for c in CONDITIONS] and templates is None
+            verdicts = scoped(trust, zs, features, judged, verdicts,
+                              scores if ontology else None)
     results = []
     for (path, _), row, verdict in zip(batch, scores, verdicts):
         if verdict and verdict["abstained"] and not ignore_ood:
@@ -81,15 +84,17 @@ def _classify_batch(batch, zs, transform, trust, names, concepts, top_k, templat
     return results
 
 
-def scoped(trust, zs, features, judged, verdicts):
+def scoped(trust, zs, features, judged, verdicts, probs=None):
     """The verdicts with the clinical rules applied (dermvlm.trust: a phone photo is named
     only when its top diagnosis is one the model earned, confidently enough; one it does not
     name keeps its concern in words), judged on the whole ontology whatever labels the user
     ranks: whether the model may name what a photo shows is a property of the photo, not of
-    the label list. (features (N, D); judged [(modality, confidence)] per image.)"""
+    the label list. (features (N, D); judged [(modality, confidence)] per image; `probs`: the
+    calibrated (N, C) probabilities over the ontology's names, where the caller has them.)"""
     names = [c.name for c in CONDITIONS]
-    probs = trust.calibrated(zs.logits(features, names), [m for m, _ in judged])
-    risky = torch.tensor([c.malignancy != "benign" for c in CONDITIONS])
+    if probs is None:
+        probs = trust.calibrated(zs.logits(features, names), [m for m, _ in judged])
+    risky = torch.from_numpy(nonbenign_labels(names))
     return [trust.with_concern(trust.in_scope(verdict, modality, names[int(row.argmax())],
                                               float(row.max()), sure), float(row[risky].sum()),
                                bool(risky[row.argmax()]))
