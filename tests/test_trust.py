@@ -370,6 +370,9 @@ def test_scope_evaluation_counts_every_image_once(synth_dir, tmp_path, monkeypat
     mine = classify([r.image for r in clinical], str(folder), ["keloid", "psoriasis"])
     assert [v for _, _, v in mine] == [v for _, _, v in ranked]
     assert scope.main(["--model", str(tmp_path), "--set", str(synth_dir)]) == 2
+    # a bad --answer-precision is refused before any image is encoded
+    assert fit_trust.main(["--model", str(folder), "--reference", str(synth_dir),
+                           "--validation", str(synth_dir), "--answer-precision", "1.5"]) == 2
 
 
 def test_the_ood_score_is_shown_only_where_it_is_the_reason():

@@ -100,6 +100,9 @@ def fit(args):
     from dermvlm.zeroshot import ZeroShot, zeroshot_modality
     if not 0 < args.holdout < 1:
         raise DermvlmError(f"--holdout must be between 0 and 1, got {args.holdout}")
+    if not 0 <= args.answer_precision <= 1:      # before any image is encoded
+        raise DermvlmError(f"--answer-precision must be between 0 and 1, got "
+                           f"{args.answer_precision}")
     model, cfg, tokenizer = load_model(args.model)
     zs, transform = ZeroShot(model, tokenizer), eval_transform(cfg["vision_cfg"]["image_size"])
     reference, validation, labels, concepts, sets = [], [], [], [], {}
@@ -263,8 +266,6 @@ def fit_clinical_scope(trust, zs, transform, sets, min_images, min_f1, precision
     from dermvlm.ontology import CONDITIONS
     from dermvlm.trust import fit_answerable, fit_min_confidence
     from dermvlm.zeroshot import zeroshot_modality
-    if not 0 <= precision <= 1:
-        raise DermvlmError(f"--answer-precision must be between 0 and 1, got {precision}")
     records = [r for spec in sets for r in labelled_records(spec)]
     truth_of = {r.image: canonical(r.label) for r in records if r.modality == "clinical"}
     names = [c.name for c in CONDITIONS]
